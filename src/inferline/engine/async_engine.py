@@ -1,0 +1,144 @@
+"""The asyncio face of the engine: submit a request, async-iterate its deltas, abort it.
+
+The EngineCore runs on one background thread so the event loop stays free for I/O while the model
+computes. Callers never touch the core directly: adds and aborts go through an inbox that the engine
+thread drains before every step, so an abort frees its blocks before the next step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from inferline.config import EngineConfig
+from inferline.engine.core import EngineCore, EngineStats
+from inferline.errors import InferlineError
+from inferline.types import Delta, Request
+
+logger = logging.getLogger(__name__)
+
+
+class EngineStoppedError(InferlineError):
+    """The engine is shutting down and takes no new requests."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    deltas: asyncio.Queue[Delta | BaseException]
+
+
+class AsyncEngine:
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self._inbox: queue.SimpleQueue[tuple[str, Request | str]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._accepting = True
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="inferline-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    async def load(cls, config: EngineConfig) -> AsyncEngine:
+        """Load the model off the event loop, then start the engine thread."""
+        core = await asyncio.to_thread(EngineCore, config)
+        return cls(core)
+
+    # ---- the caller's side --------------------------------------------------------------------
+
+    async def generate(self, request: Request) -> AsyncIterator[Delta]:
+        """Deltas of `request` as the engine produces them; leaving the loop early aborts the request."""
+        if not self._accepting:
+            raise EngineStoppedError("the engine is shutting down and takes no new requests")
+        self.core.validate(request)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request.request_id] = stream
+        self._send("add", request)
+        finished = False
+        try:
+            while True:
+                item = await stream.deltas.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.usage is not None:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._send("abort", request_id)
+
+    def stats(self) -> EngineStats:
+        return self.core.stats()
+
+    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop taking requests, let those in flight finish for up to `drain_timeout_s`, then stop."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for request_id in list(self._streams):
+            self.abort(request_id)
+        self._stopped = True
+        self._wake.set()
+        await asyncio.to_thread(self._thread.join, 10.0)
+
+    def _send(self, kind: str, payload: Request | str) -> None:
+        self._inbox.put((kind, payload))
+        self._wake.set()
+
+    # ---- the engine thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._drain_inbox()
+            if not self.core.has_unfinished():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                deltas = self.core.step()
+            except Exception as error:  # a failed step must not take the engine down with it
+                logger.exception("engine step failed; aborting the requests in flight")
+                self._fail_all(error)
+                continue
+            for delta in deltas:
+                self._deliver(delta.request_id, delta)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "abort":
+                assert isinstance(payload, str)
+                for delta in self.core.abort(payload):
+                    self._deliver(payload, delta)
+                continue
+            assert isinstance(payload, Request)
+            try:
+                self.core.add_request(payload)
+            except InferlineError as error:
+                self._deliver(payload.request_id, error)
+
+    def _deliver(self, request_id: str, item: Delta | BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.deltas.put_nowait, item)
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id in list(self.core.requests):
+            self.core.abort(request_id)
+            self._deliver(request_id, error)

@@ -1,0 +1,108 @@
+"""The model runner: turns a SchedulerOutput into one batched forward pass and sampled tokens.
+
+It owns the KV-cache tensors and makes no policy: what to compute was decided by the scheduler.
+Rows are laid out decodes first (one token each, attended as one batch), then prefill chunks.
+Only the rows that sample a token go through the vocabulary projection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from inferline.engine.sampler import SampledToken, Sampler
+from inferline.engine.scheduler import ScheduledChunk, SchedulerOutput
+from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
+from inferline.models.llama import LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        num_blocks: int,
+        block_size: int,
+        sampler: Sampler,
+    ) -> None:
+        config = model.config
+        self.model = model
+        self.block_size = block_size
+        self.sampler = sampler
+        self.device = model.embed_tokens.weight.device
+        dtype = model.embed_tokens.weight.dtype
+        # Zeroed, not empty: padded decode rows read unused slots, and 0 * NaN would poison the output.
+        self.kv_caches = [
+            torch.zeros(
+                2,
+                num_blocks,
+                block_size,
+                config.num_key_value_heads,
+                config.head_dim,
+                dtype=dtype,
+                device=self.device,
+            )
+            for _ in range(config.num_hidden_layers)
+        ]
+
+    @torch.inference_mode()
+    def execute(self, output: SchedulerOutput) -> dict[str, SampledToken]:
+        """Run the scheduled chunks; return the token sampled for each chunk that ends its sequence."""
+        decodes = [c for c in output.chunks if len(c.token_ids) == 1]
+        prefills = [c for c in output.chunks if len(c.token_ids) > 1]
+        chunks = decodes + prefills
+        input_ids, positions, meta = self._prepare(decodes, prefills)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
+
+        sample_rows, sample_chunks = [], []
+        row = 0
+        for chunk in chunks:
+            row += len(chunk.token_ids)
+            if chunk.sample:
+                sample_rows.append(row - 1)
+                sample_chunks.append(chunk)
+        if not sample_chunks:
+            return {}
+        rows = torch.tensor(sample_rows, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, rows)).float()  # [S, vocab]
+        sampled = self.sampler(logits, sample_chunks)
+        return {chunk.seq_id: token for chunk, token in zip(sample_chunks, sampled, strict=True)}
+
+    def _prepare(
+        self, decodes: list[ScheduledChunk], prefills: list[ScheduledChunk]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        block_size = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for chunk in decodes + prefills:
+            input_ids.extend(chunk.token_ids)
+            for pos in range(chunk.start_position, chunk.start_position + len(chunk.token_ids)):
+                positions.append(pos)
+                slots.append(chunk.block_ids[pos // block_size] * block_size + pos % block_size)
+
+        device = self.device
+        decode_batch = None
+        if decodes:
+            max_blocks = max(len(c.block_ids) for c in decodes)
+            tables = [c.block_ids + [0] * (max_blocks - len(c.block_ids)) for c in decodes]
+            context_lens = torch.tensor([c.start_position + 1 for c in decodes], device=device)
+            key_positions = torch.arange(max_blocks * block_size, device=device)
+            mask = (key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)
+            decode_batch = DecodeBatch(len(decodes), torch.tensor(tables, device=device), mask)
+
+        prefill_meta = []
+        row = len(decodes)
+        for chunk in prefills:
+            prefill_meta.append(
+                PrefillChunk(
+                    row_start=row,
+                    num_tokens=len(chunk.token_ids),
+                    num_context_tokens=chunk.start_position,
+                    block_table=torch.tensor(chunk.block_ids, device=device),
+                )
+            )
+            row += len(chunk.token_ids)
+
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, device=device), decode=decode_batch, prefills=prefill_meta
+        )
+        return torch.tensor(input_ids, device=device), torch.tensor(positions, device=device), meta

@@ -1,0 +1,150 @@
+"""Picks each sequence's next token from its logits, by the sequence's own sampling parameters.
+
+The batch is processed as a whole; the costly pieces (penalty counts, sorting for top-p/top-k) run
+only when some row asks for them, so a greedy batch costs one argmax. Sampling uses the exponential
+race (argmax of p / E with E ~ Exp(1)), which draws exactly from p and lets each seeded row take its
+noise from its own generator: a seeded request samples the same tokens whatever else is in the batch.
+The seed of each draw is derived from (seed, completion index, token index), so preemption and
+recompute do not change a seeded request's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from inferline.types import SamplingParams
+
+
+class SampleRequest(Protocol):
+    """What the sampler needs to know about one row of logits (a ScheduledChunk is one)."""
+
+    sampling: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    seq_index: int
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    """Log-probability of the token under the model's raw distribution, when logprobs were asked for."""
+    top_token_ids: list[int] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+
+
+def _draw_seed(seed: int, seq_index: int, token_index: int) -> int:
+    return hash((seed, seq_index, token_index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Sampler:
+    def __init__(self, default_seed: int, device: torch.device) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(default_seed)
+        self.row_generator = torch.Generator(device=device)
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[SampledToken]:
+        # logits: [B, V] float32
+        params = [r.sampling for r in rows]
+        raw_logprobs = None
+        if any(p.logprobs is not None for p in params):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_penalties(logits, rows)
+        greedy_batch = all(p.greedy for p in params)
+        token_ids = logits.argmax(dim=-1) if greedy_batch else self._sample(logits, rows)
+        token_list = token_ids.tolist()
+        results = [SampledToken(t) for t in token_list]
+        if raw_logprobs is not None:
+            self._fill_logprobs(raw_logprobs, token_ids, params, results)
+        return results
+
+    def _apply_penalties(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
+        params = [r.sampling for r in rows]
+        if all(
+            p.presence_penalty == 0 and p.frequency_penalty == 0 and p.repetition_penalty == 1 for p in params
+        ):
+            return logits
+        batch, vocab = logits.shape
+        counts = torch.zeros(batch, vocab, device=logits.device)
+        in_prompt = torch.zeros(batch, vocab, dtype=torch.bool, device=logits.device)
+        for i, row in enumerate(rows):
+            if row.output_token_ids:
+                ids = torch.tensor(row.output_token_ids, device=logits.device)
+                counts[i].index_add_(0, ids, torch.ones(len(ids), device=logits.device))
+            if row.sampling.repetition_penalty != 1:
+                in_prompt[i, torch.tensor(row.prompt_token_ids, device=logits.device)] = True
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, device=logits.device).unsqueeze(1)
+
+        frequency = column([p.frequency_penalty for p in params])
+        presence = column([p.presence_penalty for p in params])
+        repetition = column([p.repetition_penalty for p in params])
+        seen = in_prompt | (counts > 0)
+        penalized = torch.where(logits > 0, logits / repetition, logits * repetition)
+        logits = torch.where(seen, penalized, logits)
+        return logits - frequency * counts - presence * (counts > 0)
+
+    def _sample(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
+        params = [r.sampling for r in rows]
+        device = logits.device
+        temperature = torch.tensor(
+            [p.temperature if p.temperature > 0 else 1.0 for p in params], device=device
+        )
+        scaled = logits / temperature.unsqueeze(1)
+        if any(p.top_k is not None or p.top_p < 1.0 for p in params):
+            scaled = self._truncate_top(scaled, params)
+        probs = torch.softmax(scaled, dim=-1)
+        min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
+        if bool((min_p > 0).any()):
+            probs = torch.where(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0, probs)
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        for i, row in enumerate(rows):
+            if row.sampling.seed is not None:
+                self.row_generator.manual_seed(
+                    _draw_seed(row.sampling.seed, row.seq_index, len(row.output_token_ids))
+                )
+                noise[i].exponential_(generator=self.row_generator)
+        sampled = (probs / noise).argmax(dim=-1)
+        greedy = torch.tensor([p.greedy for p in params], device=device)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+    @staticmethod
+    def _truncate_top(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """Mask tokens outside each row's top-k and top-p nucleus to -inf."""
+        vocab = logits.shape[-1]
+        device = logits.device
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        top_k = torch.tensor([min(p.top_k or vocab, vocab) for p in params], device=device)
+        ranks = torch.arange(vocab, device=device).unsqueeze(0)
+        drop = ranks >= top_k.unsqueeze(1)
+        top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+        sorted_probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+        # Keep a token while the mass before it is under top_p: the most likely token always stays.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop |= (mass_before >= top_p) & (top_p < 1.0)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+    @staticmethod
+    def _fill_logprobs(
+        raw_logprobs: torch.Tensor,
+        token_ids: torch.Tensor,
+        params: list[SamplingParams],
+        results: list[SampledToken],
+    ) -> None:
+        chosen = raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
+        max_top = max(p.logprobs or 0 for p in params)
+        top_values, top_ids = raw_logprobs.topk(max_top, dim=-1) if max_top else (None, None)
+        for i, p in enumerate(params):
+            if p.logprobs is None:
+                continue
+            results[i].logprob = chosen[i]
+            if top_ids is not None and top_values is not None and p.logprobs:
+                results[i].top_token_ids = top_ids[i, : p.logprobs].tolist()
+                results[i].top_logprobs = top_values[i, : p.logprobs].tolist()

@@ -1,0 +1,263 @@
+"""The scheduler: which sequences compute how many tokens in the next step. It never touches tensors.
+
+Every step walks the priority classes from highest to lowest. In each class the running sequences
+come first (oldest first), each taking the tokens it still needs (one for a decode, a chunk for a
+prompt) out of the step's token budget; then waiting sequences of the class are admitted in fair-queue
+order while the budget, the sequence slots and the KV blocks allow. A waiting sequence may preempt
+running sequences of a lower class; a running sequence that cannot grow preempts the lowest-ranked
+running sequence not yet scheduled, or itself. Preemption is by recompute: the victim's blocks are
+freed and it goes back to the head of its queue, keeping its generated tokens (and, through the
+prefix cache, often its KV).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from inferline.engine.fair_queue import TenantCounters, WaitingQueues
+from inferline.engine.kv_cache import KVCacheManager
+from inferline.engine.sequence import Sequence, SequenceStatus
+from inferline.types import Priority, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScheduledChunk:
+    """Tokens of one sequence whose KV the next step computes."""
+
+    seq_id: str
+    token_ids: list[int]
+    start_position: int
+    """Position of token_ids[0] in the sequence."""
+    block_ids: list[int]
+    """The sequence's whole block table, covering start_position + len(token_ids) tokens."""
+    sample: bool
+    """The chunk ends at the sequence's last token, so the step samples the next one."""
+    sampling: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    """Generated so far (penalties read it; its length indexes the token being sampled)."""
+    seq_index: int
+    """Which of the request's n completions (seeded sampling differs per completion)."""
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted_seq_ids: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+@dataclass
+class SchedulerLimits:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    input_token_weight: float = 1.0
+    output_token_weight: float = 2.0
+
+
+def _rank(seq: Sequence) -> tuple[int, float, int]:
+    """Smaller ranks are served first and preempted last."""
+    return (-int(seq.priority), seq.request.arrival_time, seq.index)
+
+
+class Scheduler:
+    def __init__(
+        self, limits: SchedulerLimits, kv_cache: KVCacheManager, eos_token_ids: frozenset[int]
+    ) -> None:
+        self.limits = limits
+        self.kv_cache = kv_cache
+        self.eos_token_ids = eos_token_ids
+        self.counters = TenantCounters()
+        self.waiting = WaitingQueues(self.counters)
+        self.running: list[Sequence] = []
+        self.seqs: dict[str, Sequence] = {}
+        self.num_preemptions = 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.seqs)
+
+    def add(self, seq: Sequence) -> None:
+        self.seqs[seq.seq_id] = seq
+        self.counters.activate(seq.tenant)
+        self.waiting.push(seq)
+
+    def finish(self, seq_id: str, reason: str, stop_reason: str | int | None = None) -> Sequence | None:
+        """End a sequence wherever it is and free its blocks at once; None if it already ended."""
+        seq = self.seqs.pop(seq_id, None)
+        if seq is None:
+            return None
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.kv_cache.free(seq_id)
+        self.counters.deactivate(seq.tenant)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason, seq.stop_reason = reason, stop_reason
+        return seq
+
+    # ---- schedule -----------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        output = SchedulerOutput()
+        self.running.sort(key=_rank)
+        scheduled: set[str] = set()
+        budget = self.limits.max_num_batched_tokens
+        for priority in sorted(Priority, reverse=True):
+            for seq in [s for s in self.running if s.priority == priority]:
+                if budget == 0:
+                    break
+                if seq.status is SequenceStatus.RUNNING and self._grow(seq, budget, scheduled, output):
+                    budget -= len(output.chunks[-1].token_ids)
+            while budget > 0:
+                candidate = self.waiting.peek(priority)
+                if candidate is None or not self._admit(candidate, budget, scheduled, output):
+                    break
+                budget -= len(output.chunks[-1].token_ids)
+        return output
+
+    def _grow(self, seq: Sequence, budget: int, scheduled: set[str], output: SchedulerOutput) -> bool:
+        num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        if num_new > 1 and self.waiting:
+            # A long prompt in mid-prefill leaves half the budget to waiting prompts, so short prompts
+            # are not stuck behind it.
+            num_new = min(num_new, max(self.limits.max_num_batched_tokens // 2, 1))
+        total = seq.num_computed_tokens + num_new
+        while not self.kv_cache.can_allocate(seq.seq_id, total):
+            victim = self._victim(scheduled, below=None, exclude=seq)
+            self._preempt(victim or seq, output)
+            if victim is None:
+                return False
+        self.kv_cache.allocate(seq.seq_id, total)
+        self._emit(seq, num_new, scheduled, output)
+        return True
+
+    def _admit(self, seq: Sequence, budget: int, scheduled: set[str], output: SchedulerOutput) -> bool:
+        if len(self.running) >= self.limits.max_num_seqs:
+            victim = self._victim(scheduled, below=seq.priority, exclude=seq)
+            if victim is None:
+                return False
+            self._preempt(victim, output)
+        tokens = seq.all_token_ids
+        prefix = self.kv_cache.find_cached_prefix(tokens)
+        num_cached = prefix.num_blocks * self.kv_cache.block_size
+        num_new = min(seq.num_tokens - num_cached, budget)
+        while not self.kv_cache.can_allocate(seq.seq_id, num_cached + num_new, prefix):
+            victim = self._victim(scheduled, below=seq.priority, exclude=seq)
+            if victim is None:
+                return False
+            self._preempt(victim, output)
+        self.kv_cache.allocate(seq.seq_id, num_cached + num_new, prefix)
+        self.kv_cache.record_prefix_lookup(
+            len(seq.prompt_token_ids), min(num_cached, len(seq.prompt_token_ids))
+        )
+        if seq.num_preemptions == 0:
+            seq.num_cached_prompt_tokens = min(num_cached, len(seq.prompt_token_ids))
+        seq.num_computed_tokens = num_cached
+        self.waiting.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        self._emit(seq, num_new, scheduled, output)
+        return True
+
+    def _victim(self, scheduled: set[str], below: Priority | None, exclude: Sequence) -> Sequence | None:
+        """The lowest-ranked running sequence not yet scheduled this step (of a class under `below`)."""
+        for seq in reversed(self.running):
+            if seq is exclude or seq.seq_id in scheduled:
+                continue
+            if below is None or seq.priority < below:
+                return seq
+            return None
+        return None
+
+    def _preempt(self, seq: Sequence, output: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        self.kv_cache.free(seq.seq_id)
+        seq.status = SequenceStatus.WAITING
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.push(seq, front=True)
+        output.preempted_seq_ids.append(seq.seq_id)
+        logger.info(
+            "preempted %s (class %s, tenant %s) after %d generated tokens; it will be recomputed",
+            seq.seq_id,
+            seq.priority.name.lower(),
+            seq.tenant,
+            len(seq.output_token_ids),
+        )
+
+    def _emit(self, seq: Sequence, num_new: int, scheduled: set[str], output: SchedulerOutput) -> None:
+        start = seq.num_computed_tokens
+        end = start + num_new
+        num_prompt = len(seq.prompt_token_ids)
+        num_input = max(min(end, num_prompt) - start, 0)
+        self.counters.charge(
+            seq.tenant,
+            num_input * self.limits.input_token_weight
+            + (num_new - num_input) * self.limits.output_token_weight,
+        )
+        scheduled.add(seq.seq_id)
+        output.chunks.append(
+            ScheduledChunk(
+                seq_id=seq.seq_id,
+                token_ids=seq.token_ids_between(start, end),
+                start_position=start,
+                block_ids=list(self.kv_cache.block_ids(seq.seq_id)),
+                sample=end == seq.num_tokens,
+                sampling=seq.sampling,
+                prompt_token_ids=seq.prompt_token_ids,
+                output_token_ids=seq.output_token_ids,
+                seq_index=seq.index,
+            )
+        )
+
+    # ---- update -------------------------------------------------------------------------------
+
+    def update(self, output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Sequence]:
+        """Advance the scheduled sequences; return those that received a token (finished ones too)."""
+        advanced = []
+        for chunk in output.chunks:
+            seq = self.seqs.get(chunk.seq_id)
+            if seq is None or seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens += len(chunk.token_ids)
+            if seq.num_computed_tokens // self.kv_cache.block_size > len(
+                self.kv_cache.block_hashes[seq.seq_id]
+            ):
+                self.kv_cache.cache_full_blocks(seq.seq_id, seq.all_token_ids, seq.num_computed_tokens)
+            if not chunk.sample:
+                continue
+            token_id = sampled_token_ids[seq.seq_id]
+            seq.output_token_ids.append(token_id)
+            advanced.append(seq)
+            self._check_stop(seq, token_id)
+        return advanced
+
+    def _check_stop(self, seq: Sequence, token_id: int) -> None:
+        sampling = seq.sampling
+        if token_id in sampling.stop_token_ids:
+            self.finish(seq.seq_id, "stop", token_id)
+        elif not sampling.ignore_eos and token_id in self.eos_token_ids:
+            self.finish(seq.seq_id, "stop")
+        elif len(seq.output_token_ids) >= sampling.max_tokens or seq.num_tokens >= self.limits.max_model_len:
+            self.finish(seq.seq_id, "length")
