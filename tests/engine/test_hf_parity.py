@@ -6,6 +6,7 @@ import torch
 from inferline import LLM, SamplingParams
 from inferline.engine.model_loader import LoadedModel
 from inferline.models.loader import load_weights
+from inferline.models.reference import transformers_model
 
 PROMPTS = [
     "The capital of France is",
@@ -19,30 +20,8 @@ NEW_TOKENS = 32
 
 @pytest.fixture(scope="module")
 def hf_model():
-    transformers = pytest.importorskip("transformers")
-    weights = load_weights("default")
-    c = weights.config
-    config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim,
-        rms_norm_eps=c.rms_norm_eps,
-        rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_position_embeddings,
-        tie_word_embeddings=c.tie_word_embeddings,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_ids[0],
-    )
-    model = transformers.LlamaForCausalLM(config)
-    model.load_state_dict(weights.state_dict, strict=False)
-    model.tie_weights()
-    # Neither side stops or suppresses at end-of-sequence: both must produce the same 32 argmax tokens.
-    model.generation_config.eos_token_id = None
-    return model.eval()
+    pytest.importorskip("transformers")
+    return transformers_model(load_weights("default"))
 
 
 def test_greedy_tokens_match_transformers_generate(default_model: LoadedModel, hf_model) -> None:

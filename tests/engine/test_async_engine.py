@@ -1,0 +1,100 @@
+"""The asyncio engine: concurrent streams, abort by leaving the loop, errors surface to the caller."""
+
+import asyncio
+import time
+
+import pytest
+
+from inferline.config import EngineConfig
+from inferline.engine.async_engine import AsyncEngine, EngineStoppedError
+from inferline.engine.core import EngineCore
+from inferline.engine.model_loader import LoadedModel
+from inferline.errors import InvalidRequestError
+from inferline.types import Request, SamplingParams
+
+
+@pytest.fixture
+def engine(default_model: LoadedModel):
+    engine = AsyncEngine(EngineCore(EngineConfig(kv_cache_bytes=64 << 20), default_model))
+    yield engine
+    asyncio.run(engine.shutdown(drain_timeout_s=0))
+
+
+def request(model: LoadedModel, request_id: str, text: str, **sampling: object) -> Request:
+    return Request(request_id, model.tokenizer.encode(text), SamplingParams(**sampling))  # type: ignore[arg-type]
+
+
+async def collect(engine: AsyncEngine, req: Request) -> tuple[str, str | None, int]:
+    text, reason, completion_tokens = "", None, 0
+    async for delta in engine.generate(req):
+        text += delta.text
+        reason = delta.finish_reason or reason
+        if delta.usage is not None:
+            completion_tokens = delta.usage.completion_tokens
+    return text, reason, completion_tokens
+
+
+def test_concurrent_streams_match_their_solo_output(engine: AsyncEngine, default_model: LoadedModel) -> None:
+    prompts = [f"Give me fact number {i} about the moon." for i in range(6)]
+
+    async def main() -> list[tuple[str, str | None, int]]:
+        solo = await collect(engine, request(default_model, "solo", prompts[0], max_tokens=16, temperature=0))
+        together = await asyncio.gather(
+            *(
+                collect(engine, request(default_model, f"r{i}", p, max_tokens=16, temperature=0))
+                for i, p in enumerate(prompts)
+            )
+        )
+        return [solo, *together]
+
+    solo, *together = asyncio.run(main())
+    assert together[0] == solo
+    assert all(reason in {"stop", "length"} for _, reason, _ in together)
+    assert all(0 < n <= 16 for _, _, n in together)
+
+
+def test_leaving_the_stream_aborts_and_frees_blocks(engine: AsyncEngine, default_model: LoadedModel) -> None:
+    async def main() -> None:
+        req = request(default_model, "gone", "Write a very long essay:", max_tokens=500, ignore_eos=True)
+        received = 0
+        async for _ in engine.generate(req):
+            received += 1
+            if received == 3:
+                break
+        deadline = time.monotonic() + 5
+        while engine.stats().kv_num_free_blocks != engine.stats().kv_num_blocks:
+            assert time.monotonic() < deadline, "blocks of the abandoned request were not freed"
+            await asyncio.sleep(0.01)
+        assert not engine.core.has_unfinished()
+
+    asyncio.run(main())
+
+
+def test_invalid_request_raises_to_its_caller_only(engine: AsyncEngine, default_model: LoadedModel) -> None:
+    async def main() -> tuple[str, str | None, int]:
+        good = asyncio.create_task(collect(engine, request(default_model, "good", "Hi", max_tokens=8)))
+        with pytest.raises(InvalidRequestError) as error:
+            await collect(engine, request(default_model, "bad", "Hi", temperature=-1.0))
+        assert error.value.param == "temperature"
+        return await good
+
+    _, reason, tokens = asyncio.run(main())
+    assert reason in {"stop", "length"}
+    assert tokens > 0
+
+
+def test_shutdown_drains_in_flight_requests_then_refuses_new_ones(default_model: LoadedModel) -> None:
+    engine = AsyncEngine(EngineCore(EngineConfig(kv_cache_bytes=64 << 20), default_model))
+
+    async def main() -> tuple[str, str | None, int]:
+        in_flight = asyncio.create_task(
+            collect(engine, request(default_model, "a", "Count:", max_tokens=12, ignore_eos=True))
+        )
+        await asyncio.sleep(0.05)
+        await engine.shutdown(drain_timeout_s=30)
+        with pytest.raises(EngineStoppedError):
+            await collect(engine, request(default_model, "late", "Hi"))
+        return await in_flight
+
+    _, reason, tokens = asyncio.run(main())
+    assert (reason, tokens) == ("length", 12)
