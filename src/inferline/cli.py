@@ -48,9 +48,9 @@ def _models_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from inferline.models.store import list_models, store_root
+    from inferline.models.store import inferline_home, list_models
 
-    table = Table(title=f"models (store: {store_root()})")
+    table = Table(title=f"models (store: {inferline_home()})")
     for column in ("name", "aliases", "kind", "size", "available", "path"):
         table.add_column(column)
     for info in list_models():

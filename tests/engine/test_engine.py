@@ -1,6 +1,8 @@
 """The engine on the real default model: batching, chunking, preemption, prefix caching, sampling."""
 
+import logging
 import math
+from collections import Counter
 
 import pytest
 
@@ -43,8 +45,9 @@ def run_all(core: EngineCore, requests: list[Request]) -> dict[str, list[int]]:
 
 
 def test_batched_chunked_and_preempted_outputs_equal_one_at_a_time(
-    default_model: LoadedModel, reference_outputs: list[list[int]]
+    default_model: LoadedModel, reference_outputs: list[list[int]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="inferline.engine.scheduler")
     tokenizer = default_model.tokenizer
     # 48 KV blocks of 4 tokens and a 32-token step budget: prompts are chunked and sequences preempted.
     config = EngineConfig(
@@ -56,6 +59,9 @@ def test_batched_chunked_and_preempted_outputs_equal_one_at_a_time(
     assert [tokens[f"r{i}"] for i in range(len(PROMPTS))] == reference_outputs
     stats = core.stats()
     assert stats.num_preemptions > 0, "the tiny pool should have forced preemption"
+    preempted = [r.getMessage() for r in caplog.records if "preempted" in r.getMessage()]
+    assert len(preempted) == stats.num_preemptions
+    assert all(message.startswith("preempted r") for message in preempted), preempted[:2]
     assert stats.kv_num_free_blocks == stats.kv_num_blocks, "blocks leaked"
 
 
@@ -211,3 +217,25 @@ def test_interactive_request_jumps_a_batch_flood(default_model: LoadedModel) -> 
     )
     assert steps_to_first_token == 1, "the interactive request should get its first token in the next step"
     assert core.stats().num_preemptions >= 1
+
+
+def test_two_tenants_flooding_one_class_get_equal_shares(default_model: LoadedModel) -> None:
+    core = EngineCore(EngineConfig(kv_cache_bytes=64 << 20, max_num_seqs=4), default_model)
+    tokenizer = default_model.tokenizer
+    # "a" floods first, with requests twice as long as "b"'s.
+    for i in range(12):
+        prompt = tokenizer.encode(f"Report {i} from tenant a:")
+        core.add_request(
+            Request(f"a{i}", prompt, SamplingParams(max_tokens=24, ignore_eos=True), Priority.BATCH, "a")
+        )
+    for i in range(12):
+        prompt = tokenizer.encode(f"Report {i} from tenant b:")
+        core.add_request(
+            Request(f"b{i}", prompt, SamplingParams(max_tokens=12, ignore_eos=True), Priority.BATCH, "b")
+        )
+    tokens: Counter[str] = Counter()
+    for _ in range(50):
+        for delta in core.step():
+            tokens[delta.request_id[0]] += len(delta.token_ids)
+    fair_share = (tokens["a"] + tokens["b"]) / 2
+    assert abs(tokens["a"] - fair_share) <= 0.2 * fair_share, tokens
