@@ -15,7 +15,9 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_chat_answers_with_the_default_model() -> None:
-    done = run("chat", "What is the capital of France?", "--max-tokens", "16", "--stats")
+    done = run(
+        "chat", "What is the capital of France?", "--max-tokens", "16", "--temperature", "0", "--stats"
+    )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
     assert "tok/s" in done.stderr
@@ -33,4 +35,11 @@ def test_unknown_model_is_a_clear_error_not_a_traceback() -> None:
     done = run("chat", "hi", "--model", "no-such-model")
     assert done.returncode == 2
     assert "no-such-model" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_chat_rejects_bad_sampling_with_the_field_name() -> None:
+    done = run("chat", "hi", "--top-p", "0")
+    assert done.returncode == 2
+    assert "top_p" in done.stderr
     assert "Traceback" not in done.stderr

@@ -24,7 +24,13 @@ def _chat(args: argparse.Namespace) -> int:
     messages.append({"role": "user", "content": args.message})
     tokenizer = core.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
-    sampling = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    sampling = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
     core.add_request(Request("chat", prompt, sampling))
     started = time.perf_counter()
     num_tokens = 0
@@ -77,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", default="default", help="model name, GGUF file or Hugging Face folder")
     chat.add_argument("--system", default=None, help="system prompt")
     chat.add_argument("--max-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.0)
+    # Sampling, not greedy, by default: greedy decoding makes small models loop.
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--repetition-penalty", type=float, default=1.1)
     chat.add_argument("--seed", type=int, default=None)
     chat.add_argument("--device", default="auto")
     chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

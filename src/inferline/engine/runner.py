@@ -7,12 +7,32 @@ Only the rows that sample a token go through the vocabulary projection.
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from inferline.engine.sampler import SampledToken, Sampler
 from inferline.engine.scheduler import ScheduledChunk, SchedulerOutput
 from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
 from inferline.models.llama import LlamaForCausalLM
+
+
+def allocate_kv_caches(
+    num_layers: int, layer_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """One zeroed KV tensor per layer.
+
+    Zeroed, not empty: padded decode rows read unused slots, and 0 * NaN would poison the output. On
+    the CPU the pool is an anonymous memory mapping, whose pages the kernel zero-fills on first write:
+    a large pool costs neither start-up time nor resident memory until the KV is actually written.
+    """
+    if device.type != "cpu":
+        return [torch.zeros(layer_shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    layer_numel = math.prod(layer_shape)
+    pool = mmap.mmap(-1, num_layers * layer_numel * dtype.itemsize)
+    flat = torch.frombuffer(pool, dtype=dtype)
+    return [flat[i * layer_numel : (i + 1) * layer_numel].view(layer_shape) for i in range(num_layers)]
 
 
 class ModelRunner:
@@ -30,19 +50,8 @@ class ModelRunner:
         self.device = model.embed_tokens.weight.device
         dtype = model.embed_tokens.weight.dtype
         self.dtype = dtype
-        # Zeroed, not empty: padded decode rows read unused slots, and 0 * NaN would poison the output.
-        self.kv_caches = [
-            torch.zeros(
-                2,
-                num_blocks,
-                block_size,
-                config.num_key_value_heads,
-                config.head_dim,
-                dtype=dtype,
-                device=self.device,
-            )
-            for _ in range(config.num_hidden_layers)
-        ]
+        layer_shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, dtype, self.device)
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> dict[str, SampledToken]:
