@@ -170,22 +170,23 @@ def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:
             f"peak RSS {result['peak_rss_mb']:.0f} MB"
         )
     columns = list(results)
-    header = f"{'batch':>5} | " + " | ".join(f"{c:>22}" for c in columns)
-    baseline = "transformers/float32" if "transformers/float32" in results else None
-    if baseline:
-        header += " | " + " | ".join(
-            f"{'x ' + c.split('/')[1][:4] + ' vs hf fp32':>16}" for c in columns if c.startswith("inferline")
-        )
+    ours = [c for c in columns if c.startswith("inferline")]
+    # Each of our dtypes against the peer in the same dtype, and against the peer's default (float32).
+    ratios = [(c, p) for c in ours for p in (c.replace("inferline", "transformers"), "transformers/float32")]
+    ratios = list(dict.fromkeys((c, p) for c, p in ratios if p in results))
+    short = {"inferline": "ours", "transformers": "hf", "float32": "fp32", "bfloat16": "bf16"}
+
+    def label(key: str) -> str:
+        engine, dtype = key.split("/")
+        return f"{short[engine]} {short[dtype]}"
+
+    header = f"{'batch':>5} | " + " | ".join(f"{label(c) + ' tok/s':>14}" for c in columns)
+    header += "".join(f" | {label(c) + ' / ' + label(p):>19}" for c, p in ratios)
     print(header)
     for batch in args.batch_sizes:
-        row = f"{batch:>5} | " + " | ".join(f"{results[c]['tok_s'][str(batch)]:>22.1f}" for c in columns)
-        if baseline:
-            base = results[baseline]["tok_s"][str(batch)]
-            row += " | " + " | ".join(
-                f"{results[c]['tok_s'][str(batch)] / base:>16.2f}"
-                for c in columns
-                if c.startswith("inferline")
-            )
+        tok_s = {c: results[c]["tok_s"][str(batch)] for c in columns}
+        row = f"{batch:>5} | " + " | ".join(f"{tok_s[c]:>14.1f}" for c in columns)
+        row += "".join(f" | {tok_s[c] / tok_s[p]:>19.2f}" for c, p in ratios)
         print(row)
 
 

@@ -98,3 +98,19 @@ def test_shutdown_drains_in_flight_requests_then_refuses_new_ones(default_model:
 
     _, reason, tokens = asyncio.run(main())
     assert (reason, tokens) == ("length", 12)
+
+
+def test_duplicate_request_id_is_refused_without_hurting_the_first(
+    engine: AsyncEngine, default_model: LoadedModel
+) -> None:
+    async def main() -> tuple[str, str | None, int]:
+        first = asyncio.create_task(collect(engine, request(default_model, "same", "Hello", max_tokens=6)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(InvalidRequestError) as error:
+            await collect(engine, request(default_model, "same", "Other", max_tokens=6))
+        assert error.value.param == "request_id"
+        return await first
+
+    _, reason, tokens = asyncio.run(main())
+    assert reason in {"stop", "length"}
+    assert tokens > 0

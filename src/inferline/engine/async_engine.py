@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from inferline.config import EngineConfig
 from inferline.engine.core import EngineCore, EngineStats
-from inferline.errors import InferlineError
+from inferline.errors import InferlineError, InvalidRequestError
 from inferline.types import Delta, Request
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class AsyncEngine:
         """Deltas of `request` as the engine produces them; leaving the loop early aborts the request."""
         if not self._accepting:
             raise EngineStoppedError("the engine is shutting down and takes no new requests")
+        if request.request_id in self._streams:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in flight", "request_id")
         self.core.validate(request)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request.request_id] = stream
@@ -135,8 +137,13 @@ class AsyncEngine:
 
     def _deliver(self, request_id: str, item: Delta | BaseException) -> None:
         stream = self._streams.get(request_id)
-        if stream is not None:
+        if stream is None:
+            return
+        try:
             stream.loop.call_soon_threadsafe(stream.deltas.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+            self._streams.pop(request_id, None)
+            self.core.abort(request_id)
 
     def _fail_all(self, error: Exception) -> None:
         for request_id in list(self.core.requests):
