@@ -50,6 +50,13 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from inferline.server.serve import load_server_config, serve
+
+    config = load_server_config(args.config, host=args.host, port=args.port, api_keys=args.api_key)
+    return serve(config)
+
+
 def _models_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -92,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     chat.add_argument("--stats", action="store_true", help="print load time and tokens/s to stderr")
     chat.set_defaults(handler=_chat)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI and Open Inference Protocol APIs over HTTP")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--config", default=None, help="YAML file with the server config schema")
+    serve.add_argument(
+        "--api-key", action="append", default=[], help="bearer key of the default tenant (repeatable)"
+    )
+    serve.set_defaults(handler=_serve)
 
     models = commands.add_parser("models", help="the model store")
     models_commands = models.add_subparsers(dest="models_command", required=True)

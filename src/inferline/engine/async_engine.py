@@ -41,6 +41,7 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._accepting = True
         self._stopped = False
+        self._mean_request_s = 0.0
         self._thread = threading.Thread(target=self._run, name="inferline-engine", daemon=True)
         self._thread.start()
 
@@ -62,6 +63,7 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request.request_id] = stream
         self._send("add", request)
+        started = time.monotonic()
         finished = False
         try:
             while True:
@@ -70,6 +72,10 @@ class AsyncEngine:
                     raise item
                 if item.usage is not None:
                     finished = True
+                    elapsed = time.monotonic() - started
+                    self._mean_request_s = (
+                        elapsed if not self._mean_request_s else (0.9 * self._mean_request_s + 0.1 * elapsed)
+                    )
                 yield item
                 if finished:
                     return
@@ -83,6 +89,14 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self.core.stats()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopped
+
+    @property
+    def mean_request_s(self) -> float:
+        """Moving average of request durations (submit to last delta); 0 before the first finishes."""
+        return self._mean_request_s
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
         """Stop taking requests, let those in flight finish for up to `drain_timeout_s`, then stop."""

@@ -1,0 +1,103 @@
+"""The local LLM engine as a Backend: tokenization in, the engine's deltas out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+
+from inferline.backends.base import (
+    BackendStats,
+    EmbeddingResult,
+    ModelMetadata,
+    QueueFullError,
+    UnsupportedOperationError,
+)
+from inferline.config import DeploymentConfig, EngineConfig
+from inferline.engine.async_engine import AsyncEngine
+from inferline.errors import InvalidRequestError
+from inferline.models.tokenizer import Tokenizer
+from inferline.types import Delta, Request
+
+
+class LLMBackend:
+    def __init__(self, deployment: DeploymentConfig) -> None:
+        self.deployment = deployment
+        engine_config = deployment.engine or EngineConfig()
+        self.engine_config = engine_config.model_copy(update={"model": deployment.source})
+        self.engine: AsyncEngine | None = None
+        self._metadata = ModelMetadata(
+            name=deployment.name, kind="llm", version=deployment.version, platform="inferline-llm"
+        )
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self._metadata
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._engine.core.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._engine.core.max_model_len
+
+    @property
+    def _engine(self) -> AsyncEngine:
+        if self.engine is None:
+            raise RuntimeError(f"model {self.deployment.name!r} is not loaded")
+        return self.engine
+
+    async def load(self) -> None:
+        self.engine = await AsyncEngine.load(self.engine_config)
+        self._metadata.max_model_len = self.engine.core.max_model_len
+
+    async def unload(self) -> None:
+        if self.engine is not None:
+            await self.engine.shutdown(drain_timeout_s=0)
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        if not self.tokenizer.has_chat_template:
+            raise InvalidRequestError(
+                f"model {self.deployment.name!r} has no chat template: use /v1/completions with a prompt",
+                "messages",
+            )
+        return self.tokenizer.encode_chat(messages)
+
+    def generate(self, request: Request) -> AsyncIterator[Delta]:
+        engine = self._engine
+        if engine.stats().num_waiting >= self.deployment.max_queued_requests:
+            raise QueueFullError(
+                f"model {self.deployment.name!r} has {self.deployment.max_queued_requests} requests waiting "
+                "(max_queued_requests); retry shortly",
+                retry_after_s=1.0,
+            )
+        return engine.generate(request)
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        raise UnsupportedOperationError(
+            f"model {self.deployment.name!r} is a chat/completions model, not embeddings"
+        )
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise UnsupportedOperationError(
+            f"model {self.deployment.name!r} generates text: use /v1/chat/completions or /v1/completions"
+        )
+
+    def stats(self) -> BackendStats:
+        if self.engine is None:
+            return BackendStats(queue_depth=0, running=0, estimated_wait_s=0.0)
+        stats = self.engine.stats()
+        # Waiting requests drain max_num_seqs at a time, each batch taking about one request's time.
+        slots = self.engine_config.max_num_seqs
+        estimated_wait_s = -(-stats.num_waiting // slots) * self.engine.mean_request_s
+        return BackendStats(stats.num_waiting, stats.num_running, estimated_wait_s)
+
+    def health(self) -> bool:
+        return self.engine is not None and self.engine.is_alive()

@@ -1,0 +1,205 @@
+"""The HTTP app: routes are thin; serving modules do the work; errors map in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferline.config import ServerConfig
+from inferline.errors import InferlineError
+from inferline.server.auth import Authenticator, Tenant
+from inferline.server.catalog import Catalog, Deployment
+from inferline.server.errors import error_response, starlette_error_response, validation_error_response
+from inferline.server.metrics import Metrics
+from inferline.server.oip import oip_router
+from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from inferline.server.openai_serving import OpenAIServing
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class RequestContext:
+    """Pure ASGI (no per-request task): request ids, the body-size limit, and request metrics."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLargeError
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+            if declared > self.max_body_bytes:
+                raise _BodyTooLargeError
+            await self.app(scope, limited_receive, tagged_send)
+        except _BodyTooLargeError:
+            if not response_started:
+                message = f"request body is over the limit of {self.max_body_bytes} bytes (max_body_bytes)"
+                is_oip = scope["path"].startswith("/v2")
+                body = (
+                    {"error": message}
+                    if is_oip
+                    else {
+                        "error": {
+                            "message": message,
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": 413,
+                        }
+                    }
+                )
+                await JSONResponse(body, status_code=413)(scope, receive, tagged_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _model_response(deployment: Deployment, result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
+    headers = deployment.headers
+    if isinstance(result, dict):
+        return JSONResponse(result, headers=headers)
+    return StreamingResponse(
+        result, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+    )
+
+
+def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
+    catalog = catalog if catalog is not None else Catalog(config.models)
+    metrics = Metrics()
+    auth = Authenticator(config)
+    serving = OpenAIServing(catalog, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background: the port answers /health at once and /ready when the models are warm.
+        loading = asyncio.create_task(catalog.load_all())
+        yield
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await catalog.unload_all()
+
+    app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
+    app.state.catalog = catalog
+    app.state.metrics = metrics
+    app.add_exception_handler(InferlineError, error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, starlette_error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, error_response)
+    app.add_middleware(RequestContext, max_body_bytes=config.max_body_bytes, metrics=metrics)
+
+    def tenant(request: Request) -> Tenant:
+        return auth.tenant(request.headers.get("authorization"))
+
+    def request_id(request: Request) -> str:
+        return str(request.scope["state"]["request_id"])
+
+    def disconnect_watch(request: Request):  # type: ignore[no-untyped-def]
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        return watch
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        states = {d.config.name: "ready" if d.ready else (d.error or "loading") for d in catalog.deployments}
+        return JSONResponse(
+            {"ready": catalog.all_ready, "models": states}, status_code=200 if catalog.all_ready else 503
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        for deployment in catalog.deployments:
+            metrics.observe_backend(deployment.config.name, deployment.backend)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def model_card(deployment: Deployment, name: str) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "inferline",
+            "root": deployment.config.name,
+        }
+
+    @app.get("/v1/models")
+    async def list_models(_: Tenant = Depends(tenant)) -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(d, name) for name, d in catalog.by_name.items()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, _: Tenant = Depends(tenant)) -> dict[str, Any]:
+        return model_card(catalog.find(model_id), model_id)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:
+        deployment, result = await serving.chat(body, who, request_id(request), disconnect_watch(request))
+        return _model_response(deployment, result)
+
+    @app.post("/v1/completions")
+    async def completions(
+        body: CompletionRequest, request: Request, who: Tenant = Depends(tenant)
+    ) -> Response:
+        deployment, result = await serving.completion(
+            body, who, request_id(request), disconnect_watch(request)
+        )
+        return _model_response(deployment, result)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, _: Tenant = Depends(tenant)) -> Response:
+        deployment, result = await serving.embeddings(body)
+        return _model_response(deployment, result)
+
+    app.include_router(oip_router(catalog, tenant))
+    return app
