@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -81,16 +82,40 @@ def llm_deployment(**engine: Any) -> dict[str, Any]:
     }
 
 
+AFFINE_WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+AFFINE_BIAS = np.array([1.0, -1.0, 0.5], dtype=np.float32)
+
+
+def write_affine_onnx(path: Path) -> Path:
+    """y = x @ W + b, with x: FP32 [batch, 4] and y: FP32 [batch, 3]."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(AFFINE_WEIGHT, "W"), numpy_helper.from_array(AFFINE_BIAS, "b")],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The shared server: the default chat model with tenants "alpha" and "beta"."""
+    """The shared server: the default chat and embedding models, an ONNX model, tenants alpha and beta."""
     tmp_path = tmp_path_factory.mktemp("server")
+    onnx_path = write_affine_onnx(tmp_path / "affine.onnx")
     config = {
         "tenants": [
             {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
             {"name": "beta", "api_keys": [OTHER_KEY]},
         ],
-        "models": [llm_deployment()],
+        "models": [
+            llm_deployment(),
+            {"name": "all-minilm-l6-v2", "kind": "embedding", "source": "all-minilm-l6-v2"},
+            {"name": "affine", "kind": "onnx", "source": str(onnx_path), "max_queue_delay_us": 5000},
+        ],
     }
     process = start_server(config, tmp_path)
     yield process

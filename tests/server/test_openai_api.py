@@ -3,6 +3,7 @@
 import asyncio
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -168,3 +169,19 @@ def test_headers_name_model_deployment_version_and_request_id(server: ServerProc
     assert response.headers["x-inferline-version"] == "1"
     generated = httpx.get(f"{server.url}/health").headers["x-request-id"]
     assert len(generated) == 32
+
+
+def test_embeddings_float_and_base64_batch(client: openai.OpenAI) -> None:
+    texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply."]
+    floats = client.embeddings.create(model="all-minilm-l6-v2", input=texts, encoding_format="float")
+    vectors = np.array([d.embedding for d in floats.data])
+    assert vectors.shape == (3, 384)
+    assert [d.index for d in floats.data] == [0, 1, 2]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+    assert floats.usage.prompt_tokens > 0
+    # The openai client asks for base64 by default and decodes it; the vectors must not change.
+    packed = client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    np.testing.assert_allclose(np.array([d.embedding for d in packed.data]), vectors, rtol=1e-6)
+    single = client.embeddings.create(model="all-minilm-l6-v2", input="The cat sits on the mat.")
+    np.testing.assert_allclose(single.data[0].embedding, vectors[0], atol=1e-5)

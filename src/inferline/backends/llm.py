@@ -72,7 +72,10 @@ class LLMBackend:
 
     def generate(self, request: Request) -> AsyncIterator[Delta]:
         engine = self._engine
-        if engine.stats().num_waiting >= self.deployment.max_queued_requests:
+        # Counted from accepted requests, not the scheduler's queue: a burst arrives before the engine
+        # thread has seen any of it.
+        waiting = engine.num_unfinished - engine.stats().num_running
+        if waiting >= self.deployment.max_queued_requests:
             raise QueueFullError(
                 f"model {self.deployment.name!r} has {self.deployment.max_queued_requests} requests waiting "
                 "(max_queued_requests); retry shortly",

@@ -90,6 +90,11 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self.core.stats()
 
+    @property
+    def num_unfinished(self) -> int:
+        """Requests accepted and not yet finished, including those not yet seen by the engine thread."""
+        return len(self._streams)
+
     def is_alive(self) -> bool:
         return self._thread.is_alive() and not self._stopped
 

@@ -9,22 +9,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferline.config import ServerConfig
 from inferline.errors import InferlineError
 from inferline.server.auth import Authenticator, Tenant
-from inferline.server.catalog import Catalog, Deployment
+from inferline.server.catalog import Catalog
 from inferline.server.errors import error_response, starlette_error_response, validation_error_response
 from inferline.server.metrics import Metrics
 from inferline.server.oip import oip_router
-from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from inferline.server.openai_routes import openai_router
 from inferline.server.openai_serving import OpenAIServing
 
 logger = logging.getLogger(__name__)
@@ -102,20 +101,10 @@ class RequestContext:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
-def _model_response(deployment: Deployment, result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
-    headers = deployment.headers
-    if isinstance(result, dict):
-        return JSONResponse(result, headers=headers)
-    return StreamingResponse(
-        result, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
-    )
-
-
 def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
     catalog = catalog if catalog is not None else Catalog(config.models)
     metrics = Metrics()
     auth = Authenticator(config)
-    serving = OpenAIServing(catalog, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,16 +127,6 @@ def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
     def tenant(request: Request) -> Tenant:
         return auth.tenant(request.headers.get("authorization"))
 
-    def request_id(request: Request) -> str:
-        return str(request.scope["state"]["request_id"])
-
-    def disconnect_watch(request: Request):  # type: ignore[no-untyped-def]
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        return watch
-
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -165,41 +144,6 @@ def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
             metrics.observe_backend(deployment.config.name, deployment.backend)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def model_card(deployment: Deployment, name: str) -> dict[str, Any]:
-        return {
-            "id": name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "inferline",
-            "root": deployment.config.name,
-        }
-
-    @app.get("/v1/models")
-    async def list_models(_: Tenant = Depends(tenant)) -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(d, name) for name, d in catalog.by_name.items()]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, _: Tenant = Depends(tenant)) -> dict[str, Any]:
-        return model_card(catalog.find(model_id), model_id)
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:
-        deployment, result = await serving.chat(body, who, request_id(request), disconnect_watch(request))
-        return _model_response(deployment, result)
-
-    @app.post("/v1/completions")
-    async def completions(
-        body: CompletionRequest, request: Request, who: Tenant = Depends(tenant)
-    ) -> Response:
-        deployment, result = await serving.completion(
-            body, who, request_id(request), disconnect_watch(request)
-        )
-        return _model_response(deployment, result)
-
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest, _: Tenant = Depends(tenant)) -> Response:
-        deployment, result = await serving.embeddings(body)
-        return _model_response(deployment, result)
-
+    app.include_router(openai_router(OpenAIServing(catalog, metrics), catalog, tenant))
     app.include_router(oip_router(catalog, tenant))
     return app

@@ -47,6 +47,27 @@ class Metrics:
         self.waiting = Gauge(
             "inferline_requests_waiting", "Requests queued.", ["model"], registry=self.registry
         )
+        self.kv_blocks_used = Gauge(
+            "inferline_kv_cache_blocks_used",
+            "KV-cache blocks held by live sequences.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.kv_usage = Gauge(
+            "inferline_kv_cache_usage_ratio",
+            "Fraction of KV-cache blocks in use.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.preemptions = Gauge(
+            "inferline_preemptions", "Sequences preempted since start.", ["model"], registry=self.registry
+        )
+        self.prefix_hit_rate = Gauge(
+            "inferline_prefix_cache_hit_ratio",
+            "Share of prompt tokens served from the prefix cache.",
+            ["model"],
+            registry=self.registry,
+        )
 
     def observe_backend(self, name: str, backend: Backend) -> None:
         stats = backend.stats()

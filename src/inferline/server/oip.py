@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from inferline.backends.base import ModelMetadata
 from inferline.errors import InvalidRequestError
 from inferline.server.auth import Tenant
-from inferline.server.catalog import Catalog
+from inferline.server.catalog import Catalog, Deployment
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -89,34 +89,44 @@ def parse_input(raw: Any, binary: memoryview | None, cursor: int) -> tuple[str, 
     datatype = raw.get("datatype")
     if datatype != "BYTES" and datatype not in _DTYPES:
         raise InvalidRequestError(f"input {name!r}: unknown datatype {datatype!r}", name)
-    count = int(np.prod(shape, dtype=np.int64))
     size = (raw.get("parameters") or {}).get("binary_data_size")
     if size is not None:
-        if binary is None or cursor + int(size) > len(binary):
-            raise InvalidRequestError(f"input {name!r}: binary_data_size runs past the request body", name)
-        chunk = bytes(binary[cursor : cursor + int(size)])
-        cursor += int(size)
-        if datatype == "BYTES":
-            return name, _decode_bytes_elements(chunk, count, name).reshape(shape), cursor
-        if len(chunk) != count * _DTYPES[datatype].itemsize:
-            raise InvalidRequestError(
-                f"input {name!r}: {len(chunk)} bytes do not hold shape {shape} of {datatype}", name
-            )
-        return name, np.frombuffer(chunk, dtype=_DTYPES[datatype]).reshape(shape), cursor
-    values = _flatten(raw.get("data"))
-    if len(values) != count:
+        array, cursor = _binary_input(name, shape, datatype, int(size), binary, cursor)
+        return name, array, cursor
+    return name, _json_input(name, shape, datatype, raw.get("data")), cursor
+
+
+def _binary_input(
+    name: str, shape: list[int], datatype: str, size: int, binary: memoryview | None, cursor: int
+) -> tuple[np.ndarray, int]:
+    if binary is None or cursor + size > len(binary):
+        raise InvalidRequestError(f"input {name!r}: binary_data_size runs past the request body", name)
+    chunk = bytes(binary[cursor : cursor + size])
+    cursor += size
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype == "BYTES":
+        return _decode_bytes_elements(chunk, count, name).reshape(shape), cursor
+    if len(chunk) != count * _DTYPES[datatype].itemsize:
+        raise InvalidRequestError(
+            f"input {name!r}: {len(chunk)} bytes do not hold shape {shape} of {datatype}", name
+        )
+    return np.frombuffer(chunk, dtype=_DTYPES[datatype]).reshape(shape), cursor
+
+
+def _json_input(name: str, shape: list[int], datatype: str, data: Any) -> np.ndarray:
+    values = _flatten(data)
+    if len(values) != int(np.prod(shape, dtype=np.int64)):
         raise InvalidRequestError(f"input {name!r}: {len(values)} values do not fill shape {shape}", name)
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise InvalidRequestError(f"input {name!r}: BYTES data must be strings", name)
-        return name, np.array([v.encode() for v in values], dtype=object).reshape(shape), cursor
-    try:
-        array = np.array(values, dtype=_DTYPES[datatype])
-    except (TypeError, ValueError, OverflowError) as error:
-        raise InvalidRequestError(f"input {name!r}: data does not fit {datatype}: {error}", name) from None
+        return np.array([v.encode() for v in values], dtype=object).reshape(shape)
     if datatype == "BOOL" and not all(isinstance(v, bool) for v in values):
         raise InvalidRequestError(f"input {name!r}: BOOL data must be true or false", name)
-    return name, array.reshape(shape), cursor
+    try:
+        return np.array(values, dtype=_DTYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise InvalidRequestError(f"input {name!r}: data does not fit {datatype}: {error}", name) from None
 
 
 def _encode_output(name: str, array: np.ndarray, as_binary: bool) -> tuple[dict[str, Any], bytes]:
@@ -175,6 +185,45 @@ def _wants_binary(payload: dict[str, Any]) -> dict[str, bool]:
     return wanted or {"*": default}
 
 
+def _parse_inputs(payload: dict[str, Any], binary: memoryview | None) -> dict[str, np.ndarray]:
+    raw_inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequestError("'inputs' must be a non-empty list of tensors", "inputs")
+    inputs, cursor = {}, 0
+    for raw in raw_inputs:
+        name, array, cursor = parse_input(raw, binary, cursor)
+        inputs[name] = array
+    return inputs
+
+
+def _infer_response(
+    name: str, deployment: Deployment, payload: dict[str, Any], outputs: dict[str, np.ndarray]
+) -> Response:
+    wanted = _wants_binary(payload)
+    selected = list(outputs) if "*" in wanted else [n for n in outputs if n in wanted]
+    entries, blobs = [], []
+    for output_name in selected:
+        as_binary = wanted.get(output_name, wanted.get("*", False))
+        entry, blob = _encode_output(output_name, outputs[output_name], as_binary)
+        entries.append(entry)
+        blobs.append(blob)
+    header: dict[str, Any] = {
+        "model_name": name,
+        "model_version": deployment.config.version,
+        "outputs": entries,
+    }
+    if isinstance(payload.get("id"), str):
+        header["id"] = payload["id"]
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    headers = deployment.headers
+    if any(blobs):
+        headers[_HEADER_LENGTH] = str(len(header_bytes))
+        return Response(
+            header_bytes + b"".join(blobs), media_type="application/octet-stream", headers=headers
+        )
+    return Response(header_bytes, media_type="application/json", headers=headers)
+
+
 def oip_router(catalog: Catalog, tenant: Callable[..., Tenant]) -> APIRouter:
     router = APIRouter(prefix="/v2", dependencies=[Depends(tenant)])
 
@@ -206,37 +255,7 @@ def oip_router(catalog: Catalog, tenant: Callable[..., Tenant]) -> APIRouter:
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         deployment = catalog.get(name)
         payload, binary = _split_body(request, await request.body())
-        raw_inputs = payload.get("inputs") if isinstance(payload, dict) else None
-        if not isinstance(raw_inputs, list) or not raw_inputs:
-            raise InvalidRequestError("'inputs' must be a non-empty list of tensors", "inputs")
-        inputs, cursor = {}, 0
-        for raw in raw_inputs:
-            input_name, array, cursor = parse_input(raw, binary, cursor)
-            inputs[input_name] = array
-        outputs = await deployment.backend.infer(inputs)
-        wanted = _wants_binary(payload)
-        selected = [n for n in outputs if n in wanted] if "*" not in wanted else list(outputs)
-        entries, blobs = [], []
-        for output_name in selected:
-            entry, blob = _encode_output(
-                output_name, outputs[output_name], wanted.get(output_name, wanted.get("*", False))
-            )
-            entries.append(entry)
-            blobs.append(blob)
-        header: dict[str, Any] = {
-            "model_name": name,
-            "model_version": deployment.config.version,
-            "outputs": entries,
-        }
-        if isinstance(payload.get("id"), str):
-            header["id"] = payload["id"]
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        headers = deployment.headers
-        if any(blobs):
-            headers[_HEADER_LENGTH] = str(len(header_bytes))
-            return Response(
-                header_bytes + b"".join(blobs), media_type="application/octet-stream", headers=headers
-            )
-        return Response(header_bytes, media_type="application/json", headers=headers)
+        outputs = await deployment.backend.infer(_parse_inputs(payload, binary))
+        return _infer_response(name, deployment, payload, outputs)
 
     return router

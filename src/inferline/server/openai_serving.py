@@ -102,8 +102,8 @@ class OpenAIServing:
         if max_tokens is not None and len(prompt_ids) + max_tokens > limit:
             raise HTTPError(
                 400,
-                f"max_tokens is {max_tokens} but the prompt has {len(prompt_ids)} tokens and this model's context "
-                f"is {limit}: ask for at most {limit - len(prompt_ids)} tokens",
+                f"max_tokens is {max_tokens} but the prompt has {len(prompt_ids)} tokens and this model's "
+                f"context is {limit}: ask for at most {limit - len(prompt_ids)} tokens",
                 "invalid_request_error",
                 "max_tokens",
             )
@@ -320,11 +320,19 @@ async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged]) -> AsyncIter
 
 async def _merge(streams: list[AsyncIterator[Delta]], done: list[bool]) -> AsyncIterator[Tagged]:
     """Interleave several requests' deltas as they come; closing this closes (aborts) them all."""
-    if len(streams) == 1:
+    if len(streams) == 1:  # the common case needs no tasks and no queue hop
         if not done[0]:
             async for delta in streams[0]:
                 yield 0, delta
         return
+    async for item in _interleave(
+        [s for s, finished in zip(streams, done, strict=True) if not finished],
+        [i for i, finished in enumerate(done) if not finished],
+    ):
+        yield item
+
+
+async def _interleave(streams: list[AsyncIterator[Delta]], indices: list[int]) -> AsyncIterator[Tagged]:
     queue: asyncio.Queue[Tagged | BaseException | None] = asyncio.Queue()
 
     async def pump(index: int, stream: AsyncIterator[Delta]) -> None:
@@ -336,7 +344,7 @@ async def _merge(streams: list[AsyncIterator[Delta]], done: list[bool]) -> Async
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams) if not done[i]]
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in zip(indices, streams, strict=True)]
     remaining = len(tasks)
     try:
         while remaining:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -85,5 +86,8 @@ def serve(config: ServerConfig) -> int:
             limit_concurrency=None,
         )
     )
+    # uvicorn re-raises the SIGTERM it handled once it has drained; with a handler of ours in place that
+    # re-raise lands here instead of killing the process, which then exits 0 as a clean stop should.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0

@@ -1,0 +1,132 @@
+"""Disconnects, full queues, graceful shutdown and safe start-up, on real server processes."""
+
+import asyncio
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import API_KEY, BIN, ServerProcess, free_port, llm_deployment, start_server
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+LONG = {
+    "model": "default",
+    "prompt": "Tell me everything:",
+    "max_tokens": 2000,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def kv_blocks_used(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    match = re.search(
+        r'^inferline_kv_cache_blocks_used\{model="smollm2-135m-instruct"\} (\S+)$', metrics, re.M
+    )
+    assert match, "the KV gauge is missing from /metrics"
+    return float(match.group(1))
+
+
+def test_client_disconnect_aborts_and_frees_kv_blocks(server: ServerProcess) -> None:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=LONG, headers=AUTH, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert kv_blocks_used(server) > 0
+    deadline = time.monotonic() + 5
+    while kv_blocks_used(server) > 0:
+        assert time.monotonic() < deadline, "the abandoned request still holds KV blocks"
+        time.sleep(0.05)
+
+
+def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    deployment = {**llm_deployment(max_num_seqs=1), "max_queued_requests": 1}
+    server = start_server({"models": [deployment]}, tmp_path)
+    try:
+
+        async def main() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                body = {"model": "default", "prompt": "Count:", "max_tokens": 24, "ignore_eos": True}
+                return await asyncio.gather(
+                    *(client.post(f"{server.url}/v1/completions", json=body) for _ in range(6))
+                )
+
+        responses = asyncio.run(main())
+        codes = sorted(r.status_code for r in responses)
+        assert 429 in codes, codes
+        assert 200 in codes, codes
+        assert set(codes) <= {200, 429}
+        refused = next(r for r in responses if r.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "max_queued_requests" in refused.json()["error"]["message"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_0(tmp_path: Path) -> None:
+    server = start_server({"models": [llm_deployment()], "drain_timeout_s": 60}, tmp_path)
+    received: list[str] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        body = {**LONG, "max_tokens": 40}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line:
+                    received.append(line)
+                    first_chunk.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first_chunk.wait(30)
+    assert server.stop(timeout_s=90) == 0
+    reader.join(10)
+    assert received[-1] == "data: [DONE]"
+    assert sum('"text"' in line for line in received) >= 39, "the stream was cut short by the shutdown"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.url}/health", timeout=2)
+
+
+def test_refuses_to_listen_beyond_loopback_without_keys() -> None:
+    done = subprocess.run(
+        [str(BIN), "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--api-key" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_default_serve_is_ready_in_under_10_s(tmp_path: Path) -> None:
+    port = free_port()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [str(BIN), "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        ready_s = None
+        while time.monotonic() - started < 30:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    ready_s = time.monotonic() - started
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert ready_s is not None, "not ready within 30 s"
+        assert ready_s < 10, f"ready after {ready_s:.1f} s"
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
+        assert {"smollm2-135m-instruct", "default", "all-minilm-l6-v2"} <= {m["id"] for m in models}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
