@@ -16,6 +16,14 @@ def _chat(args: argparse.Namespace) -> int:
     from inferline.engine.core import EngineCore
     from inferline.types import Request, SamplingParams
 
+    sampling = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    sampling.validate()  # before the model loads: a typo should not cost seconds
     config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype)
     started = time.perf_counter()
     core = EngineCore(config)
@@ -24,13 +32,6 @@ def _chat(args: argparse.Namespace) -> int:
     messages.append({"role": "user", "content": args.message})
     tokenizer = core.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages), add_special_tokens=False)
-    sampling = SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-    )
     core.add_request(Request("chat", prompt, sampling))
     started = time.perf_counter()
     num_tokens = 0

@@ -69,7 +69,9 @@ class DeploymentConfig(BaseModel):
     aliases: list[str] = Field(default_factory=list, description="Other names that reach this deployment.")
     version: str = Field("1", min_length=1, description="Model version reported in headers and metadata.")
     engine: EngineConfig | None = Field(None, description="LLM engine settings (kind 'llm' only).")
-    max_batch_size: int = Field(32, ge=1, le=4096, description="Embedding/ONNX: most requests run together.")
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Embedding/ONNX: most rows (texts, tensor rows) in one run."
+    )
     max_queue_delay_us: int = Field(
         2000,
         ge=0,

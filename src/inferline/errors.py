@@ -14,6 +14,14 @@ class InvalidRequestError(InferlineError, ValueError):
         self.param = param
 
 
+class QueueFullError(InferlineError):
+    """A queue is at its configured limit; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ModelNotFoundError(InferlineError, LookupError):
     """No model with that name or path is known to the model store."""
 

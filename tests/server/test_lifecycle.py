@@ -5,12 +5,22 @@ import re
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import API_KEY, BIN, ServerProcess, free_port, llm_deployment, start_server
+from .conftest import (
+    API_KEY,
+    BIN,
+    ServerProcess,
+    free_port,
+    llm_deployment,
+    read_port,
+    start_server,
+    write_config,
+)
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 LONG = {
@@ -127,6 +137,67 @@ def test_default_serve_is_ready_in_under_10_s(tmp_path: Path) -> None:
         assert ready_s < 10, f"ready after {ready_s:.1f} s"
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
         assert {"smollm2-135m-instruct", "default", "all-minilm-l6-v2"} <= {m["id"] for m in models}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+
+
+def test_http_stays_responsive_while_the_engine_computes(server: ServerProcess) -> None:
+    body = {**LONG, "max_tokens": 60, "stream": False}
+    with httpx.Client(timeout=120) as client, ThreadPoolExecutor(4) as pool:
+        busy = [
+            pool.submit(client.post, f"{server.url}/v1/completions", json=body, headers=AUTH)
+            for _ in range(4)
+        ]
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert client.get(f"{server.url}/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        assert all(f.result().status_code == 200 for f in busy)
+    assert sorted(latencies)[len(latencies) // 2] < 0.05, latencies
+
+
+def test_metrics_expose_request_counts_and_latency_histograms(server: ServerProcess) -> None:
+    httpx.post(
+        f"{server.url}/v1/completions",
+        json={"model": "default", "prompt": "Hi", "max_tokens": 1},
+        headers=AUTH,
+    )
+    text = httpx.get(f"{server.url}/metrics").text
+    assert re.search(r'inferline_http_requests_total\{route="/v1/completions",status="200"\} [1-9]', text)
+    assert 'inferline_http_request_duration_seconds_bucket{le="0.005",route="/v1/completions"}' in text
+    assert "inferline_time_to_first_token_seconds_count" in text
+    assert re.search(r'inferline_generation_tokens_total\{model="default"\} [1-9]', text)
+
+
+def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) -> None:
+    broken = {"name": "broken", "kind": "onnx", "source": str(tmp_path / "missing.onnx")}
+    process = subprocess.Popen(
+        [str(BIN), "serve", "--config", str(write_config(tmp_path, {"models": [llm_deployment(), broken]}))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{read_port(tmp_path)}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "the chat model never became ready"
+            try:
+                states = httpx.get(f"{url}/ready", timeout=1).json()["models"]
+                if states["smollm2-135m-instruct"] == "ready" and states["broken"] != "loading":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"{url}/ready").status_code == 503
+        response = httpx.post(f"{url}/v2/models/broken/infer", json={"inputs": []})
+        assert response.status_code == 503
+        assert "failed to load" in response.json()["error"]
+        ok = httpx.post(f"{url}/v1/completions", json={"model": "default", "prompt": "Hi", "max_tokens": 1})
+        assert ok.status_code == 200
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0

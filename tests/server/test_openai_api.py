@@ -185,3 +185,11 @@ def test_embeddings_float_and_base64_batch(client: openai.OpenAI) -> None:
     np.testing.assert_allclose(np.array([d.embedding for d in packed.data]), vectors, rtol=1e-6)
     single = client.embeddings.create(model="all-minilm-l6-v2", input="The cat sits on the mat.")
     np.testing.assert_allclose(single.data[0].embedding, vectors[0], atol=1e-5)
+
+
+def test_embedding_requests_larger_than_a_batch_are_split_not_refused(client: openai.OpenAI) -> None:
+    texts = [f"Sentence {i} about the weather." for i in range(75)]  # max_batch_size is 32
+    reply = client.embeddings.create(model="all-minilm-l6-v2", input=texts, encoding_format="float")
+    assert [d.index for d in reply.data] == list(range(75))
+    alone = client.embeddings.create(model="all-minilm-l6-v2", input=texts[70], encoding_format="float")
+    np.testing.assert_allclose(reply.data[70].embedding, alone.data[0].embedding, atol=1e-5)

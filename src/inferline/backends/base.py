@@ -24,14 +24,6 @@ class UnsupportedOperationError(InferlineError):
     """The model exists but does not do what was asked (e.g. chat with an embedding model)."""
 
 
-class QueueFullError(InferlineError):
-    """The backend's queue is at its configured limit; retry after `retry_after_s`."""
-
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
 @dataclass
 class TensorSpec:
     """One named input or output of a model (Open Inference Protocol metadata)."""

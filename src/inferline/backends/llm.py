@@ -11,12 +11,11 @@ from inferline.backends.base import (
     BackendStats,
     EmbeddingResult,
     ModelMetadata,
-    QueueFullError,
     UnsupportedOperationError,
 )
 from inferline.config import DeploymentConfig, EngineConfig
 from inferline.engine.async_engine import AsyncEngine
-from inferline.errors import InvalidRequestError
+from inferline.errors import InvalidRequestError, QueueFullError
 from inferline.models.tokenizer import Tokenizer
 from inferline.types import Delta, Request
 

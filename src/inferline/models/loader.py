@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inferline.errors import ModelLoadError
 from inferline.models.gguf_loader import load_gguf
 from inferline.models.hf_loader import load_hf_folder
 from inferline.models.loaded_weights import LoadedWeights
@@ -18,6 +19,11 @@ def load_weights(name_or_path: str) -> LoadedWeights:
 
 def load_source(source: ModelSource) -> LoadedWeights:
     """Load an already-resolved model."""
+    if source.kind == "embedding":
+        raise ModelLoadError(
+            f"{source.name!r} is an embedding model (a sentence-transformers folder), not a chat model; "
+            "serve it as a deployment of kind 'embedding'"
+        )
     weights = load_gguf(source.path) if source.kind == "gguf" else load_hf_folder(source.path)
     if not weights.config.name:
         weights.config.name = source.name

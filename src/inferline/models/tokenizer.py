@@ -64,13 +64,7 @@ class Tokenizer:
     def from_hf_folder(cls, path: Path) -> Tokenizer:
         """Build from tokenizer.json (+ tokenizer_config.json, generation_config.json, config.json)."""
         path = Path(path)
-        tokenizer_file = path / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise ModelLoadError(
-                f"{path} has no tokenizer.json; only fast (tokenizers-library) tokenizers are supported. "
-                "Save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder)"
-            )
-        backend = BackendTokenizer.from_file(str(tokenizer_file))
+        backend = read_tokenizer_json(path)
         tokenizer_config = _read_json(path / "tokenizer_config.json")
         model_config = _read_json(path / "config.json")
         bos_token_id = _token_id(backend, tokenizer_config.get("bos_token"))
@@ -180,6 +174,17 @@ class Tokenizer:
         if token_id is None:
             return ""
         return self.backend.id_to_token(token_id) or ""
+
+
+def read_tokenizer_json(folder: Path) -> BackendTokenizer:
+    """The folder's tokenizer.json; only fast (tokenizers-library) tokenizers are supported."""
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelLoadError(
+            f"{folder} has no tokenizer.json; only fast (tokenizers-library) tokenizers are supported. "
+            "Save one with transformers: AutoTokenizer.from_pretrained(folder).save_pretrained(folder)"
+        )
+    return BackendTokenizer.from_file(str(tokenizer_file))
 
 
 def _byte_level_table() -> dict[str, int]:

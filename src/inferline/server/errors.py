@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferline.backends.base import QueueFullError, UnsupportedOperationError
+from inferline.backends.base import UnsupportedOperationError
 from inferline.engine.async_engine import EngineStoppedError
-from inferline.errors import InferlineError, InvalidRequestError, ModelNotFoundError
+from inferline.errors import InferlineError, InvalidRequestError, ModelNotFoundError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
