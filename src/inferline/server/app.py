@@ -124,7 +124,7 @@ def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
     app.add_exception_handler(Exception, error_response)
     app.add_middleware(RequestContext, max_body_bytes=config.max_body_bytes, metrics=metrics)
 
-    def tenant(request: Request) -> Tenant:
+    async def tenant(request: Request) -> Tenant:  # async: FastAPI runs sync dependencies on a thread pool
         return auth.tenant(request.headers.get("authorization"))
 
     @app.get("/health")
