@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from inferline.errors import InferlineError
 
@@ -81,6 +83,145 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+    from inferline.bench.config import ServeBenchConfig, build_config
+    from inferline.bench.metrics import SLO
+    from inferline.bench.serve import run_serve_bench
+
+    options = {k: v for k, v in vars(args).items() if k in ServeBenchConfig.model_fields}
+    options["slo"] = SLO.parse(args.slo) if args.slo is not None else None
+    options["api_key"] = (
+        args.api_key or os.environ.get("INFERLINE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    )
+    options["timeout_s"], options["json_path"], options["plot_path"] = args.timeout, args.json, args.plot
+    options["progress"] = not args.no_progress
+    return run_serve_bench(build_config(ServeBenchConfig, options))
+
+
+def _bench_offline(args: argparse.Namespace) -> int:
+    from inferline.bench.config import OfflineBenchConfig, build_config
+    from inferline.bench.offline import run_offline_bench
+
+    options = {k: v for k, v in vars(args).items() if k in OfflineBenchConfig.model_fields}
+    options["json_path"] = args.json
+    return run_offline_bench(build_config(OfflineBenchConfig, options))
+
+
+def _bench_plot(args: argparse.Namespace) -> int:
+    from inferline.bench.plot import plot_files
+
+    return plot_files(args.results, args.out)
+
+
+def _bench_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from inferline.bench.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """`1,4,16` → [1, 4, 16], for options that take several values at once."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers like 1,4,16: {error}"
+            ) from None
+
+    return parse
+
+
+def _add_bench_parser(commands: Any) -> None:
+    from pathlib import Path
+
+    bench = commands.add_parser("bench", help="benchmark a server over HTTP, or the engine offline")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+
+    serve = bench_commands.add_parser(
+        "serve",
+        help="latency and throughput of an OpenAI-compatible server (vllm bench serve's metrics)",
+    )
+    serve.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="server root (with or without /v1)"
+    )
+    serve.add_argument("--model", required=True, help="the model name the server knows")
+    serve.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    serve.add_argument(
+        "--api-key", default=None, help="bearer key (default: $INFERLINE_API_KEY, $OPENAI_API_KEY)"
+    )
+    serve.add_argument(
+        "--label", default=None, help="name of this run in plots (default 'MODEL @ HOST:PORT')"
+    )
+    serve.add_argument("--dataset", type=Path, default=None, help='JSONL of {"prompt"} or {"messages"} lines')
+    serve.add_argument("--input-len", type=int, default=128, help="synthetic prompt length in tokens")
+    serve.add_argument("--output-len", type=int, default=128, help="output tokens asked for per request")
+    serve.add_argument("--len-jitter", type=float, default=0.0, help="lengths uniform in len*(1±jitter)")
+    serve.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help="requests per point (default 100, or every dataset line)",
+    )
+    serve.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: exact output lengths")
+    serve.add_argument("--temperature", type=float, default=0.0)
+    serve.add_argument("--seed", type=int, default=0, help="seed of prompts, lengths and arrivals")
+    serve.add_argument(
+        "--concurrency", type=_comma_list(int), default=[], help="closed-loop points, e.g. 1,4,16,64"
+    )
+    serve.add_argument(
+        "--request-rate",
+        type=_comma_list(float),
+        default=[],
+        help="open-loop points in req/s, e.g. 0.5,1,inf",
+    )
+    serve.add_argument(
+        "--burstiness", type=float, default=1.0, help="gamma shape of arrival gaps; 1 = Poisson"
+    )
+    serve.add_argument(
+        "--max-concurrency", type=int, default=None, help="open loop: cap on requests in flight"
+    )
+    serve.add_argument("--warmup", type=int, default=2, help="requests sent first and not counted")
+    serve.add_argument(
+        "--slo", default=None, help="goodput targets in seconds, e.g. ttft=1.0,tpot=0.1,e2e=20"
+    )
+    serve.add_argument(
+        "--timeout", type=float, default=300.0, help="longest wait for the server's next byte, s"
+    )
+    serve.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    serve.add_argument("--plot", type=Path, default=None, help="write the latency/throughput chart (PNG)")
+    serve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    serve.set_defaults(handler=_bench_serve)
+
+    offline = bench_commands.add_parser("offline", help="engine throughput per batch size, no HTTP")
+    offline.add_argument("--model", default="default", help="model name, GGUF file or Hugging Face folder")
+    offline.add_argument("--batch-sizes", type=_comma_list(int), default=[1, 8, 32], help="e.g. 1,8,32")
+    offline.add_argument("--input-len", type=int, default=128)
+    offline.add_argument("--output-len", type=int, default=128)
+    offline.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    offline.add_argument("--device", default="auto")
+    offline.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per batch size; the median is kept"
+    )
+    offline.add_argument("--seed", type=int, default=0)
+    offline.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    offline.set_defaults(handler=_bench_offline)
+
+    plot = bench_commands.add_parser(
+        "plot", help="TTFT and TPOT against output throughput, one line per file"
+    )
+    plot.add_argument("results", type=Path, nargs="+", help="bench serve --json files")
+    plot.add_argument("--out", type=Path, required=True, help="PNG to write")
+    plot.set_defaults(handler=_bench_plot)
+
+    schema = bench_commands.add_parser("schema", help="print the JSON Schema of --json results")
+    schema.set_defaults(handler=_bench_schema)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferline", description="Self-hosted AI inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine events (preemptions, loads)")
@@ -113,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="the model store")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     models_commands.add_parser("list", help="models available to serve").set_defaults(handler=_models_list)
+
+    _add_bench_parser(commands)
     return parser
 
 

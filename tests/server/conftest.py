@@ -111,11 +111,48 @@ def write_affine_onnx(path: Path) -> Path:
     return path
 
 
+def write_typed_onnx(path: Path) -> Path:
+    """One op per datatype: a+a (INT32), m where keep (INT64, BOOL), h+h (FP16), d*d (FP64)."""
+    from onnx import TensorProto, helper, save
+
+    def spec(name: str, dtype: int) -> Any:
+        return helper.make_tensor_value_info(name, dtype, ["batch", 2])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "a"], ["a2"]),
+            helper.make_node("Where", ["keep", "m", "m_zero"], ["m_kept"]),
+            helper.make_node("Sub", ["m", "m"], ["m_zero"]),
+            helper.make_node("Add", ["h", "h"], ["h2"]),
+            helper.make_node("Mul", ["d", "d"], ["d2"]),
+        ],
+        "typed",
+        [
+            spec("a", TensorProto.INT32),
+            spec("m", TensorProto.INT64),
+            spec("keep", TensorProto.BOOL),
+            spec("h", TensorProto.FLOAT16),
+            spec("d", TensorProto.DOUBLE),
+        ],
+        [
+            spec("a2", TensorProto.INT32),
+            spec("m_kept", TensorProto.INT64),
+            spec("h2", TensorProto.FLOAT16),
+            spec("d2", TensorProto.DOUBLE),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.graph.node.sort(key=lambda node: node.output[0] != "m_zero")  # topological: m_zero first
+    save(model, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server: the default chat and embedding models, an ONNX model, tenants alpha and beta."""
     tmp_path = tmp_path_factory.mktemp("server")
     onnx_path = write_affine_onnx(tmp_path / "affine.onnx")
+    typed_path = write_typed_onnx(tmp_path / "typed.onnx")
     config = {
         "tenants": [
             {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
@@ -125,6 +162,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             llm_deployment(),
             {"name": "all-minilm-l6-v2", "kind": "embedding", "source": "all-minilm-l6-v2"},
             {"name": "affine", "kind": "onnx", "source": str(onnx_path), "max_queue_delay_us": 5000},
+            {"name": "typed", "kind": "onnx", "source": str(typed_path)},
         ],
     }
     process = start_server(config, tmp_path)

@@ -82,3 +82,27 @@ def test_bad_tensors_are_clear_400s(client: triton.InferenceServerClient) -> Non
     with pytest.raises(InferenceServerException) as error:
         client.get_model_metadata("nope", headers=auth())
     assert error.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_every_numeric_datatype_round_trips(client: triton.InferenceServerClient, binary: bool) -> None:
+    values = {
+        "a": (np.array([[1, -2], [3, 4]], dtype=np.int32), "INT32"),
+        "m": (np.array([[2**40, 5], [-7, 9]], dtype=np.int64), "INT64"),
+        "keep": (np.array([[True, False], [False, True]]), "BOOL"),
+        "h": (np.array([[0.5, 1.25], [-2.0, 3.5]], dtype=np.float16), "FP16"),
+        "d": (np.array([[1e-200, 3.0], [2.5, -1.5]], dtype=np.float64), "FP64"),
+    }
+    tensors = []
+    for name, (array, datatype) in values.items():
+        tensor = triton.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(tensor)
+    outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("a2", "m_kept", "h2", "d2")]
+    result = client.infer("typed", tensors, outputs=outputs, headers=auth())
+    np.testing.assert_array_equal(result.as_numpy("a2"), values["a"][0] * 2)
+    np.testing.assert_array_equal(result.as_numpy("m_kept"), np.where(values["keep"][0], values["m"][0], 0))
+    np.testing.assert_array_equal(result.as_numpy("h2"), values["h"][0] * 2)
+    np.testing.assert_array_equal(result.as_numpy("d2"), values["d"][0] ** 2)
+    assert result.as_numpy("m_kept").dtype == np.int64
+    assert result.as_numpy("h2").dtype == np.float16
