@@ -8,7 +8,7 @@ with a 400 instead of guessing from the type.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -77,7 +77,7 @@ class Backend(Protocol):
     async def unload(self) -> None:
         """Finish or abort in-flight work and release memory."""
 
-    def generate(self, request: Request) -> AsyncIterator[Delta]:
+    def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         """LLMs: the request's deltas as they are produced; leaving the iteration aborts it."""
         ...
 

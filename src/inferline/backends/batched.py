@@ -7,7 +7,7 @@ and unload from the batcher, and refuses text generation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from inferline.backends.base import BackendStats, ModelMetadata, UnsupportedOperationError
@@ -49,7 +49,7 @@ class BatchedBackend:
             await asyncio.to_thread(self._batcher.close)
             self._batcher = None
 
-    def generate(self, request: Request) -> AsyncIterator[Delta]:
+    def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         raise UnsupportedOperationError(
             f"model {self.deployment.name!r} is a {self.deployment.kind} model; it cannot generate text"
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ class LLMBackend:
             )
         return self.tokenizer.encode_chat(messages)
 
-    def generate(self, request: Request) -> AsyncIterator[Delta]:
+    def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         engine = self._engine
         # Counted from accepted requests, not the scheduler's queue: a burst arrives before the engine
         # thread has seen any of it.

@@ -106,16 +106,21 @@ class StreamingClient:
         temperature: float = 0.0,
         timeout_s: float = 300.0,
         max_connections: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = api_base(base_url)
-        self.url = f"{self.base_url}/{'chat/completions' if endpoint == 'chat' else 'completions'}"
+        self.path = "/chat/completions" if endpoint == "chat" else "/completions"
+        self.url = self.base_url + self.path
         self.model, self.endpoint = model, endpoint
         self.ignore_eos, self.temperature, self.timeout_s = ignore_eos, temperature, timeout_s
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # Keep-alive for every connection a worker may hold, so no request pays for a new handshake.
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(
-            headers=headers, limits=limits, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+            headers=headers,
+            limits=limits,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            transport=transport,  # tests hand in an httpx.MockTransport
         )
 
     async def __aenter__(self) -> StreamingClient:

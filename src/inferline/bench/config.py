@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,7 +34,7 @@ class LoadPoint(BaseModel):
         if self.mode == "closed":
             return f"concurrency {self.concurrency}"
         cap = f", max {self.concurrency} in flight" if self.concurrency else ""
-        return f"rate {self.request_rate:g}/s{cap}"
+        return f"rate {self.request_rate:g}/s{cap}" if self.request_rate != math.inf else f"rate inf{cap}"
 
     @property
     def short_label(self) -> str:

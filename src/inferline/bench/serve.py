@@ -56,7 +56,7 @@ def run_serve_bench(config: ServeBenchConfig) -> int:
     out = console()
     out.print(
         serve_table(
-            f"inferline bench serve  {document['label']}  /v1/{config.endpoint}  "
+            f"inferline bench serve  {document['label']}  {_path(config)}  "
             f"{workload_text(document['workload'])}  {num_prompts} requests per point  "
             f"seed {config.seed}  warm-up {config.warmup}  {document['created']}",
             results,
@@ -77,6 +77,10 @@ def run_serve_bench(config: ServeBenchConfig) -> int:
         )
         return 1
     return 0
+
+
+def _path(config: ServeBenchConfig) -> str:
+    return "/v1/chat/completions" if config.endpoint == "chat" else "/v1/completions"
 
 
 def _save(config: ServeBenchConfig, document: dict[str, Any]) -> None:

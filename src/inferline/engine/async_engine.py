@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from inferline.config import EngineConfig
@@ -53,7 +53,7 @@ class AsyncEngine:
 
     # ---- the caller's side --------------------------------------------------------------------
 
-    async def generate(self, request: Request) -> AsyncIterator[Delta]:
+    async def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         """Deltas of `request` as the engine produces them; leaving the loop early aborts the request."""
         if not self._accepting:
             raise EngineStoppedError("the engine is shutting down and takes no new requests")

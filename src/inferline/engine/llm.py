@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from inferline.config import EngineConfig
 from inferline.engine.core import EngineCore
@@ -69,11 +69,13 @@ class LLM:
         tenant: str = "default",
     ) -> list[RequestOutput]:
         """Generate for every prompt (text or token ids) in one continuous batch; outputs keep input order."""
+        prompt_list: list[Prompt]
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompt_list = list(prompts)  # type: ignore[arg-type]
+            prompt_list = [cast(Prompt, prompts)]
+        else:
+            prompt_list = list(cast(Sequence[Prompt], prompts))
         params = self._params_for(sampling_params, len(prompt_list))
         outputs: dict[str, RequestOutput] = {}
         for prompt, sampling in zip(prompt_list, params, strict=True):
@@ -101,11 +103,13 @@ class LLM:
     ) -> list[RequestOutput]:
         """Apply the model's chat template to each conversation, then generate."""
         if conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]  # type: ignore[list-item]
+            batch = [cast(list[Message], conversations)]
+        else:
+            batch = [list(c) for c in cast(Sequence[list[Message]], conversations)]
         # The template already writes any BOS token the model wants, so encode without adding another.
-        prompts = [
-            self.tokenizer.encode(self.tokenizer.apply_chat_template(list(c)), add_special_tokens=False)
-            for c in conversations
+        prompts: list[Prompt] = [
+            self.tokenizer.encode(self.tokenizer.apply_chat_template(c), add_special_tokens=False)
+            for c in batch
         ]
         return self.generate(prompts, sampling_params, **options)
 

@@ -118,7 +118,7 @@ def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
     app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
     app.state.catalog = catalog
     app.state.metrics = metrics
-    app.add_exception_handler(InferlineError, error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(InferlineError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, starlette_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, error_response)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -224,7 +224,7 @@ def _infer_response(
     return Response(header_bytes, media_type="application/json", headers=headers)
 
 
-def oip_router(catalog: Catalog, tenant: Callable[..., Tenant]) -> APIRouter:
+def oip_router(catalog: Catalog, tenant: Callable[..., Awaitable[Tenant]]) -> APIRouter:
     router = APIRouter(prefix="/v2", dependencies=[Depends(tenant)])
 
     @router.get("")

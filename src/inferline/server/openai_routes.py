@@ -47,7 +47,9 @@ def model_card(deployment: Deployment, name: str) -> dict[str, Any]:
     }
 
 
-def openai_router(serving: OpenAIServing, catalog: Catalog, tenant: Callable[..., Tenant]) -> APIRouter:
+def openai_router(
+    serving: OpenAIServing, catalog: Catalog, tenant: Callable[..., Awaitable[Tenant]]
+) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.get("/models")

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,7 +127,9 @@ class OpenAIServing:
         self.metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
         return list(enumerate(firsts)), _merge(streams, [d.usage is not None for d in firsts])
 
-    async def _collect(self, backend: LLMBackend, requests: list[Request], model: str, n: int):  # type: ignore[no-untyped-def]
+    async def _collect(
+        self, backend: LLMBackend, requests: list[Request], model: str, n: int
+    ) -> tuple[list[_Choice], _Usage]:
         firsts, rest = await self._first_and_rest(backend, requests, model)
         choices = [_Choice() for _ in range(len(requests) * n)]
         usage = _Usage()
@@ -318,7 +320,7 @@ async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged]) -> AsyncIter
         yield item
 
 
-async def _merge(streams: list[AsyncIterator[Delta]], done: list[bool]) -> AsyncIterator[Tagged]:
+async def _merge(streams: list[AsyncGenerator[Delta, None]], done: list[bool]) -> AsyncIterator[Tagged]:
     """Interleave several requests' deltas as they come; closing this closes (aborts) them all."""
     if len(streams) == 1:  # the common case needs no tasks and no queue hop
         if not done[0]:

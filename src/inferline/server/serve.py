@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import signal
 import socket
 from pathlib import Path
@@ -37,7 +38,10 @@ def load_server_config(
     overrides = {"host": host, "port": port}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     if api_keys:
-        raw["api_keys"] = [*raw.get("api_keys", []), *api_keys]  # type: ignore[list-item]
+        existing = raw.get("api_keys") or []
+        if not isinstance(existing, list):
+            raise InvalidRequestError(f"config {path}: api_keys must be a list of keys", "api_keys")
+        raw["api_keys"] = [*existing, *api_keys]
     try:
         return ServerConfig.model_validate(raw)
     except ValidationError as error:
@@ -82,7 +86,7 @@ def serve(config: ServerConfig) -> int:
             log_level="info",
             access_log=False,
             # SIGTERM: stop accepting, let in-flight requests finish for this long, then exit 0.
-            timeout_graceful_shutdown=config.drain_timeout_s,
+            timeout_graceful_shutdown=math.ceil(config.drain_timeout_s),
             limit_concurrency=None,
         )
     )
