@@ -86,7 +86,11 @@ def _models_list(args: argparse.Namespace) -> int:
 def _bench_serve(args: argparse.Namespace) -> int:
     from inferline.bench.config import ServeBenchConfig, build_config
     from inferline.bench.metrics import SLO
-    from inferline.bench.serve import run_serve_bench
+
+    try:
+        from inferline.bench.serve import run_serve_bench
+    except ImportError as error:
+        raise InferlineError(f"bench serve needs {error.name}: pip install 'inferline[bench]'") from None
 
     options = {k: v for k, v in vars(args).items() if k in ServeBenchConfig.model_fields}
     options["slo"] = SLO.parse(args.slo) if args.slo is not None else None

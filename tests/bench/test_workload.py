@@ -30,8 +30,10 @@ def test_lengths_stay_within_the_jitter_bounds_and_spread_over_them() -> None:
     input_lens = [len((r.prompt or "").split()) for r in requests]
     output_lens = [r.max_tokens for r in requests]
     assert length_bounds(100, 0.25) == (75, 125)
-    assert min(input_lens) >= 75 and max(input_lens) <= 125
-    assert min(input_lens) <= 78 and max(input_lens) >= 122  # uniform: the whole range is used
+    assert min(input_lens) >= 75
+    assert max(input_lens) <= 125
+    assert min(input_lens) <= 78
+    assert max(input_lens) >= 122
     assert all(o is not None and 30 <= o <= 50 for o in output_lens)
     assert all(r.messages is None for r in requests)
 
@@ -40,7 +42,8 @@ def test_no_jitter_gives_exact_lengths_from_the_word_list() -> None:
     requests = synthetic_requests(SyntheticSpec(16, 8, 0.0, seed=0), 5)
     for request in requests:
         words = (request.prompt or "").split()
-        assert len(words) == 16 and set(words) <= set(WORDS)
+        assert len(words) == 16
+        assert set(words) <= set(WORDS)
         assert request.max_tokens == 8
 
 
@@ -71,8 +74,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_dataset_reads_prompts_and_conversations(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '{"prompt": "Hello"}\n\n'
-        '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}\n',
+        '{"prompt": "Hello"}\n\n{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}\n',
     )
     requests = load_dataset(path, default_max_tokens=32)
     assert requests == [

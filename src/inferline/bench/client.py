@@ -109,8 +109,7 @@ class StreamingClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = api_base(base_url)
-        self.path = "/chat/completions" if endpoint == "chat" else "/completions"
-        self.url = self.base_url + self.path
+        self.url = self.base_url + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.model, self.endpoint = model, endpoint
         self.ignore_eos, self.temperature, self.timeout_s = ignore_eos, temperature, timeout_s
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}

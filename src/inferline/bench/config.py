@@ -36,10 +36,6 @@ class LoadPoint(BaseModel):
         cap = f", max {self.concurrency} in flight" if self.concurrency else ""
         return f"rate {self.request_rate:g}/s{cap}" if self.request_rate != math.inf else f"rate inf{cap}"
 
-    @property
-    def short_label(self) -> str:
-        return f"c{self.concurrency}" if self.mode == "closed" else f"r{self.request_rate:g}"
-
 
 class ServeBenchConfig(BaseModel):
     """`inferline bench serve`: which server, what workload, which load points."""

@@ -11,15 +11,20 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inferline.bench.config import OfflineBenchConfig
 from inferline.bench.report import console, environment, offline_table, write_json
 from inferline.errors import InvalidRequestError
+from inferline.types import SamplingParams
+
+if TYPE_CHECKING:  # the engine pulls in torch: imported when the command runs, not at CLI start
+    from inferline.engine.llm import LLM
 
 FIRST_PLAIN_TOKEN_ID = 100
+BLOCK_SIZE = 16
 
 
 def random_prompts(batch_size: int, input_len: int, vocab_size: int, seed: int) -> list[list[int]]:
@@ -27,10 +32,8 @@ def random_prompts(batch_size: int, input_len: int, vocab_size: int, seed: int) 
     return rng.integers(FIRST_PLAIN_TOKEN_ID, vocab_size, size=(batch_size, input_len)).tolist()
 
 
-def time_batch(llm: Any, prompts: list[list[int]], output_len: int, repeats: int) -> float:
+def time_batch(llm: LLM, prompts: list[list[int]], output_len: int, repeats: int) -> float:
     """Median seconds of `repeats` runs of the whole batch."""
-    from inferline import SamplingParams
-
     params = SamplingParams(max_tokens=output_len, temperature=0, ignore_eos=True)
     llm.generate(prompts[:1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))  # warm-up
     times = []
@@ -45,30 +48,31 @@ def time_batch(llm: Any, prompts: list[list[int]], output_len: int, repeats: int
 
 
 def run_offline_bench(config: OfflineBenchConfig) -> int:
-    from inferline import LLM
     from inferline.config import EngineConfig
+    from inferline.engine.llm import LLM
     from inferline.engine.model_loader import load_model
 
-    loaded = load_model(EngineConfig(model=config.model, device=config.device, dtype=config.dtype))
+    loaded = load_model(
+        EngineConfig.model_validate({"model": config.model, "device": config.device, "dtype": config.dtype})
+    )
     context = loaded.config.max_position_embeddings
     if config.input_len + config.output_len > context:
         raise InvalidRequestError(
-            f"--input-len {config.input_len} + --output-len {config.output_len} exceeds the model's context "
-            f"of {context} tokens: lower them",
+            f"--input-len {config.input_len} + --output-len {config.output_len} exceeds the model's "
+            f"context of {context} tokens: lower them",
             "input_len",
         )
-    block_size = 16
-    blocks_per_seq = -(-(config.input_len + config.output_len) // block_size) + 1
-    bytes_per_block = loaded.config.kv_bytes_per_token * loaded.dtype.itemsize * block_size
+    blocks_per_seq = -(-(config.input_len + config.output_len) // BLOCK_SIZE) + 1
+    bytes_per_block = loaded.config.kv_bytes_per_token * loaded.dtype.itemsize * BLOCK_SIZE
     points = []
     for batch_size in config.batch_sizes:
         llm = LLM(
             config.model,
             loaded=loaded,
             max_num_seqs=batch_size,
-            block_size=block_size,
+            block_size=BLOCK_SIZE,
             kv_cache_bytes=max(1 << 16, bytes_per_block * blocks_per_seq * batch_size),
-            enable_prefix_caching=False,
+            enable_prefix_caching=False,  # random prompts share nothing; keep the cache's cost out
         )
         prompts = random_prompts(batch_size, config.input_len, loaded.config.vocab_size, config.seed)
         elapsed = time_batch(llm, prompts, config.output_len, config.repeats)
@@ -79,16 +83,29 @@ def run_offline_bench(config: OfflineBenchConfig) -> int:
             file=sys.stderr,
             flush=True,
         )
-    document = {
-        **environment(
-            f"inferline offline {config.model} {loaded.device} {str(loaded.dtype).removeprefix('torch.')}"
-        ),
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    document = offline_document(config, str(loaded.device), dtype, points)
+    console().print(
+        offline_table(
+            f"inferline bench offline  {document['label']}  {config.input_len} in / "
+            f"{config.output_len} out  median of {config.repeats}  {document['created']}",
+            points,
+        )
+    )
+    if config.json_path is not None:
+        write_json(config.json_path, document)
+        print(f"wrote {config.json_path}", file=sys.stderr)
+    return 0
+
+
+def offline_document(
+    config: OfflineBenchConfig, device: str, dtype: str, points: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The run as an inferline-bench/1 document of kind "offline" (schema.py)."""
+    return {
+        **environment(f"inferline offline {config.model} {device} {dtype}"),
         "kind": "offline",
-        "engine": {
-            "model": config.model,
-            "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
-        },
+        "engine": {"model": config.model, "device": device, "dtype": dtype},
         "workload": {
             "input_len": config.input_len,
             "output_len": config.output_len,
@@ -97,17 +114,6 @@ def run_offline_bench(config: OfflineBenchConfig) -> int:
         },
         "points": points,
     }
-    console().print(
-        offline_table(
-            f"inferline bench offline  {document['label']}  {config.input_len} in / {config.output_len} out  "
-            f"median of {config.repeats}  {document['created']}",
-            points,
-        )
-    )
-    if config.json_path is not None:
-        write_json(config.json_path, document)
-        print(f"wrote {config.json_path}", file=sys.stderr)
-    return 0
 
 
 def _point(batch_size: int, elapsed_s: float, config: OfflineBenchConfig) -> dict[str, Any]:
