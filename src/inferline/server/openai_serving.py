@@ -176,24 +176,45 @@ class OpenAIServing:
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
         return deployment, response
 
-    async def _chat_stream(
+    def _chat_stream(
         self, body: ChatCompletionRequest, response_id: str, firsts: list[Tagged], rest: AsyncIterator[Tagged]
     ) -> AsyncIterator[bytes]:
         head = envelope("chat.completion.chunk", response_id, body.model)
+        roles = [
+            sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
+            for i in range(body.n)
+        ]
+
+        def choice_for(_: int, delta: Delta) -> dict[str, Any] | None:
+            if not (delta.text or delta.finish_reason or delta.logprobs):
+                return None
+            return {
+                "index": delta.index,
+                "delta": {"content": delta.text} if delta.text else {},
+                "logprobs": chat_logprobs(delta.logprobs) if delta.logprobs else None,
+                "finish_reason": delta.finish_reason,
+            }
+
+        return self._stream(body, head, roles, _chain(firsts, rest), choice_for)
+
+    async def _stream(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        head: dict[str, Any],
+        preamble: list[bytes],
+        tagged: AsyncIterator[Tagged],
+        choice_for: Callable[[int, Delta], dict[str, Any] | None],
+    ) -> AsyncIterator[bytes]:
+        """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         usage = _Usage()
-        for index in range(body.n):
-            yield sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}}]})
+        for frame in preamble:
+            yield frame
         try:
-            async for _, delta in _chain(firsts, rest):
+            async for prompt_index, delta in tagged:
                 usage.add(delta)
-                choice: dict[str, Any] = {
-                    "index": delta.index,
-                    "delta": {"content": delta.text} if delta.text else {},
-                    "logprobs": chat_logprobs(delta.logprobs) if delta.logprobs else None,
-                    "finish_reason": delta.finish_reason,
-                }
-                if delta.text or delta.finish_reason or delta.logprobs:
+                choice = choice_for(prompt_index, delta)
+                if choice is not None:
                     yield sse({**head, "choices": [choice]})
             self.metrics.count_tokens(body.model, usage.prompt, usage.completion)
             if include_usage:
@@ -246,37 +267,28 @@ class OpenAIServing:
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
         return deployment, response
 
-    async def _completion_stream(
+    def _completion_stream(
         self, body: CompletionRequest, response_id: str, firsts: list[Tagged], rest: AsyncIterator[Tagged]
     ) -> AsyncIterator[bytes]:
         head = envelope("text_completion", response_id, body.model)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage = _Usage()
         offsets: dict[int, int] = {}
-        try:
-            async for prompt_index, delta in _chain(firsts, rest):
-                usage.add(delta)
-                index = prompt_index * body.n + delta.index
-                logprobs = None
-                if body.logprobs is not None and delta.logprobs:
-                    logprobs = completion_logprobs(delta.logprobs, offsets.get(index, 0))
-                offsets[index] = offsets.get(index, 0) + len(delta.text)
-                if delta.text or delta.finish_reason or logprobs:
-                    choice = {
-                        "index": index,
-                        "text": delta.text,
-                        "logprobs": logprobs,
-                        "finish_reason": delta.finish_reason,
-                    }
-                    yield sse({**head, "choices": [choice]})
-            self.metrics.count_tokens(body.model, usage.prompt, usage.completion)
-            if include_usage:
-                yield sse(
-                    {**head, "choices": [], "usage": usage_dict(usage.prompt, usage.completion, usage.cached)}
-                )
-        except Exception as error:
-            yield sse(openai_error_body(to_http_error(error)))
-        yield sse("[DONE]")
+
+        def choice_for(prompt_index: int, delta: Delta) -> dict[str, Any] | None:
+            index = prompt_index * body.n + delta.index
+            logprobs = None
+            if body.logprobs is not None and delta.logprobs:
+                logprobs = completion_logprobs(delta.logprobs, offsets.get(index, 0))
+            offsets[index] = offsets.get(index, 0) + len(delta.text)
+            if not (delta.text or delta.finish_reason or logprobs):
+                return None
+            return {
+                "index": index,
+                "text": delta.text,
+                "logprobs": logprobs,
+                "finish_reason": delta.finish_reason,
+            }
+
+        return self._stream(body, head, [], _chain(firsts, rest), choice_for)
 
     # ---- embeddings -----------------------------------------------------------------------------
 
