@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from inferline import LLM, SamplingParams
+from inferline import LLM
+from inferline.bench.offline import time_batch
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.models.loader import load_weights
@@ -43,15 +44,7 @@ def time_inferline(loaded: LoadedModel, prompts: list[list[int]], new_tokens: in
         kv_cache_bytes=loaded.config.kv_bytes_per_token * loaded.dtype.itemsize * 16 * (batch * 18 + 16),
         enable_prefix_caching=False,
     )
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    llm.generate(prompts[:1], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        outs = llm.generate(prompts, params)
-        times.append(time.perf_counter() - started)
-        assert all(len(o.outputs[0].token_ids) == new_tokens for o in outs)
-    return statistics.median(times)
+    return time_batch(llm, prompts, new_tokens, repeats)
 
 
 def load_transformers(dtype: torch.dtype):  # type: ignore[no-untyped-def]
