@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class EngineConfig(BaseModel):
@@ -51,20 +52,34 @@ class EngineConfig(BaseModel):
     seed: int = Field(0, description="Seed of the sampler for requests that do not bring their own.")
 
 
-DeploymentKind = Literal["llm", "embedding", "onnx"]
+DeploymentKind = Literal["llm", "embedding", "onnx", "remote"]
+PriorityName = Literal["interactive", "conversational", "batch"]
 
 
-class DeploymentConfig(BaseModel):
-    """One model served under a name: an LLM on the engine, an embedding model, or an ONNX model."""
+class CircuitBreakerConfig(BaseModel):
+    """When to stop sending requests to a failing deployment, and when to try it again."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=128, description="The name clients use in `model`.")
-    kind: DeploymentKind = Field(..., description="'llm', 'embedding' or 'onnx'.")
-    source: str = Field(
-        ...,
+    failure_threshold: int = Field(5, ge=1, le=10_000, description="Failures within window_s that open it.")
+    window_s: float = Field(30.0, gt=0, le=86_400, description="How far back failures are counted.")
+    cooldown_s: float = Field(
+        10.0, gt=0, le=86_400, description="How long it stays open before one probe request is let through."
+    )
+
+
+class DeploymentConfig(BaseModel):
+    """One model variant the router can send requests to: a local LLM, embedding or ONNX model, or a
+    remote OpenAI-compatible upstream; with the price, quality and latency the router chooses by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128, description="The deployment's unique name.")
+    kind: DeploymentKind = Field(..., description="'llm', 'embedding', 'onnx' or 'remote'.")
+    source: str | None = Field(
+        None,
         min_length=1,
-        description="Where the weights are: a store name, a GGUF file, a model folder or an .onnx file.",
+        description="Local kinds: a store name, a GGUF file, a model folder or an .onnx file.",
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that reach this deployment.")
     version: str = Field("1", min_length=1, description="Model version reported in headers and metadata.")
@@ -81,21 +96,226 @@ class DeploymentConfig(BaseModel):
     max_queued_requests: int = Field(
         256, ge=1, le=1_000_000, description="Requests waiting beyond this are refused at once with 429."
     )
+    base_url: str | None = Field(
+        None, description="Remote: the upstream's OpenAI API root, e.g. 'http://10.0.0.5:8000/v1'."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Remote: environment variable holding the upstream's API key (keeps it out of files).",
+    )
+    upstream_model: str | None = Field(
+        None, description="Remote: the model name to ask the upstream for; defaults to `name`."
+    )
+    max_output_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Remote: the most tokens a request without max_tokens may produce (for budget holds).",
+    )
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for the first token (or whole answer of a non-LLM) before falling back.",
+    )
+    price_input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    price_output_per_1m: float = Field(0.0, ge=0, description="USD per million generated tokens.")
+    quality: float = Field(0.0, ge=0, description="Relative answer quality; higher is better (best_quality).")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=1_000_000, description="Most requests in flight; more wait in the router's queue."
+    )
+    latency_objective_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Target time to first token (whole answer for non-LLMs); `cheapest` skips a deployment "
+        "whose live estimate is above it.",
+    )
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DeploymentConfig:
+        if self.kind == "remote":
+            if not self.base_url:
+                raise ValueError("a remote deployment needs base_url (the upstream's /v1 root)")
+        elif not self.source:
+            raise ValueError(f"a {self.kind} deployment needs source (where its weights are)")
+        return self
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_input_per_1m + completion_tokens * self.price_output_per_1m) / 1e6
+
+
+class CascadeConfig(BaseModel):
+    """When a cascade stage's answer is good enough to return rather than escalate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_mean_logprob: float | None = Field(
+        -1.0, le=0, description="Escalate when the answer's mean token log-probability is below this."
+    )
+    escalate_on_empty: bool = Field(True, description="Escalate when the answer is empty or only whitespace.")
+    escalate_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions (case-insensitive); escalate when the answer matches one, "
+        'e.g. refusals such as "^I (can\'t|cannot)".',
+    )
+
+    @field_validator("escalate_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {error}") from None
+        return patterns
+
+
+class CanaryConfig(BaseModel):
+    """A share of traffic to a new version, rolled back automatically when it does worse."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str = Field(..., description="The deployment serving most traffic.")
+    candidate: str = Field(..., description="The new deployment under test.")
+    percent: float = Field(5.0, ge=0, le=100, description="Share of requests sent to the candidate.")
+    min_samples: int = Field(
+        20, ge=1, le=1_000_000, description="Requests each arm must have served before a verdict."
+    )
+    window: int = Field(200, ge=1, le=1_000_000, description="Recent requests per arm that are judged.")
+    max_error_rate_increase: float = Field(
+        0.05, ge=0, le=1, description="Roll back when candidate error rate > baseline's + this."
+    )
+    max_p95_latency_ratio: float = Field(
+        1.5, ge=1, description="Roll back when candidate p95 latency > baseline's × this."
+    )
+
+
+RoutePolicy = Literal["fixed", "weighted", "cheapest", "fastest", "best_quality", "cascade", "canary"]
+
+
+class RouteConfig(BaseModel):
+    """A public model name and the policy that picks which deployment answers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128, description="The name clients send as `model`.")
+    policy: RoutePolicy = Field("fixed", description="How a deployment is chosen (see the README).")
+    deployments: list[str] = Field(
+        default_factory=list,
+        description="Candidates: one for fixed; stages in order for cascade; the set for weighted, "
+        "cheapest, fastest and best_quality. Canary takes its two from `canary`.",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="weighted: deployment -> relative share (missing ones get 0)."
+    )
+    sticky_by: Literal["user", "tenant", "none"] = Field(
+        "user",
+        description="weighted/canary: keep a caller on one arm, by the body's `user` field (falling back "
+        "to the tenant), by tenant, or not at all.",
+    )
+    max_price_per_1m: float | None = Field(
+        None, ge=0, description="best_quality: ignore deployments whose output price per 1M is above this."
+    )
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    canary: CanaryConfig | None = None
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Tried in order when the chosen deployment fails or times out."
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="Most deployments one request is tried on.")
+    degrade_to: str | None = Field(
+        None, description="A smaller, faster deployment used when the chosen one's wait is over budget."
+    )
+
+    def members(self) -> list[str]:
+        """Every deployment this route may send a request to."""
+        names = [*self.deployments, *self.weights, *self.fallbacks]
+        if self.canary is not None:
+            names += [self.canary.baseline, self.canary.candidate]
+        if self.degrade_to is not None:
+            names.append(self.degrade_to)
+        return list(dict.fromkeys(names))
+
+
+Period = Literal["minute", "hour", "day", "month", "total"]
+
+
+class BudgetConfig(BaseModel):
+    """A spending limit per calendar period (UTC), from the deployments' prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit_usd: float = Field(..., ge=0, description="Most spend per period, in USD.")
+    period: Period = Field(
+        "month", description="'minute', 'hour', 'day', 'month' (calendar, UTC) or 'total'."
+    )
+
+
+class QuotaConfig(BaseModel):
+    """Rate limits of one tenant (token buckets that refill continuously)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests per minute.")
+    tokens_per_minute: int | None = Field(None, ge=1, description="Prompt plus completion tokens per minute.")
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+
+class ApiKeyConfig(BaseModel):
+    """A named key, so that it can have a budget of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(..., min_length=1, description="The key, or 'sha256:<hex digest>' of it.")
+    name: str = Field(..., min_length=1, max_length=128, description="Shown in errors and usage records.")
+    budget: BudgetConfig | None = None
 
 
 class TenantConfig(BaseModel):
-    """A tenant and the API keys that authenticate as it."""
+    """A tenant, the API keys that authenticate as it, its priority, quotas and budget."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=128)
-    api_keys: list[str] = Field(
-        ..., min_length=1, description="Bearer keys, in plain text or as 'sha256:<hex digest>' of the key."
+    api_keys: list[str | ApiKeyConfig] = Field(
+        ...,
+        min_length=1,
+        description="Bearer keys, in plain text or as 'sha256:<hex digest>', or named keys with budgets.",
     )
-    priority: Literal["interactive", "conversational", "batch"] = Field(
+    priority: PriorityName = Field(
         "conversational",
         description="Scheduling class of this tenant's requests unless a request asks lower.",
     )
+    team: str | None = Field(None, description="The team (in `teams`) this tenant belongs to.")
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    budget: BudgetConfig | None = None
+
+
+class TeamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128)
+    organisation: str | None = Field(None, description="The organisation (in `organisations`) it belongs to.")
+    budget: BudgetConfig | None = None
+
+
+class OrganisationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=128)
+    budget: BudgetConfig | None = None
+
+
+class AdmissionConfig(BaseModel):
+    """The longest estimated queue wait each priority class accepts before degrading or a 429."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interactive_max_wait_s: float = Field(0.5, gt=0, description="Interactive requests' wait budget.")
+    conversational_max_wait_s: float = Field(5.0, gt=0, description="Conversational requests' wait budget.")
+    batch_max_wait_s: float = Field(600.0, gt=0, description="Batch requests' wait budget.")
+
+    def max_wait_s(self, priority: PriorityName) -> float:
+        return float(getattr(self, f"{priority}_max_wait_s"))
 
 
 def default_deployments() -> list[DeploymentConfig]:
@@ -103,6 +323,18 @@ def default_deployments() -> list[DeploymentConfig]:
         DeploymentConfig(name="smollm2-135m-instruct", kind="llm", source="default", aliases=["default"]),
         DeploymentConfig(name="all-minilm-l6-v2", kind="embedding", source="all-minilm-l6-v2"),
     ]
+
+
+Location = tuple[str | int, ...]
+
+
+class ConfigReferenceError(ValueError):
+    """A name in the config that refers to nothing; `loc` is the field's path (for file:line messages)."""
+
+    def __init__(self, loc: Location, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
 
 
 class ServerConfig(BaseModel):
@@ -113,9 +345,87 @@ class ServerConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
     api_keys: list[str] = Field(default_factory=list, description="Keys of the single 'default' tenant.")
+    admin_api_keys: list[str] = Field(
+        default_factory=list, description="Keys (or 'sha256:<hex>') allowed to use /admin; none disables it."
+    )
     tenants: list[TenantConfig] = Field(default_factory=list)
-    models: list[DeploymentConfig] = Field(default_factory=default_deployments)
+    teams: list[TeamConfig] = Field(default_factory=list)
+    organisations: list[OrganisationConfig] = Field(default_factory=list)
+    deployments: list[DeploymentConfig] = Field(default_factory=default_deployments)
+    routes: list[RouteConfig] = Field(
+        default_factory=list,
+        description="Public names with policies; every deployment name and alias is also a fixed route.",
+    )
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db: quotas and budgets shared by every replica using it."
+    )
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight work may finish."
     )
+
+    def check_references(self) -> None:
+        """Raise ConfigReferenceError at the first name that points nowhere or is used twice."""
+        names: dict[str, Location] = {}
+        for i, deployment in enumerate(self.deployments):
+            for j, name in enumerate([deployment.name, *deployment.aliases]):
+                loc: Location = ("deployments", i, "name") if j == 0 else ("deployments", i, "aliases", j - 1)
+                _unique(names, name, loc)
+        deployments = {d.name for d in self.deployments}
+        for i, route in enumerate(self.routes):
+            _unique(names, route.name, ("routes", i, "name"))
+            _check_route(route, ("routes", i), deployments)
+        teams = {t.name for t in self.teams}
+        organisations = {o.name for o in self.organisations}
+        for i, tenant in enumerate(self.tenants):
+            if tenant.team is not None and tenant.team not in teams:
+                raise ConfigReferenceError(
+                    ("tenants", i, "team"), f"team {tenant.team!r} is not defined in `teams`"
+                )
+        for i, team in enumerate(self.teams):
+            if team.organisation is not None and team.organisation not in organisations:
+                raise ConfigReferenceError(
+                    ("teams", i, "organisation"),
+                    f"organisation {team.organisation!r} is not defined in `organisations`",
+                )
+
+
+def _unique(seen: dict[str, Location], name: str, loc: Location) -> None:
+    if name in seen:
+        where = ".".join(str(p) for p in seen[name])
+        raise ConfigReferenceError(loc, f"name {name!r} is already used at {where}; names must be unique")
+    seen[name] = loc
+
+
+def _check_route(route: RouteConfig, loc: Location, deployments: set[str]) -> None:
+    fields: list[tuple[Location, str]] = [
+        ((*loc, "deployments", i), n) for i, n in enumerate(route.deployments)
+    ]
+    fields += [((*loc, "weights", n), n) for n in route.weights]
+    fields += [((*loc, "fallbacks", i), n) for i, n in enumerate(route.fallbacks)]
+    if route.degrade_to is not None:
+        fields.append(((*loc, "degrade_to"), route.degrade_to))
+    if route.canary is not None:
+        fields += [((*loc, "canary", "baseline"), route.canary.baseline)]
+        fields += [((*loc, "canary", "candidate"), route.canary.candidate)]
+    for field_loc, name in fields:
+        if name not in deployments:
+            known = ", ".join(sorted(deployments))
+            raise ConfigReferenceError(field_loc, f"deployment {name!r} is not defined; defined: {known}")
+    needs = {
+        "canary": (route.canary is not None, "a canary route needs `canary: {baseline, candidate, percent}`"),
+        "weighted": (bool(route.weights), "a weighted route needs `weights: {deployment: share}`"),
+        "fixed": (len(route.deployments) == 1, "a fixed route needs exactly one deployment"),
+        "cascade": (
+            len(route.deployments) >= 2,
+            "a cascade route needs two or more deployments, cheapest first",
+        ),
+    }
+    ok, message = needs.get(
+        route.policy, (bool(route.deployments), f"a {route.policy} route needs deployments")
+    )
+    if not ok:
+        raise ConfigReferenceError((*loc, "policy"), message)
+    if route.policy == "weighted" and sum(route.weights.values()) <= 0:
+        raise ConfigReferenceError((*loc, "weights"), "weights must add up to more than 0")

@@ -28,3 +28,23 @@ class ModelNotFoundError(InferlineError, LookupError):
 
 class ModelLoadError(InferlineError):
     """A model's files exist but cannot be turned into a runnable model."""
+
+
+class BackendUnavailableError(InferlineError):
+    """A deployment cannot serve right now (unreachable, timed out, upstream 429/5xx, stopped); another
+    deployment may. The router falls back on these, and counts them against the circuit breaker."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LimitExceededError(InferlineError):
+    """A quota or budget is used up. `scope` is who it belongs to ("tenant:alpha", "team:ml", "key:ci"),
+    `limit` which one ("requests_per_minute", "tokens_per_minute", "max_concurrent", "budget")."""
+
+    def __init__(self, message: str, scope: str, limit: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.limit = limit
+        self.retry_after_s = retry_after_s

@@ -6,6 +6,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferline.errors import InvalidRequestError
 
@@ -49,8 +50,9 @@ class SamplingParams:
 
     n: int = 1
     """Number of independent completions of the same prompt; they share the prompt's KV blocks."""
-    max_tokens: int = 16
-    """Upper bound on generated tokens per completion."""
+    max_tokens: int | None = 16
+    """Upper bound on generated tokens per completion; None: as many as the context holds (the backend
+    fills it in before the engine sees the request)."""
     temperature: float = 1.0
     """0 means greedy; higher flattens the distribution."""
     top_p: float = 1.0
@@ -105,7 +107,9 @@ class SamplingParams:
     def _validate_counts(self) -> None:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or not 1 <= self.n <= self.MAX_N:
             raise InvalidRequestError(f"n must be an integer in [1, {self.MAX_N}]; got {self.n!r}", "n")
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1
+        ):
             raise InvalidRequestError(
                 f"max_tokens must be an integer >= 1; got {self.max_tokens!r}", "max_tokens"
             )
@@ -133,15 +137,21 @@ class SamplingParams:
 
 @dataclass
 class Request:
-    """One generation request as the engine receives it: tokens already encoded."""
+    """One generation request. The engine reads `prompt_token_ids`; the server fills `messages` or
+    `prompt_text` instead, and the backend that serves it encodes them (a local engine with its own
+    tokenizer and chat template) or forwards them (a remote upstream)."""
 
     request_id: str
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int] = field(default_factory=list)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     priority: Priority = Priority.CONVERSATIONAL
     tenant: str = "default"
     arrival_time: float = field(default_factory=time.monotonic)
     """Monotonic seconds; orders requests within a class and tenant."""
+    messages: list[dict[str, Any]] | None = None
+    """Chat requests: the conversation, OpenAI-shaped ({"role", "content"})."""
+    prompt_text: str | None = None
+    """Completion requests given as text rather than token ids."""
 
 
 @dataclass

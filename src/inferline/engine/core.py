@@ -86,6 +86,8 @@ class EngineCore:
             raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab_size})", "prompt")
         request.priority = Priority.parse(request.priority)
         request.sampling.validate()
+        if request.sampling.max_tokens is None:
+            request.sampling.max_tokens = self.max_model_len - len(prompt)
 
     def add_request(self, request: Request) -> None:
         self.validate(request)

@@ -259,5 +259,7 @@ class Scheduler:
             self.finish(seq.seq_id, "stop", token_id)
         elif not sampling.ignore_eos and token_id in self.eos_token_ids:
             self.finish(seq.seq_id, "stop")
-        elif len(seq.output_token_ids) >= sampling.max_tokens or seq.num_tokens >= self.limits.max_model_len:
+        elif seq.num_tokens >= self.limits.max_model_len or (
+            sampling.max_tokens is not None and len(seq.output_token_ids) >= sampling.max_tokens
+        ):
             self.finish(seq.seq_id, "length")
