@@ -48,3 +48,15 @@ class LimitExceededError(InferlineError):
         self.scope = scope
         self.limit = limit
         self.retry_after_s = retry_after_s
+
+
+class ModelNotReadyError(InferlineError):
+    """The model exists but is still loading, failed to load, or every deployment behind it is down."""
+
+    def __init__(self, message: str, retry_after_s: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PromptTooLongError(InvalidRequestError):
+    """The prompt alone does not fit in the model's context (HTTP 413)."""

@@ -158,7 +158,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
             {"name": "beta", "api_keys": [OTHER_KEY]},
         ],
-        "models": [
+        "deployments": [
             llm_deployment(),
             {"name": "all-minilm-l6-v2", "kind": "embedding", "source": "all-minilm-l6-v2"},
             {"name": "affine", "kind": "onnx", "source": str(onnx_path), "max_queue_delay_us": 5000},

@@ -58,7 +58,7 @@ def test_client_disconnect_aborts_and_frees_kv_blocks(server: ServerProcess) -> 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
     deployment = {**llm_deployment(max_num_seqs=1), "max_queued_requests": 1}
-    server = start_server({"models": [deployment]}, tmp_path)
+    server = start_server({"deployments": [deployment]}, tmp_path)
     try:
 
         async def main() -> list[httpx.Response]:
@@ -81,7 +81,7 @@ def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_in_flight_streams_then_exits_0(tmp_path: Path) -> None:
-    server = start_server({"models": [llm_deployment()], "drain_timeout_s": 60}, tmp_path)
+    server = start_server({"deployments": [llm_deployment()], "drain_timeout_s": 60}, tmp_path)
     received: list[str] = []
     first_chunk = threading.Event()
 
@@ -176,7 +176,7 @@ def test_metrics_expose_request_counts_and_latency_histograms(server: ServerProc
 def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) -> None:
     broken = {"name": "broken", "kind": "onnx", "source": str(tmp_path / "missing.onnx")}
     process = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(write_config(tmp_path, {"models": [llm_deployment(), broken]}))],
+        [str(BIN), "serve", "--config", str(write_config(tmp_path, {"deployments": [llm_deployment(), broken]}))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

@@ -15,11 +15,11 @@ from inferline.types import Priority
 def test_defaults_serve_the_two_default_models_on_loopback() -> None:
     config = load_server_config(None)
     assert (config.host, config.port) == ("127.0.0.1", 8000)
-    assert [(m.name, m.kind) for m in config.models] == [
+    assert [(m.name, m.kind) for m in config.deployments] == [
         ("smollm2-135m-instruct", "llm"),
         ("all-minilm-l6-v2", "embedding"),
     ]
-    assert config.models[0].aliases == ["default"]
+    assert config.deployments[0].aliases == ["default"]
 
 
 def test_command_line_values_override_the_file(tmp_path: Path) -> None:
@@ -35,10 +35,10 @@ def test_command_line_values_override_the_file(tmp_path: Path) -> None:
     [
         ("port: 70000\n", "port"),
         (
-            "models:\n  - {name: x, kind: llm, source: default, max_batch_size: 0}\n",
-            "models.0.max_batch_size",
+            "deployments:\n  - {name: x, kind: llm, source: default, max_batch_size: 0}\n",
+            "deployments.0.max_batch_size",
         ),
-        ("models:\n  - {name: x, kind: speech, source: default}\n", "models.0.kind"),
+        ("deployments:\n  - {name: x, kind: speech, source: default}\n", "deployments.0.kind"),
         ("bogus: 1\n", "bogus"),
         ("- just\n- a list\n", "config"),
     ],

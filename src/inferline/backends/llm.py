@@ -15,7 +15,7 @@ from inferline.backends.base import (
 )
 from inferline.config import DeploymentConfig, EngineConfig
 from inferline.engine.async_engine import AsyncEngine
-from inferline.errors import InvalidRequestError, QueueFullError
+from inferline.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from inferline.models.tokenizer import Tokenizer
 from inferline.types import Delta, Request
 
@@ -69,8 +69,34 @@ class LLMBackend:
             )
         return self.tokenizer.encode_chat(messages)
 
+    def prepare(self, request: Request) -> Request:
+        """Encode the request's messages or text with this model's tokenizer and chat template, and check
+        that prompt plus max_tokens fit in the context."""
+        if request.messages is not None:
+            request.prompt_token_ids = self.encode_chat(request.messages)
+            param = "messages"
+        elif request.prompt_text is not None:
+            request.prompt_token_ids = self.tokenizer.encode(request.prompt_text)
+            param = "prompt"
+        else:
+            param = "prompt"
+        num_prompt, limit = len(request.prompt_token_ids), self.max_model_len
+        if num_prompt >= limit:
+            raise PromptTooLongError(
+                f"prompt has {num_prompt} tokens; this model's context is {limit} tokens: shorten it", param
+            )
+        max_tokens = request.sampling.max_tokens
+        if max_tokens is not None and num_prompt + max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens is {max_tokens} but the prompt has {num_prompt} tokens and this model's "
+                f"context is {limit}: ask for at most {limit - num_prompt} tokens",
+                "max_tokens",
+            )
+        return request
+
     def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         engine = self._engine
+        self.prepare(request)
         # Counted from accepted requests, not the scheduler's queue: a burst arrives before the engine
         # thread has seen any of it.
         waiting = engine.num_unfinished - engine.stats().num_running

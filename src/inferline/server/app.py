@@ -18,8 +18,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferline.config import ServerConfig
 from inferline.errors import InferlineError
+from inferline.router.deployments import DeploymentPool
+from inferline.router.limits import Limiter
+from inferline.router.router import Router
+from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
-from inferline.server.catalog import Catalog
 from inferline.server.errors import error_response, starlette_error_response, validation_error_response
 from inferline.server.metrics import Metrics
 from inferline.server.oip import oip_router
@@ -50,8 +53,8 @@ class RequestContext:
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
+        scope.setdefault("state", {}).update(request_id=request_id, started=started)
         status = 500
         response_started = False
         received = 0
@@ -101,22 +104,26 @@ class RequestContext:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
-def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
-    catalog = catalog if catalog is not None else Catalog(config.models)
+def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> FastAPI:
+    config.check_references()
+    pool = pool if pool is not None else DeploymentPool(config.deployments)
     metrics = Metrics()
     auth = Authenticator(config)
+    router = Router(config, pool, Limiter.from_config(config))
+    router.listeners.append(metrics.record_usage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load in the background: the port answers /health at once and /ready when the models are warm.
-        loading = asyncio.create_task(catalog.load_all())
+        loading = asyncio.create_task(pool.load_all())
         yield
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
-        await catalog.unload_all()
+        await pool.unload_all()
+        await router.limiter.close()
 
     app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
-    app.state.catalog = catalog
+    app.state.router = router
     app.state.metrics = metrics
     app.add_exception_handler(InferlineError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
@@ -127,23 +134,28 @@ def create_app(config: ServerConfig, catalog: Catalog | None = None) -> FastAPI:
     async def tenant(request: Request) -> Tenant:  # async: FastAPI runs sync dependencies on a thread pool
         return auth.tenant(request.headers.get("authorization"))
 
+    async def admin(request: Request) -> None:
+        auth.admin(request.headers.get("authorization"))
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        states = {d.config.name: "ready" if d.ready else (d.error or "loading") for d in catalog.deployments}
+        states = {d.config.name: "ready" if d.ready else (d.error or "loading") for d in pool.deployments}
         return JSONResponse(
-            {"ready": catalog.all_ready, "models": states}, status_code=200 if catalog.all_ready else 503
+            {"ready": pool.all_ready, "models": states}, status_code=200 if pool.all_ready else 503
         )
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        for deployment in catalog.deployments:
+        for deployment in pool.deployments:
             metrics.observe_backend(deployment.config.name, deployment.backend)
+            metrics.circuit_open.labels(deployment.name).set(deployment.breaker.state != "closed")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(openai_router(OpenAIServing(catalog, metrics), catalog, tenant))
-    app.include_router(oip_router(catalog, tenant))
+    app.include_router(openai_router(OpenAIServing(router, metrics), router, tenant))
+    app.include_router(oip_router(router, tenant))
+    app.include_router(admin_router(router, admin))
     return app

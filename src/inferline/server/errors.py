@@ -8,6 +8,7 @@ logged with the request id.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import Request
@@ -17,7 +18,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferline.backends.base import UnsupportedOperationError
 from inferline.engine.async_engine import EngineStoppedError
-from inferline.errors import InferlineError, InvalidRequestError, ModelNotFoundError, QueueFullError
+from inferline.errors import (
+    BackendUnavailableError,
+    InferlineError,
+    InvalidRequestError,
+    LimitExceededError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PromptTooLongError,
+    QueueFullError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +48,36 @@ class HTTPError(InferlineError):
         self.headers = headers or {}
 
 
+def _retry_after(seconds: float | None, default: float = 1.0) -> dict[str, str]:
+    return {"retry-after": str(max(1, math.ceil(seconds if seconds is not None else default)))}
+
+
+# (error class, status, OpenAI error type, param); the first class that matches wins.
+_STATUS: list[tuple[type[Exception], int, str, str | None]] = [
+    (PromptTooLongError, 413, "invalid_request_error", None),
+    (InvalidRequestError, 400, "invalid_request_error", None),
+    (UnsupportedOperationError, 400, "invalid_request_error", "model"),
+    (ModelNotFoundError, 404, "not_found_error", "model"),
+    (QueueFullError, 429, "rate_limit_error", None),
+    (ModelNotReadyError, 503, "service_unavailable", "model"),
+    (BackendUnavailableError, 502, "upstream_error", None),
+    (EngineStoppedError, 503, "service_unavailable", None),
+]
+
+
 def to_http_error(error: Exception) -> HTTPError:
     if isinstance(error, HTTPError):
         return error
-    if isinstance(error, InvalidRequestError):
-        return HTTPError(400, error.message, "invalid_request_error", error.param)
-    if isinstance(error, UnsupportedOperationError):
-        return HTTPError(400, str(error), "invalid_request_error", "model")
-    if isinstance(error, ModelNotFoundError):
-        return HTTPError(404, str(error), "not_found_error", "model")
-    if isinstance(error, QueueFullError):
-        retry = max(1, round(error.retry_after_s))
-        return HTTPError(429, str(error), "rate_limit_error", None, {"retry-after": str(retry)})
-    if isinstance(error, EngineStoppedError):
-        return HTTPError(503, str(error), "service_unavailable", None, {"retry-after": "5"})
+    if isinstance(error, LimitExceededError):
+        kind = "insufficient_quota" if error.limit == "budget" else "rate_limit_error"
+        return HTTPError(429, str(error), kind, None, _retry_after(error.retry_after_s))
+    for kind_of_error, status, error_type, param in _STATUS:
+        if isinstance(error, kind_of_error):
+            if isinstance(error, InvalidRequestError):
+                param = error.param
+            retry_after = getattr(error, "retry_after_s", 5.0 if status == 503 else None)
+            headers = _retry_after(retry_after) if status in (429, 502, 503) else None
+            return HTTPError(status, str(error), error_type, param, headers)
     return HTTPError(500, "internal error; the server logged it with this request's id", "internal_error")
 
 

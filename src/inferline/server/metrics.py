@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from inferline.backends.base import Backend
 from inferline.backends.llm import LLMBackend
+from inferline.types import UsageRecord
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -68,6 +69,38 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.route_requests = Counter(
+            "inferline_route_requests",
+            "Requests per route and the deployment (arm) that answered, by outcome.",
+            ["route", "deployment", "outcome"],
+            registry=self.registry,
+        )
+        self.route_latency = Histogram(
+            "inferline_route_latency_seconds",
+            "End-to-end latency per route and arm.",
+            ["route", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.route_cost = Counter(
+            "inferline_route_cost_usd",
+            "Spend per route and arm.",
+            ["route", "deployment"],
+            registry=self.registry,
+        )
+        self.circuit_open = Gauge(
+            "inferline_circuit_open",
+            "1 while a deployment's circuit breaker is open or half-open.",
+            ["deployment"],
+            registry=self.registry,
+        )
+
+    def record_usage(self, record: UsageRecord) -> None:
+        self.route_requests.labels(record.route, record.deployment, record.outcome).inc()
+        if record.deployment:
+            self.route_latency.labels(record.route, record.deployment).observe(record.latency_s)
+            self.route_cost.labels(record.route, record.deployment).inc(record.cost)
 
     def observe_backend(self, name: str, backend: Backend) -> None:
         stats = backend.stats()

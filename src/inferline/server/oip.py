@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, Response
 
 from inferline.backends.base import ModelMetadata
 from inferline.errors import InvalidRequestError
+from inferline.router.deployments import Deployment, DeploymentPool
+from inferline.router.router import Caller, Router, WorstCase
 from inferline.server.auth import Tenant
-from inferline.server.catalog import Catalog, Deployment
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -224,38 +225,48 @@ def _infer_response(
     return Response(header_bytes, media_type="application/json", headers=headers)
 
 
-def oip_router(catalog: Catalog, tenant: Callable[..., Awaitable[Tenant]]) -> APIRouter:
-    router = APIRouter(prefix="/v2", dependencies=[Depends(tenant)])
+def oip_router(router: Router, tenant: Callable[..., Awaitable[Tenant]]) -> APIRouter:
+    pool: DeploymentPool = router.pool
+    api = APIRouter(prefix="/v2", dependencies=[Depends(tenant)])
 
-    @router.get("")
+    @api.get("")
     async def server_metadata() -> dict[str, Any]:
         return {"name": "inferline", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
 
-    @router.get("/health/live")
+    @api.get("/health/live")
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/health/ready")
+    @api.get("/health/ready")
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": catalog.all_ready}, status_code=200 if catalog.all_ready else 503)
+        return JSONResponse({"ready": pool.all_ready}, status_code=200 if pool.all_ready else 503)
 
-    @router.get("/models/{name}/ready")
-    @router.get("/models/{name}/versions/{version}/ready")
+    @api.get("/models/{name}/ready")
+    @api.get("/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
-        deployment = catalog.get(name)
+        deployment = pool.get(name)
         return {"name": name, "ready": deployment.ready}
 
-    @router.get("/models/{name}")
-    @router.get("/models/{name}/versions/{version}")
+    @api.get("/models/{name}")
+    @api.get("/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        return metadata_json(catalog.find(name).backend.metadata)
+        return metadata_json(pool.find(name).backend.metadata)
 
-    @router.post("/models/{name}/infer")
-    @router.post("/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        deployment = catalog.get(name)
+    @api.post("/models/{name}/infer")
+    @api.post("/models/{name}/versions/{version}/infer")
+    async def infer(
+        name: str, request: Request, version: str | None = None, who: Tenant = Depends(tenant)
+    ) -> Response:
+        router.check_ready(name)  # a model that cannot serve says so before its inputs are judged
         payload, binary = _split_body(request, await request.body())
-        outputs = await deployment.backend.infer(_parse_inputs(payload, binary))
-        return _infer_response(name, deployment, payload, outputs)
+        inputs = _parse_inputs(payload, binary)
 
-    return router
+        async def attempt(deployment: Deployment, final: bool) -> dict[str, np.ndarray]:
+            return await deployment.within(deployment.backend.infer(inputs))
+
+        caller = Caller(str(request.scope["state"]["request_id"]), who.principal, who.priority)
+        routed = await router.run(name, caller, attempt, WorstCase(0, 0))
+        await routed.complete(0, 0)
+        return _infer_response(name, routed.deployment, payload, routed.value)
+
+    return api

@@ -62,7 +62,7 @@ class _SamplingFields(_Strict):
     ignore_eos: bool = False
     priority: Literal["interactive", "conversational", "batch"] | None = None
 
-    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
         def given(value: float | None, default: float) -> float:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from inferline.router.router import Caller, Routed, Router
 from inferline.server.auth import Tenant
-from inferline.server.catalog import Catalog, Deployment
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferline.server.openai_serving import OpenAIServing
+from inferline.types import Priority
 
 
-def model_response(deployment: Deployment, result: dict[str, Any] | AsyncIterator[bytes]) -> Response:
-    headers = deployment.headers
+def model_response(
+    request: Request, routed: Routed[Any], result: dict[str, Any] | AsyncIterator[bytes]
+) -> Response:
+    elapsed_s = time.perf_counter() - request.scope["state"]["started"]
+    # What inferline itself added: everything so far except waiting on deployments.
+    overhead_ms = max(0.0, (elapsed_s - routed.backend_s) * 1000)
+    headers = {**routed.headers, "x-inferline-overhead-ms": f"{overhead_ms:.3f}"}
     if isinstance(result, dict):
         return JSONResponse(result, headers=headers)
     return StreamingResponse(
@@ -23,8 +30,11 @@ def model_response(deployment: Deployment, result: dict[str, Any] | AsyncIterato
     )
 
 
-def request_id(request: Request) -> str:
-    return str(request.scope["state"]["request_id"])
+def caller(request: Request, tenant: Tenant, priority: str | None, user: str | None) -> Caller:
+    requested = None if priority is None else Priority.parse(priority)
+    # A request may ask for a lower class than its tenant's, never a higher one.
+    effective = tenant.priority if requested is None else min(requested, tenant.priority)
+    return Caller(str(request.scope["state"]["request_id"]), tenant.principal, effective, user)
 
 
 def disconnect_watch(request: Request) -> Callable[[], Awaitable[None]]:
@@ -37,46 +47,46 @@ def disconnect_watch(request: Request) -> Callable[[], Awaitable[None]]:
     return watch
 
 
-def model_card(deployment: Deployment, name: str) -> dict[str, Any]:
-    return {
-        "id": name,
-        "object": "model",
-        "created": 0,
-        "owned_by": "inferline",
-        "root": deployment.config.name,
-    }
+def model_card(name: str, root: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "inferline", "root": root}
 
 
 def openai_router(
-    serving: OpenAIServing, catalog: Catalog, tenant: Callable[..., Awaitable[Tenant]]
+    serving: OpenAIServing, router: Router, tenant: Callable[..., Awaitable[Tenant]]
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1")
+    api = APIRouter(prefix="/v1")
 
-    @router.get("/models")
+    def root_of(name: str) -> str:
+        route = router.resolve(name).config
+        return route.deployments[0] if route.policy == "fixed" else route.name
+
+    @api.get("/models")
     async def list_models(_: Tenant = Depends(tenant)) -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(d, name) for name, d in catalog.by_name.items()]}
+        return {"object": "list", "data": [model_card(name, root_of(name)) for name in router.routes]}
 
-    @router.get("/models/{model_id:path}")
+    @api.get("/models/{model_id:path}")
     async def get_model(model_id: str, _: Tenant = Depends(tenant)) -> dict[str, Any]:
-        return model_card(catalog.find(model_id), model_id)
+        return model_card(model_id, root_of(model_id))
 
-    @router.post("/chat/completions")
+    @api.post("/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:
-        deployment, result = await serving.chat(body, who, request_id(request), disconnect_watch(request))
-        return model_response(deployment, result)
+        routed, result = await serving.chat(
+            body, caller(request, who, body.priority, body.user), disconnect_watch(request)
+        )
+        return model_response(request, routed, result)
 
-    @router.post("/completions")
+    @api.post("/completions")
     async def completions(
         body: CompletionRequest, request: Request, who: Tenant = Depends(tenant)
     ) -> Response:
-        deployment, result = await serving.completion(
-            body, who, request_id(request), disconnect_watch(request)
+        routed, result = await serving.completion(
+            body, caller(request, who, body.priority, body.user), disconnect_watch(request)
         )
-        return model_response(deployment, result)
+        return model_response(request, routed, result)
 
-    @router.post("/embeddings")
-    async def embeddings(body: EmbeddingRequest, _: Tenant = Depends(tenant)) -> Response:
-        deployment, result = await serving.embeddings(body)
-        return model_response(deployment, result)
+    @api.post("/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:
+        routed, result = await serving.embeddings(body, caller(request, who, None, body.user))
+        return model_response(request, routed, result)
 
-    return router
+    return api

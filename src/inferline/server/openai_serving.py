@@ -1,10 +1,13 @@
-"""Chat completions, completions and embeddings: from validated request bodies to responses.
+"""Chat completions, completions and embeddings: from validated request bodies, through the router,
+to responses.
 
-One engine request per prompt (each with the body's n completions); a completions call with several
-prompts runs them concurrently. Streams pull their first delta before any byte is sent, so a request
-the engine rejects still gets a proper 4xx; after that an error travels as a data frame and the
-stream ends with `data: [DONE]`. A client that goes away cancels the stream, which aborts the engine
-request at once.
+The router picks the deployment and calls back `attempt(deployment, final)`; an attempt builds fresh
+engine requests (one per prompt, each with the body's n completions) and returns a `Generation`:
+for a stream, the first delta of every request plus the merged rest, so a request the backend
+rejects, or a deployment that fails before its first token, still gets a proper 4xx or a fallback;
+otherwise (and for a cascade stage that may be escalated) every delta. After the first streamed
+byte an error travels as a data frame and the stream ends with `data: [DONE]`. A client that goes
+away cancels the stream, which aborts the engine request at once.
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from inferline.backends.base import UnsupportedOperationError
-from inferline.backends.llm import LLMBackend
-from inferline.server.auth import Tenant
-from inferline.server.catalog import Catalog, Deployment
+from inferline.backends.base import EmbeddingResult
+from inferline.router.deployments import Deployment
+from inferline.router.router import Answer, Caller, Routed, Router, WorstCase
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
 from inferline.server.metrics import Metrics
 from inferline.server.openai_protocol import (
@@ -38,6 +39,19 @@ from inferline.types import Delta, Request, TokenLogprob
 
 Tagged = tuple[int, Delta]
 """(prompt index, delta)"""
+T = TypeVar("T")
+
+CHAT_TEMPLATE_TOKENS = 64
+"""Budget holds count each prompt byte as a token (no tokenizer produces more) plus this allowance per
+message for the chat template's own tokens."""
+
+
+@dataclass
+class Generation:
+    firsts: list[Tagged]
+    """Everything, when collected; otherwise the first delta of each request."""
+    rest: AsyncIterator[Tagged] | None = None
+    """The stream's remaining deltas; None when collected."""
 
 
 @dataclass
@@ -65,104 +79,106 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def _confidence(generation: Generation) -> Answer:
+    """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
+    usage = _Usage()
+    texts, logprobs = [], []
+    for _, delta in generation.firsts:
+        usage.add(delta)
+        texts.append(delta.text)
+        logprobs += [entry.logprob for entry in delta.logprobs or []]
+    mean = sum(logprobs) / len(logprobs) if logprobs else None
+    return Answer("".join(texts), mean, usage.prompt, usage.completion)
+
+
 class OpenAIServing:
-    def __init__(self, catalog: Catalog, metrics: Metrics) -> None:
-        self.catalog = catalog
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self.router = router
         self.metrics = metrics
 
-    # ---- shared ---------------------------------------------------------------------------------
+    # ---- generation through the router ----------------------------------------------------------
 
-    def _llm(self, name: str) -> tuple[Deployment, LLMBackend]:
-        deployment = self.catalog.get(name)
-        if not isinstance(deployment.backend, LLMBackend):
-            raise UnsupportedOperationError(
-                f"model {name!r} is a {deployment.config.kind} model; it cannot generate text"
-            )
-        return deployment, deployment.backend
-
-    @staticmethod
-    def _request(
-        backend: LLMBackend,
+    async def _route_generation(
+        self,
         body: ChatCompletionRequest | CompletionRequest,
-        prompt_ids: list[int],
-        request_id: str,
-        tenant: Tenant,
-        max_tokens: int | None,
-        logprobs: int | None,
-        param: str,
-    ) -> Request:
-        limit = backend.max_model_len
-        if len(prompt_ids) >= limit:
-            raise HTTPError(
-                413,
-                f"prompt has {len(prompt_ids)} tokens; this model's context is {limit} tokens: shorten it",
-                "invalid_request_error",
-                param,
-            )
-        if max_tokens is not None and len(prompt_ids) + max_tokens > limit:
-            raise HTTPError(
-                400,
-                f"max_tokens is {max_tokens} but the prompt has {len(prompt_ids)} tokens and this model's "
-                f"context is {limit}: ask for at most {limit - len(prompt_ids)} tokens",
-                "invalid_request_error",
-                "max_tokens",
-            )
-        requested = body.priority_class()
-        priority = tenant.priority if requested is None else min(requested, tenant.priority)
-        sampling = body.sampling(max_tokens or limit - len(prompt_ids), logprobs)
-        return Request(request_id, prompt_ids, sampling, priority, tenant.name)
+        caller: Caller,
+        build: Callable[[bool], list[Request]],
+        worst_case: WorstCase,
+    ) -> Routed[Generation]:
+        cascade = self.router.resolve(body.model).config.policy == "cascade"
+
+        async def attempt(deployment: Deployment, final: bool) -> Generation:
+            # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not.
+            requests = build(cascade)
+            firsts, rest = await deployment.within(self._first_and_rest(deployment, requests, body.model))
+            if body.stream and final:
+                return Generation(firsts, rest)
+            return Generation([*firsts, *[item async for item in rest]])
+
+        return await self.router.run(
+            body.model, caller, attempt, worst_case, _confidence if cascade else None
+        )
 
     async def _first_and_rest(
-        self, backend: LLMBackend, requests: list[Request], model: str
+        self, deployment: Deployment, requests: list[Request], model: str
     ) -> tuple[list[Tagged], AsyncIterator[Tagged]]:
         """Start every request; return the first delta of each (errors raise here) and the merged rest."""
-        streams = [backend.generate(r) for r in requests]
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        streams = [deployment.backend.generate(r) for r in requests]
+        started = loop.time()
         try:
             firsts = [await anext(s) for s in streams]
         except BaseException:
             for stream in streams:
                 await stream.aclose()
             raise
-        self.metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+        self.metrics.time_to_first_token.labels(model).observe(loop.time() - started)
         return list(enumerate(firsts)), _merge(streams, [d.usage is not None for d in firsts])
 
-    async def _collect(
-        self, backend: LLMBackend, requests: list[Request], model: str, n: int
+    async def _collected(
+        self, routed: Routed[Generation], n: int, num_prompts: int
     ) -> tuple[list[_Choice], _Usage]:
-        firsts, rest = await self._first_and_rest(backend, requests, model)
-        choices = [_Choice() for _ in range(len(requests) * n)]
+        choices = [_Choice() for _ in range(num_prompts * n)]
         usage = _Usage()
-        for prompt_index, delta in [*firsts, *[item async for item in rest]]:
+        for prompt_index, delta in routed.value.firsts:
             choice = choices[prompt_index * n + delta.index]
             choice.text += delta.text
             choice.logprobs += delta.logprobs or []
             choice.finish_reason = delta.finish_reason or choice.finish_reason
             usage.add(delta)
-        self.metrics.count_tokens(model, usage.prompt, usage.completion)
+        self.metrics.count_tokens(routed.state.config.name, usage.prompt, usage.completion)
+        await routed.complete(usage.prompt, usage.completion)
         return choices, usage
 
     # ---- chat -----------------------------------------------------------------------------------
 
     async def chat(
-        self,
-        body: ChatCompletionRequest,
-        tenant: Tenant,
-        request_id: str,
-        watch: Callable[[], Awaitable[None]],
-    ) -> tuple[Deployment, dict[str, Any] | AsyncIterator[bytes]]:
-        deployment, backend = self._llm(body.model)
+        self, body: ChatCompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncIterator[bytes]]:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt_ids = backend.encode_chat(messages)
         logprobs = body.requested_logprobs()
-        request = self._request(
-            backend, body, prompt_ids, request_id, tenant, body.requested_max_tokens(), logprobs, "messages"
-        )
-        response_id = f"chatcmpl-{request_id}"
-        if body.stream:
-            firsts, rest = await self._first_and_rest(backend, [request], body.model)
-            return deployment, self._chat_stream(body, response_id, firsts, rest)
-        choices, usage = await _until_disconnect(self._collect(backend, [request], body.model, body.n), watch)
+        max_tokens = body.requested_max_tokens()
+
+        def build(need_logprobs: bool) -> list[Request]:
+            sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
+            return [
+                Request(
+                    caller.request_id,
+                    [],
+                    sampling,
+                    caller.priority,
+                    caller.principal.tenant,
+                    messages=messages,
+                )
+            ]
+
+        prompt_bound = sum(len(m["content"].encode()) + CHAT_TEMPLATE_TOKENS for m in messages)
+        worst_case = WorstCase(prompt_bound, max_tokens, body.n)
+        routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
+        response_id = f"chatcmpl-{caller.request_id}"
+        if routed.value.rest is not None:
+            return routed, self._chat_stream(body, response_id, routed)
+        choices, usage = await self._collected(routed, body.n, 1)
         response = envelope("chat.completion", response_id, body.model)
         response["choices"] = [
             {
@@ -174,86 +190,96 @@ class OpenAIServing:
             for i, c in enumerate(choices)
         ]
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
-        return deployment, response
+        return routed, response
 
     def _chat_stream(
-        self, body: ChatCompletionRequest, response_id: str, firsts: list[Tagged], rest: AsyncIterator[Tagged]
+        self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation]
     ) -> AsyncIterator[bytes]:
         head = envelope("chat.completion.chunk", response_id, body.model)
         roles = [
             sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
             for i in range(body.n)
         ]
+        with_logprobs = body.requested_logprobs() is not None
 
         def choice_for(_: int, delta: Delta) -> dict[str, Any] | None:
-            if not (delta.text or delta.finish_reason or delta.logprobs):
+            logprobs = delta.logprobs if with_logprobs else None
+            if not (delta.text or delta.finish_reason or logprobs):
                 return None
             return {
                 "index": delta.index,
                 "delta": {"content": delta.text} if delta.text else {},
-                "logprobs": chat_logprobs(delta.logprobs) if delta.logprobs else None,
+                "logprobs": chat_logprobs(logprobs) if logprobs else None,
                 "finish_reason": delta.finish_reason,
             }
 
-        return self._stream(body, head, roles, _chain(firsts, rest), choice_for)
+        return self._stream(body, head, roles, routed, choice_for)
 
     async def _stream(
         self,
         body: ChatCompletionRequest | CompletionRequest,
         head: dict[str, Any],
         preamble: list[bytes],
-        tagged: AsyncIterator[Tagged],
+        routed: Routed[Generation],
         choice_for: Callable[[int, Delta], dict[str, Any] | None],
     ) -> AsyncIterator[bytes]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         usage = _Usage()
-        for frame in preamble:
-            yield frame
+        outcome = "aborted"  # unless the loop below finishes: the client left mid-stream
         try:
-            async for prompt_index, delta in tagged:
-                usage.add(delta)
-                choice = choice_for(prompt_index, delta)
-                if choice is not None:
-                    yield sse({**head, "choices": [choice]})
-            self.metrics.count_tokens(body.model, usage.prompt, usage.completion)
-            if include_usage:
-                yield sse(
-                    {**head, "choices": [], "usage": usage_dict(usage.prompt, usage.completion, usage.cached)}
-                )
-        except Exception as error:  # after the 200: the error travels as a data frame
-            yield sse(openai_error_body(to_http_error(error)))
-        yield sse("[DONE]")
+            for frame in preamble:
+                yield frame
+            try:
+                async for prompt_index, delta in _chain(routed.value.firsts, routed.value.rest):
+                    usage.add(delta)
+                    choice = choice_for(prompt_index, delta)
+                    if choice is not None:
+                        yield sse({**head, "choices": [choice]})
+                outcome = "ok"
+                self.metrics.count_tokens(body.model, usage.prompt, usage.completion)
+                if include_usage:
+                    totals = usage_dict(usage.prompt, usage.completion, usage.cached)
+                    yield sse({**head, "choices": [], "usage": totals})
+            except Exception as error:  # after the 200: the error travels as a data frame
+                outcome = "error"
+                yield sse(openai_error_body(to_http_error(error)))
+            yield sse("[DONE]")
+        finally:
+            await routed.complete(usage.prompt, usage.completion, outcome)
 
     # ---- completions ----------------------------------------------------------------------------
 
     async def completion(
-        self, body: CompletionRequest, tenant: Tenant, request_id: str, watch: Callable[[], Awaitable[None]]
-    ) -> tuple[Deployment, dict[str, Any] | AsyncIterator[bytes]]:
-        deployment, backend = self._llm(body.model)
+        self, body: CompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncIterator[bytes]]:
         prompts = body.prompts()
         if not prompts:
             raise HTTPError(
                 400, "prompt is empty: give at least one prompt", "invalid_request_error", "prompt"
             )
-        requests = [
-            self._request(
-                backend,
-                body,
-                backend.encode_prompt(prompt),
-                f"{request_id}-{i}" if len(prompts) > 1 else request_id,
-                tenant,
-                body.max_tokens,
-                body.logprobs,
-                "prompt",
-            )
-            for i, prompt in enumerate(prompts)
-        ]
-        response_id = f"cmpl-{request_id}"
-        if body.stream:
-            firsts, rest = await self._first_and_rest(backend, requests, body.model)
-            return deployment, self._completion_stream(body, response_id, firsts, rest)
-        choices, usage = await _until_disconnect(self._collect(backend, requests, body.model, body.n), watch)
+
+        def build(need_logprobs: bool) -> list[Request]:
+            logprobs = 0 if body.logprobs is None and need_logprobs else body.logprobs
+            return [
+                Request(
+                    f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
+                    list(prompt) if isinstance(prompt, list) else [],
+                    body.sampling(body.max_tokens, logprobs),
+                    caller.priority,
+                    caller.principal.tenant,
+                    prompt_text=prompt if isinstance(prompt, str) else None,
+                )
+                for i, prompt in enumerate(prompts)
+            ]
+
+        prompt_bound = sum(len(p.encode()) if isinstance(p, str) else len(p) for p in prompts)
+        worst_case = WorstCase(prompt_bound, body.max_tokens, body.n * len(prompts))
+        routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
+        response_id = f"cmpl-{caller.request_id}"
+        if routed.value.rest is not None:
+            return routed, self._completion_stream(body, response_id, routed)
+        choices, usage = await self._collected(routed, body.n, len(prompts))
         response = envelope("text_completion", response_id, body.model)
         response["choices"] = [
             {
@@ -265,10 +291,10 @@ class OpenAIServing:
             for i, c in enumerate(choices)
         ]
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
-        return deployment, response
+        return routed, response
 
     def _completion_stream(
-        self, body: CompletionRequest, response_id: str, firsts: list[Tagged], rest: AsyncIterator[Tagged]
+        self, body: CompletionRequest, response_id: str, routed: Routed[Generation]
     ) -> AsyncIterator[bytes]:
         head = envelope("text_completion", response_id, body.model)
         offsets: dict[int, int] = {}
@@ -288,16 +314,24 @@ class OpenAIServing:
                 "finish_reason": delta.finish_reason,
             }
 
-        return self._stream(body, head, [], _chain(firsts, rest), choice_for)
+        return self._stream(body, head, [], routed, choice_for)
 
     # ---- embeddings -----------------------------------------------------------------------------
 
-    async def embeddings(self, body: EmbeddingRequest) -> tuple[Deployment, dict[str, Any]]:
-        deployment = self.catalog.get(body.model)
+    async def embeddings(
+        self, body: EmbeddingRequest, caller: Caller
+    ) -> tuple[Routed[EmbeddingResult], dict[str, Any]]:
         texts = body.texts()
         if any(not t for t in texts):
             raise HTTPError(400, "input contains an empty string", "invalid_request_error", "input")
-        result = await deployment.backend.embed(texts)
+
+        async def attempt(deployment: Deployment, final: bool) -> EmbeddingResult:
+            return await deployment.within(deployment.backend.embed(texts))
+
+        worst_case = WorstCase(sum(len(t.encode()) for t in texts), 0)
+        routed = await self.router.run(body.model, caller, attempt, worst_case)
+        result = routed.value
+        await routed.complete(result.num_tokens, 0)
         dim = result.vectors.shape[1]
         if body.dimensions is not None and body.dimensions != dim:
             raise HTTPError(
@@ -311,7 +345,7 @@ class OpenAIServing:
             for i, vector in enumerate(result.vectors)
         ]
         self.metrics.count_tokens(body.model, result.num_tokens, 0)
-        return deployment, {
+        return routed, {
             "object": "list",
             "data": data,
             "model": body.model,
@@ -325,11 +359,12 @@ def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | st
     return vector.tolist()
 
 
-async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged]) -> AsyncIterator[Tagged]:
+async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged] | None) -> AsyncIterator[Tagged]:
     for item in firsts:
         yield item
-    async for item in rest:
-        yield item
+    if rest is not None:
+        async for item in rest:
+            yield item
 
 
 async def _merge(streams: list[AsyncGenerator[Delta, None]], done: list[bool]) -> AsyncIterator[Tagged]:
@@ -375,7 +410,7 @@ async def _interleave(streams: list[AsyncIterator[Delta]], indices: list[int]) -
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _until_disconnect(work: Awaitable[Any], watch: Callable[[], Awaitable[None]]) -> Any:
+async def _until_disconnect(work: Awaitable[T], watch: Callable[[], Awaitable[None]]) -> T:
     """Run `work` unless the client disconnects first; then cancel it (aborting its engine requests)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(watch())

@@ -13,7 +13,7 @@ import uvicorn
 import yaml
 from pydantic import ValidationError
 
-from inferline.config import ServerConfig
+from inferline.config import ConfigReferenceError, ServerConfig
 from inferline.errors import InvalidRequestError
 from inferline.server.app import create_app
 
@@ -23,11 +23,14 @@ logger = logging.getLogger(__name__)
 def load_server_config(
     path: str | None, host: str | None = None, port: int | None = None, api_keys: list[str] | None = None
 ) -> ServerConfig:
-    """The YAML file (if any) with command-line values on top; errors name the field and the file."""
+    """The YAML file (if any) with command-line values on top. Any error names the file, the line and
+    the field, and the server does not start half-configured."""
     raw: dict[str, object] = {}
+    text = ""
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text()
+            loaded = yaml.safe_load(text)
         except (OSError, yaml.YAMLError) as error:
             raise InvalidRequestError(f"cannot read config {path}: {error}", "config") from None
         if not isinstance(loaded, dict):
@@ -43,13 +46,44 @@ def load_server_config(
             raise InvalidRequestError(f"config {path}: api_keys must be a list of keys", "api_keys")
         raw["api_keys"] = [*existing, *api_keys]
     try:
-        return ServerConfig.model_validate(raw)
+        config = ServerConfig.model_validate(raw)
+        config.check_references()
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequestError(
-            f"config{' ' + path if path else ''}: {field}: {first['msg']}", field
-        ) from None
+        raise _config_error(path, text, tuple(first["loc"]), first["msg"]) from None
+    except ConfigReferenceError as error:
+        raise _config_error(path, text, error.loc, error.message) from None
+    return config
+
+
+def _config_error(
+    path: str | None, text: str, loc: tuple[str | int, ...], message: str
+) -> InvalidRequestError:
+    # pydantic puts union members' type names into the location; they are not fields of the file.
+    fields = [p for p in loc if isinstance(p, int) or p[:1].islower()]
+    field = ".".join(str(p) for p in fields)
+    line = _line_of(text, fields) if text else None
+    where = f"{path}:{line}" if path and line else (path or "config")
+    return InvalidRequestError(f"{where}: {field}: {message}", field)
+
+
+def _line_of(text: str, loc: list[str | int]) -> int | None:
+    """The 1-based line of the YAML node at `loc` (or of its nearest parent that exists)."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if k.value == part]
+            if not found:
+                break
+            key, node = found[0]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def is_loopback(host: str) -> bool:
