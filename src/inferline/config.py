@@ -140,6 +140,13 @@ class DeploymentConfig(BaseModel):
             raise ValueError(f"a {self.kind} deployment needs source (where its weights are)")
         return self
 
+    @property
+    def local_source(self) -> str:
+        """`source` of a local kind (validation guarantees it is set)."""
+        if self.source is None:
+            raise ValueError(f"deployment {self.name!r} ({self.kind}) has no source")
+        return self.source
+
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_input_per_1m + completion_tokens * self.price_output_per_1m) / 1e6
 
@@ -378,6 +385,7 @@ class ServerConfig(BaseModel):
             _check_route(route, ("routes", i), deployments)
         teams = {t.name for t in self.teams}
         organisations = {o.name for o in self.organisations}
+        _check_unique_people(self)
         for i, tenant in enumerate(self.tenants):
             if tenant.team is not None and tenant.team not in teams:
                 raise ConfigReferenceError(
@@ -389,6 +397,24 @@ class ServerConfig(BaseModel):
                     ("teams", i, "organisation"),
                     f"organisation {team.organisation!r} is not defined in `organisations`",
                 )
+
+
+def _check_unique_people(config: ServerConfig) -> None:
+    """Budgets and quotas are kept by name: two tenants, teams, organisations or keys of one name would
+    share them by accident."""
+    for field_name, entries in (
+        ("tenants", config.tenants),
+        ("teams", config.teams),
+        ("organisations", config.organisations),
+    ):
+        seen: dict[str, Location] = {}
+        for i, entry in enumerate(entries):
+            _unique(seen, entry.name, (field_name, i, "name"))
+    key_names: dict[str, Location] = {}
+    for i, tenant in enumerate(config.tenants):
+        for j, key in enumerate(tenant.api_keys):
+            if isinstance(key, ApiKeyConfig):
+                _unique(key_names, key.name, ("tenants", i, "api_keys", j, "name"))
 
 
 def _unique(seen: dict[str, Location], name: str, loc: Location) -> None:

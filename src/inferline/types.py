@@ -156,7 +156,8 @@ class Request:
 
 @dataclass
 class TopLogprob:
-    token_id: int
+    token_id: int | None
+    """None when a remote upstream sent only the token's text."""
     token: str
     logprob: float
 
@@ -165,7 +166,8 @@ class TopLogprob:
 class TokenLogprob:
     """The sampled token's log-probability under the model and the most likely alternatives."""
 
-    token_id: int
+    token_id: int | None
+    """None when a remote upstream sent only the token's text."""
     token: str
     logprob: float
     top: list[TopLogprob] = field(default_factory=list)

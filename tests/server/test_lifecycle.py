@@ -175,8 +175,9 @@ def test_metrics_expose_request_counts_and_latency_histograms(server: ServerProc
 
 def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) -> None:
     broken = {"name": "broken", "kind": "onnx", "source": str(tmp_path / "missing.onnx")}
+    config_path = write_config(tmp_path, {"deployments": [llm_deployment(), broken]})
     process = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(write_config(tmp_path, {"deployments": [llm_deployment(), broken]}))],
+        [str(BIN), "serve", "--config", str(config_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

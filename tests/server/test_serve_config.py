@@ -70,3 +70,40 @@ def test_keys_map_to_tenants_and_digests_work() -> None:
     assert auth.tenant("Bearer plain-key").name == "default"
     assert auth.tenant("Bearer secret-key").name == "shop"
     assert auth.tenant("Bearer secret-key").priority is Priority.INTERACTIVE
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            "deployments:\n  - {name: a, kind: remote, base_url: 'http://h/v1'}\nroutes:\n  - name: r\n"
+            "    policy: cascade\n    deployments:\n      - a\n      - nope\n",
+            "c.yaml:8: routes.0.deployments.1: deployment 'nope' is not defined",
+        ),
+        (
+            "deployments:\n  - {name: a, kind: remote, base_url: 'http://h/v1'}\n"
+            "tenants:\n  - name: t\n    api_keys: [k]\n    team: ghosts\n",
+            "c.yaml:6: tenants.0.team: team 'ghosts' is not defined",
+        ),
+        (
+            "deployments:\n  - name: a\n    kind: remote\n",
+            "c.yaml:2: deployments.0: Value error, a remote deployment needs base_url",
+        ),
+        (
+            "deployments:\n  - {name: a, kind: remote, base_url: 'http://h/v1'}\n"
+            "routes:\n  - {name: a, deployments: [a]}\n",
+            "c.yaml:4: routes.0.name: name 'a' is already used at deployments.0.name",
+        ),
+        (
+            "deployments:\n  - {name: a, kind: remote, base_url: 'http://h/v1'}\n"
+            "routes:\n  - {name: r, policy: weighted, deployments: [a]}\n",
+            "c.yaml:4: routes.0.policy: a weighted route needs `weights",
+        ),
+    ],
+)
+def test_router_config_errors_name_file_line_and_field(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidRequestError) as error:
+        load_server_config(str(path))
+    assert where in str(error.value).replace(str(tmp_path) + "/", "")

@@ -38,8 +38,8 @@ class EmbeddingBackend(BatchedBackend):
         self.runner: EmbeddingRunner | None = None
 
     async def load(self) -> None:
-        self.runner = await asyncio.to_thread(_load_runner, self.deployment.source)
-        dim = self.runner.embedding_dim
+        self.runner = runner = await asyncio.to_thread(_load_runner, self.deployment.local_source)
+        dim = runner.embedding_dim
         self._metadata.embedding_dim = dim
         self._metadata.outputs = [TensorSpec(EMBEDDING_OUTPUT, "FP32", [-1, dim])]
         self._start_batcher(self._run_batch)

@@ -24,7 +24,7 @@ class LLMBackend:
     def __init__(self, deployment: DeploymentConfig) -> None:
         self.deployment = deployment
         engine_config = deployment.engine or EngineConfig()
-        self.engine_config = engine_config.model_copy(update={"model": deployment.source})
+        self.engine_config = engine_config.model_copy(update={"model": deployment.local_source})
         self.engine: AsyncEngine | None = None
         self._metadata = ModelMetadata(
             name=deployment.name, kind="llm", version=deployment.version, platform="inferline-llm"

@@ -35,7 +35,7 @@ class OnnxBackend(BatchedBackend):
         self.runner: OnnxRunner | None = None
 
     async def load(self) -> None:
-        self.runner = runner = await asyncio.to_thread(OnnxRunner, self.deployment.source)
+        self.runner = runner = await asyncio.to_thread(OnnxRunner, self.deployment.local_source)
         self._metadata.inputs = [_spec(info) for info in runner.inputs]
         self._metadata.outputs = [_spec(info) for info in runner.outputs]
         if not runner.batchable:

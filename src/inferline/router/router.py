@@ -213,6 +213,7 @@ class _Run(Generic[T]):
     escalated: list[tuple[Deployment, Answer]] = field(default_factory=list)
     last_error: Exception | None = None
     skipped: list[Deployment] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -331,6 +332,9 @@ class Router:
                 break
             if not deployment.ready or not deployment.breaker.allow():
                 run.skipped.append(deployment)
+                # Counted against the arm: a canary whose circuit is open is failing, not idle.
+                run.state.arms[deployment.name].record(0.0, True)
+                self.judge_canary(run.state)
                 continue
             tried += 1
             final = not cascade or index == len(names) - 1 or names[index + 1] not in route.deployments
@@ -401,6 +405,7 @@ class Router:
         await exits.aclose()
         await self.limiter.release_budget(run.admission)
         run.last_error = error
+        run.failed.append(deployment.name)
         logger.warning(
             "request %s: deployment %s failed (%s); trying the next one",
             run.caller.request_id,
@@ -422,8 +427,10 @@ class Router:
             )
         if isinstance(run.last_error, QueueFullError) and len(run.skipped) == 0:
             return run.last_error
+        # The causes (with upstream addresses) are in the server's log, not in what the client reads.
+        tried = ", ".join(dict.fromkeys(run.failed))
         return BackendUnavailableError(
-            f"model {route!r}: every deployment tried failed; last error: {run.last_error}", retry_after_s=1.0
+            f"model {route!r}: every deployment tried failed ({tried}); retry shortly", retry_after_s=1.0
         )
 
     def _worst_cost(self, deployment: Deployment, worst: WorstCase) -> float:
