@@ -5,6 +5,7 @@ as a client sees them over HTTP."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -57,6 +58,13 @@ def front(
                 "canary": {"baseline": "fast", "candidate": "bad", "percent": 50, "min_samples": 4},
             },
             {"name": "split", "policy": "weighted", "weights": {"fast": 1, "flaky": 1}},
+            {
+                "name": "cascading",
+                "policy": "cascade",
+                "deployments": ["fast", "slow"],
+                "cascade": {"escalate_patterns": ["from fast"]},
+            },
+            {"name": "confident", "policy": "cascade", "deployments": ["fast", "slow"]},
         ],
         "tenants": [
             {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
@@ -238,3 +246,22 @@ def test_admin_api_needs_an_admin_key_and_changes_weights(front: ServerProcess) 
     assert "nope" in bad.json()["error"]["message"]
     paused = httpx.post(f"{url}/canaried/canary", json={"action": "pause"}, headers=headers)
     assert paused.json()["canary"]["status"] == "paused"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cascade_escalates_and_says_which_stage_answered(front: ServerProcess, stream: bool) -> None:
+    escalated = chat(front, "cascading", stream=stream)
+    assert escalated.status_code == 200
+    assert escalated.headers["x-inferline-cascade-stage"] == "2"
+    # Only the escalated stage's answer reaches the client.
+    assert content(escalated, stream).startswith("answer from slow")
+    kept = chat(front, "confident", stream=stream)
+    assert kept.headers["x-inferline-cascade-stage"] == "1"
+    assert content(kept, stream).startswith("answer from fast")
+
+
+def content(response: httpx.Response, stream: bool) -> str:
+    if not stream:
+        return str(response.json()["choices"][0]["message"]["content"])
+    chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])

@@ -176,7 +176,7 @@ class OpenAIServing:
         worst_case = WorstCase(prompt_bound, max_tokens, body.n)
         routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
         response_id = f"chatcmpl-{caller.request_id}"
-        if routed.value.rest is not None:
+        if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._chat_stream(body, response_id, routed)
         choices, usage = await self._collected(routed, body.n, 1)
         response = envelope("chat.completion", response_id, body.model)
@@ -277,7 +277,7 @@ class OpenAIServing:
         worst_case = WorstCase(prompt_bound, body.max_tokens, body.n * len(prompts))
         routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
         response_id = f"cmpl-{caller.request_id}"
-        if routed.value.rest is not None:
+        if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._completion_stream(body, response_id, routed)
         choices, usage = await self._collected(routed, body.n, len(prompts))
         response = envelope("text_completion", response_id, body.model)
