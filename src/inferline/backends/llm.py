@@ -56,11 +56,6 @@ class LLMBackend:
         if self.engine is not None:
             await self.engine.shutdown(drain_timeout_s=0)
 
-    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        return list(prompt)
-
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         if not self.tokenizer.has_chat_template:
             raise InvalidRequestError(

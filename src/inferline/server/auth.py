@@ -35,13 +35,10 @@ class Authenticator:
         self.keys: dict[str, Tenant] = {}
         for key in config.api_keys:
             self.keys[_digest(key)] = _DEFAULT
-        teams = {t.name: t for t in config.teams}
         for tenant in config.tenants:
-            team = teams.get(tenant.team) if tenant.team else None
-            organisation = team.organisation if team else None
             for entry in tenant.api_keys:
                 key, key_name = (entry.key, entry.name) if isinstance(entry, ApiKeyConfig) else (entry, None)
-                principal = Principal(tenant.name, key_name, tenant.team, organisation)
+                principal = Principal.from_config(config, tenant.name, key_name)
                 self.keys[stored_digest(key)] = Tenant(
                     tenant.name, Priority.parse(tenant.priority), principal
                 )
