@@ -197,6 +197,19 @@ class CanaryConfig(BaseModel):
     )
 
 
+class SloConfig(BaseModel):
+    """A route's service-level objectives, judged over a rolling window of its requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    availability: float | None = Field(
+        None, gt=0, lt=1, description="Share of requests that must not fail, e.g. 0.999."
+    )
+    ttft_p95_ms: float | None = Field(None, gt=0, description="95th-percentile time to first token, in ms.")
+    latency_p95_ms: float | None = Field(None, gt=0, description="95th-percentile end-to-end latency, in ms.")
+    window_days: float = Field(30.0, gt=0, le=365, description="The window the error budget spans.")
+
+
 RoutePolicy = Literal["fixed", "weighted", "cheapest", "fastest", "best_quality", "cascade", "canary"]
 
 
@@ -232,6 +245,7 @@ class RouteConfig(BaseModel):
     degrade_to: str | None = Field(
         None, description="A smaller, faster deployment used when the chosen one's wait is over budget."
     )
+    slo: SloConfig | None = Field(None, description="Objectives this route is held to (GET /v1/slo).")
 
     def members(self) -> list[str]:
         """Every deployment this route may send a request to."""
@@ -325,6 +339,44 @@ class AdmissionConfig(BaseModel):
         return float(getattr(self, f"{priority}_max_wait_s"))
 
 
+class TracingConfig(BaseModel):
+    """OpenTelemetry tracing: spans for each request, exported over OTLP when an endpoint is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Record spans (W3C traceparent from clients is always honoured).")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; none exports nothing.",
+    )
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces recorded.")
+    service_name: str = Field("inferline", min_length=1, description="The service.name resource attribute.")
+
+
+class TelemetryConfig(BaseModel):
+    """Metering, tracing and logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the usage database (sqlite:///..., postgresql+psycopg://...); "
+        "default: a SQLite file inferline.db in $INFERLINE_HOME (~/.cache/inferline).",
+    )
+    metering: bool = Field(True, description="Write one usage record per request to the database.")
+    flush_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Longest a usage record waits to be written."
+    )
+    buffer_max_records: int = Field(
+        100_000, ge=100, description="Records kept in memory while the database cannot be written."
+    )
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    log_format: Literal["json", "text"] = Field("json", description="Server log lines: JSON objects or text.")
+    capture_text: bool = Field(
+        False, description="Log prompt and completion text with each request (off: never logged)."
+    )
+
+
 def default_deployments() -> list[DeploymentConfig]:
     return [
         DeploymentConfig(name="smollm2-135m-instruct", kind="llm", source="default", aliases=["default"]),
@@ -367,6 +419,7 @@ class ServerConfig(BaseModel):
     redis_url: str | None = Field(
         None, description="redis://host:port/db: quotas and budgets shared by every replica using it."
     )
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight work may finish."

@@ -152,6 +152,8 @@ class Request:
     """Chat requests: the conversation, OpenAI-shaped ({"role", "content"})."""
     prompt_text: str | None = None
     """Completion requests given as text rather than token ids."""
+    traceparent: str | None = None
+    """W3C trace context of the span this request runs under; a remote backend passes it upstream."""
 
 
 @dataclass
@@ -220,3 +222,21 @@ class UsageRecord:
     outcome: str
     """"ok", "aborted", "error" or "rejected"."""
     cost: float = 0.0
+    """USD, from the deployment's prices (every escalated cascade stage included)."""
+    policy: str = ""
+    """The route's policy ("fixed", "cascade", ...)."""
+    cascade_stage: int | None = None
+    """Cascade routes: the 1-based stage that answered."""
+    degraded: bool = False
+    """True when admission sent the request to the route's smaller `degrade_to` target."""
+    error_type: str = ""
+    """The error's class name when the outcome is "error" or "rejected"."""
+    finished_at: float = field(default_factory=time.time)
+    """Wall-clock (Unix) seconds when the request finished."""
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first, or None with fewer than two tokens."""
+        if self.ttft_s is None or self.completion_tokens < 2:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.completion_tokens - 1)

@@ -195,6 +195,9 @@ class Routed(Generic[T]):
                 latency_s=latency_s,
                 outcome=outcome,
                 cost=cost,
+                policy=self.state.config.policy,
+                cascade_stage=self.stage,
+                degraded=self.degraded,
             )
         )
 
@@ -454,6 +457,8 @@ class Router:
                 ttft_s=None,
                 latency_s=run.backend_s,
                 outcome=outcome,
+                policy=run.state.config.policy,
+                error_type=type(error).__name__,
             )
         )
 
