@@ -364,6 +364,9 @@ class TelemetryConfig(BaseModel):
         "default: a SQLite file inferline.db in $INFERLINE_HOME (~/.cache/inferline).",
     )
     metering: bool = Field(True, description="Write one usage record per request to the database.")
+    metrics: bool = Field(
+        True, description="Count requests, tokens and cost per tenant and route for /metrics."
+    )
     flush_interval_s: float = Field(
         1.0, gt=0, le=60, description="Longest a usage record waits to be written."
     )
