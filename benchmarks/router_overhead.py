@@ -290,12 +290,9 @@ async def one_repeat(
 # ---- where inferline's time goes ------------------------------------------------------------------
 
 COMPONENTS = [
-    (
-        "httpx client, inferline -> upstream",
-        ("httpx/", "httpcore/", "h11/", "anyio/", "urllib/", "http/", "email/"),
-    ),
-    ("fastapi + starlette", ("fastapi/", "starlette/")),
     ("uvicorn", ("uvicorn/",)),
+    ("HTTP client, inferline -> upstream", ("inferline/backends/http_client", "httptools/")),
+    ("fastapi + starlette", ("fastapi/", "starlette/")),
     ("inferline.backends.remote", ("inferline/backends/remote",)),
     ("inferline.router", ("inferline/router/",)),
     ("inferline.server", ("inferline/server/",)),

@@ -1,10 +1,12 @@
 """An OpenAI-compatible upstream (another inferline, vLLM, llama-server, OpenAI) as a Backend.
 
-Every generation is streamed (`stream: true`, `stream_options.include_usage`) over one pooled
-HTTP/1.1 client, and the SSE lines are turned into Deltas as they arrive. The split of failures is
-what the router needs: anything that another deployment might answer (unreachable, slow, 429/5xx, a
-misconfigured 401/403/404, a stream that breaks) is BackendUnavailableError; a request the upstream
-calls malformed (400/413/422) is InvalidRequestError, because every deployment would refuse it.
+Every generation is streamed (`stream: true`, `stream_options.include_usage`) over a pool of
+keep-alive HTTP/1.1 connections (backends/http_client.py), and the SSE lines are turned into Deltas
+as they arrive. The split of failures is what the router needs: anything that another deployment
+might answer (unreachable, slow, 429/5xx, a misconfigured 401/403/404, a stream that breaks) is
+BackendUnavailableError; a request the upstream calls malformed (400/413/422) is
+InvalidRequestError, because every deployment would refuse it. The request's W3C `traceparent`
+goes upstream with it.
 
 `timeout_s` bounds the wait for the first token, response headers included; after that it bounds
 each gap between two reads, so a stalled stream fails instead of hanging.
@@ -22,12 +24,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any
 
-import httpx
 import numpy as np
 
 from inferline.backends.base import BackendStats, EmbeddingResult, ModelMetadata, UnsupportedOperationError
+from inferline.backends.http_client import HttpError, HttpPool, Response
 from inferline.config import DeploymentConfig
 from inferline.errors import (
     BackendUnavailableError,
@@ -55,7 +58,7 @@ class RemoteBackend:
         self.deployment = deployment
         self.base_url = deployment.base_url.rstrip("/")
         self.upstream_model = deployment.upstream_model or deployment.name
-        self.client: httpx.AsyncClient | None = None
+        self.client: HttpPool | None = None
         self.num_running = 0
         """Requests in flight now: streams between their first read and their close, embeddings."""
         self._metadata = ModelMetadata(
@@ -71,16 +74,14 @@ class RemoteBackend:
         if self.client is not None:
             return
         headers = {"authorization": f"Bearer {self._api_key()}"} if self.deployment.api_key_env else {}
-        size = self.deployment.max_concurrency or DEFAULT_MAX_CONNECTIONS
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url + "/",
+        timeout_s = self.deployment.timeout_s
+        self.client = HttpPool(
+            self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(self.deployment.timeout_s),
-            limits=httpx.Limits(
-                max_connections=size, max_keepalive_connections=size, keepalive_expiry=KEEPALIVE_EXPIRY_S
-            ),
-            http1=True,
-            http2=False,
+            max_connections=self.deployment.max_concurrency or DEFAULT_MAX_CONNECTIONS,
+            keepalive_expiry_s=KEEPALIVE_EXPIRY_S,
+            read_timeout_s=timeout_s,
+            connect_timeout_s=timeout_s,
         )
 
     async def unload(self) -> None:
@@ -98,7 +99,7 @@ class RemoteBackend:
             )
         return key
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> HttpPool:
         if self.client is None:
             raise BackendUnavailableError(f"remote deployment {self.deployment.name!r} is not loaded")
         return self.client
@@ -115,13 +116,16 @@ class RemoteBackend:
         path, body = request_body(request, self.upstream_model)
         url = f"{self.base_url}/{path}"
         decoder = StreamDecoder(request.request_id, path == "chat/completions", self._where(url))
-        response: httpx.Response | None = None
+        headers = {"x-request-id": request.request_id}
+        if request.traceparent is not None:
+            headers["traceparent"] = request.traceparent
+        response: Response | None = None
         self.num_running += 1
         try:
             try:
                 async with asyncio.timeout(self.deployment.timeout_s):
-                    response = await self._send(client, path, body, request.request_id)
-                    lines = response.aiter_lines()
+                    response = await self._post(client, path, body, headers)
+                    lines = response.lines()
                     first = await _first_deltas(lines, decoder)
             except TimeoutError:
                 raise self._unavailable(
@@ -135,7 +139,7 @@ class RemoteBackend:
             final = decoder.finish()
             if final is not None:
                 yield final
-        except httpx.TransportError as error:
+        except HttpError as error:
             if decoder.done:
                 return  # everything arrived: only the end of the body was lost
             raise self._unavailable(url, _transport_failure(error, decoder.num_chunks)) from error
@@ -144,21 +148,23 @@ class RemoteBackend:
             if response is not None:
                 await response.aclose()
 
-    async def _send(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], request_id: str
-    ) -> httpx.Response:
+    async def _post(
+        self, client: HttpPool, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> Response:
         """POST with a streamed response; a non-200 answer is read, closed and raised as our error."""
-        outgoing = client.build_request("POST", path, json=body, headers={"x-request-id": request_id})
+        url = f"{self.base_url}/{path}"
         try:
-            response = await client.send(outgoing, stream=True)
-        except httpx.TransportError as error:
-            raise self._unavailable(str(outgoing.url), _transport_failure(error, None)) from error
-        if response.status_code != 200:
+            response = await client.post(path, json.dumps(body).encode(), headers)
+        except HttpError as error:
+            raise self._unavailable(url, _transport_failure(error, None)) from error
+        if response.status != 200:
             try:
-                await response.aread()
+                content = await response.read()
+            except HttpError as error:
+                raise self._unavailable(url, _transport_failure(error, None)) from error
             finally:
                 await response.aclose()
-            raise self._status_error(response)
+            raise self._status_error(url, response.status, response.headers, content)
         return response
 
     # ---- embeddings and the rest of the protocol ----------------------------------------------
@@ -172,17 +178,19 @@ class RemoteBackend:
         self.num_running += 1
         try:
             async with asyncio.timeout(self.deployment.timeout_s):
-                response = await client.post("embeddings", json=body)
+                response = await self._post(client, "embeddings", body, {})
+                try:
+                    content = await response.read()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise self._unavailable(url, f"did not answer within {self.deployment.timeout_s:g} s") from None
-        except httpx.TransportError as error:
+        except HttpError as error:
             raise self._unavailable(url, _transport_failure(error, None)) from error
         finally:
             self.num_running -= 1
-        if response.status_code != 200:
-            raise self._status_error(response)
         try:
-            return parse_embeddings(response.json(), len(texts))
+            return parse_embeddings(json.loads(content), len(texts))
         except (ValueError, KeyError, TypeError) as error:
             raise self._unavailable(url, f"sent an unreadable embeddings response ({error})") from None
 
@@ -208,9 +216,8 @@ class RemoteBackend:
     ) -> BackendUnavailableError:
         return BackendUnavailableError(f"{self._where(url)} {what}", retry_after_s=retry_after_s)
 
-    def _status_error(self, response: httpx.Response) -> Exception:
-        status, url = response.status_code, str(response.request.url)
-        message, param = error_detail(response)
+    def _status_error(self, url: str, status: int, headers: dict[str, str], content: bytes) -> Exception:
+        message, param = error_detail(status, content)
         if status == 413:
             return PromptTooLongError(message, param)
         if status in (400, 422):
@@ -222,7 +229,7 @@ class RemoteBackend:
                 status,
                 message,
             )
-        return self._unavailable(url, f"answered {status}: {message}", retry_after(response))
+        return self._unavailable(url, f"answered {status}: {message}", retry_after(headers))
 
 
 # ---- the request body ---------------------------------------------------------------------------
@@ -431,19 +438,9 @@ def _vector(value: list[float] | str) -> np.ndarray:
 # ---- errors -------------------------------------------------------------------------------------
 
 
-def _transport_failure(error: httpx.TransportError, num_chunks: int | None) -> str:
-    kinds = {
-        httpx.ConnectError: "refused the connection or could not be reached",
-        httpx.ConnectTimeout: "did not accept the connection in time",
-        httpx.ReadTimeout: "stopped sending",
-        httpx.PoolTimeout: "has no free connection in the pool",
-        httpx.RemoteProtocolError: "closed the connection",
-        httpx.ReadError: "reset the connection",
-    }
-    what = next((text for kind, text in kinds.items() if isinstance(error, kind)), type(error).__name__)
-    detail = str(error) or type(error).__name__
+def _transport_failure(error: HttpError, num_chunks: int | None) -> str:
     when = "" if num_chunks is None else f" after {num_chunks} chunks" if num_chunks else " before any chunk"
-    return f"{what}{when} ({detail})"
+    return f"{error}{when}"
 
 
 def _message_and_param(body: Any) -> tuple[str, str | None]:
@@ -457,16 +454,24 @@ def _message_and_param(body: Any) -> tuple[str, str | None]:
     return str(error if error is not None else body)[:500], None
 
 
-def error_detail(response: httpx.Response) -> tuple[str, str | None]:
+def error_detail(status: int, content: bytes) -> tuple[str, str | None]:
     try:
-        return _message_and_param(response.json())
+        return _message_and_param(json.loads(content))
     except (ValueError, UnicodeDecodeError):
-        return response.text[:500].strip() or response.reason_phrase, None
+        text = content[:500].decode(errors="replace").strip()
+        return text or _reason(status), None
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def retry_after(headers: dict[str, str]) -> float | None:
     """Retry-After in seconds, from either form the header may take (seconds or an HTTP date)."""
-    value = response.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:

@@ -17,8 +17,9 @@ rounding lets one through a hair over.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,11 @@ PERIOD_GRACE_S = 3600.0
 """How long a period's budget record outlives the period, so late finishes still find their holds."""
 _PERIOD_S = {"minute": 60, "hour": 3600, "day": 86_400}
 _PERIOD_ADJECTIVE = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
+
+
+_PROCESS_ID = secrets.token_hex(8)
+"""Admission ids: this process's random prefix and a counter, unique across replicas sharing Redis."""
+_NEXT_ID = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,7 @@ class Limiter:
 
     async def acquire(self, principal: Principal) -> Admission:
         """Let a request in if its tenant's quotas allow, else raise LimitExceededError."""
-        admission = Admission(uuid.uuid4().hex, principal)
+        admission = Admission(f"{_PROCESS_ID}{next(_NEXT_ID):x}", principal)
         spec = self.quotas.get(principal.tenant)
         if spec is not None:
             refusal = await self.store.take_quotas(spec, admission.id, self.clock())
