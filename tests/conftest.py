@@ -1,3 +1,5 @@
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,20 @@ from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.models.store import resolve
 from inferline.runners.embedding import EmbeddingRunner
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inferline_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every server and CLI the tests start meters usage into a database of this run, not the user's
+    (built-in models are found through their packages, not through this folder)."""
+    home = tmp_path_factory.mktemp("inferline-home")
+    previous = os.environ.get("INFERLINE_HOME")
+    os.environ["INFERLINE_HOME"] = str(home)
+    yield home
+    if previous is None:
+        del os.environ["INFERLINE_HOME"]
+    else:
+        os.environ["INFERLINE_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """The `inferline` command, run as a user would: a real process."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -42,4 +43,92 @@ def test_chat_rejects_bad_sampling_with_the_field_name() -> None:
     done = run("chat", "hi", "--top-p", "0")
     assert done.returncode == 2
     assert "top_p" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def usage_database(url: str) -> str:
+    """Alpha: two requests to fast@1 ($0.75); beta: one to slow@2 that failed ($0.125)."""
+    from inferline.telemetry.usage_store import UsageStore
+    from inferline.types import UsageRecord
+
+    def record(tenant: str, deployment: str, version: str, cost: float, outcome: str = "ok") -> UsageRecord:
+        return UsageRecord(
+            request_id=f"{tenant}-{cost}",
+            tenant=tenant,
+            route="chat",
+            deployment=deployment,
+            model_version=version,
+            prompt_tokens=100,
+            completion_tokens=20,
+            ttft_s=0.05,
+            latency_s=0.25,
+            outcome=outcome,
+            cost=cost,
+        )
+
+    store = UsageStore(url)
+    store.insert_many(
+        [
+            record("alpha", "fast", "1", 0.5),
+            record("alpha", "fast", "1", 0.25),
+            record("beta", "slow", "2", 0.125, "error"),
+        ]
+    )
+    store.close()
+    return url
+
+
+def test_usage_prints_a_table_from_the_default_database(tmp_path: Path) -> None:
+    usage_database(f"sqlite:///{tmp_path / 'inferline.db'}")
+    env = {**os.environ, "INFERLINE_HOME": str(tmp_path), "COLUMNS": "200"}
+    done = run("usage", "--by", "tenant", "--since", "1h", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = {
+        line.split()[1]: line.split()
+        for line in done.stdout.splitlines()
+        if "alpha" in line or "beta" in line
+    }
+    # │ key │ requests │ prompt │ completion │ cost │ p95 latency │ p95 TTFT │ errors │ rejected │
+    assert lines["alpha"][1:18:2] == ["alpha", "2", "200", "40", "0.750000", "250.0", "50.0", "0", "0"]
+    assert lines["beta"][1:18:2] == ["beta", "1", "100", "20", "0.125000", "250.0", "50.0", "1", "0"]
+    assert str(tmp_path / "inferline.db") in done.stdout.replace("\n", "")
+
+
+def test_usage_writes_csv_with_a_header_row(tmp_path: Path) -> None:
+    url = usage_database(f"sqlite:///{tmp_path / 'usage.db'}")
+    out = tmp_path / "usage.csv"
+    done = run("usage", "--database-url", url, "--by", "model", "--csv", str(out))
+    assert done.returncode == 0, done.stderr
+    assert list(csv.reader(out.read_text().splitlines())) == [
+        [
+            "key",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "p95_latency_ms",
+            "p95_ttft_ms",
+            "errors",
+            "rejected",
+        ],
+        ["fast@1", "2", "200", "40", "0.75", "250.0", "50.0", "0", "0"],
+        ["slow@2", "1", "100", "20", "0.125", "250.0", "50.0", "1", "0"],
+    ]
+
+
+def test_usage_reads_the_database_the_server_config_names(tmp_path: Path) -> None:
+    url = usage_database(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    config = tmp_path / "inferline.yaml"
+    config.write_text(f"telemetry:\n  database_url: {url}\n")
+    out = tmp_path / "beta.csv"
+    done = run("usage", "--config", str(config), "--tenant", "beta", "--by", "deployment", "--csv", str(out))
+    assert done.returncode == 0, done.stderr
+    assert [row[:2] for row in csv.reader(out.read_text().splitlines())][1:] == [["slow", "1"]]
+
+
+def test_usage_names_a_bad_grouping_and_the_accepted_ones(tmp_path: Path) -> None:
+    done = run("usage", "--by", "user", "--database-url", f"sqlite:///{tmp_path / 'usage.db'}")
+    assert done.returncode == 2
+    assert "by='user'" in done.stderr
+    assert "tenant, route, deployment, model" in done.stderr
     assert "Traceback" not in done.stderr

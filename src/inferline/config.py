@@ -375,6 +375,11 @@ class TelemetryConfig(BaseModel):
     )
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     log_format: Literal["json", "text"] = Field("json", description="Server log lines: JSON objects or text.")
+    access_log: bool = Field(
+        True,
+        description="One log line per finished HTTP request: method, path, status, latency, request id, "
+        "tenant, route, deployment, tokens.",
+    )
     capture_text: bool = Field(
         False, description="Log prompt and completion text with each request (off: never logged)."
     )

@@ -181,6 +181,9 @@ class Usage:
     completion_tokens: int
     cached_prompt_tokens: int = 0
     """Prompt tokens whose KV came from the prefix cache rather than being computed."""
+    scheduled_at: float | None = None
+    """Local engine: monotonic seconds when the request's first completion got its first step, the end
+    of its wait in the queue (traces split queue time from prefill with it)."""
 
     @property
     def total_tokens(self) -> int:

@@ -403,3 +403,18 @@ def test_budget_holds_stop_spend_at_the_exact_boundary() -> None:
     assert (error.value.scope, error.value.limit) == ("tenant:t", "budget")
     budget = asyncio.run(router.limiter.snapshot())["tenant:t"]["budget"]
     assert (budget["spent_usd"], budget["held_usd"]) == (30.0, 0.0)
+
+
+def test_quota_refusals_are_metered_as_rejections() -> None:
+    config = {
+        "deployments": [deployment("a")],
+        "tenants": [{"name": "t", "api_keys": ["k"], "quotas": {"requests_per_minute": 1}}],
+    }
+    router, records = make_router(config)
+    route(router, "a", answers())
+    with pytest.raises(LimitExceededError, match="requests_per_minute"):
+        route(router, "a", answers())
+    assert [(r.outcome, r.tenant, r.route, r.error_type) for r in records] == [
+        ("ok", "t", "a", ""),
+        ("rejected", "t", "a", "LimitExceededError"),
+    ]

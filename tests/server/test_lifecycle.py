@@ -35,7 +35,7 @@ LONG = {
 def kv_blocks_used(server: ServerProcess) -> float:
     metrics = httpx.get(f"{server.url}/metrics").text
     match = re.search(
-        r'^inferline_kv_cache_blocks_used\{model="smollm2-135m-instruct"\} (\S+)$', metrics, re.M
+        r'^inferline_kv_cache_blocks_used\{deployment="smollm2-135m-instruct"\} (\S+)$', metrics, re.M
     )
     assert match, "the KV gauge is missing from /metrics"
     return float(match.group(1))
@@ -169,8 +169,8 @@ def test_metrics_expose_request_counts_and_latency_histograms(server: ServerProc
     text = httpx.get(f"{server.url}/metrics").text
     assert re.search(r'inferline_http_requests_total\{route="/v1/completions",status="200"\} [1-9]', text)
     assert 'inferline_http_request_duration_seconds_bucket{le="0.005",route="/v1/completions"}' in text
-    assert "inferline_time_to_first_token_seconds_count" in text
-    assert re.search(r'inferline_generation_tokens_total\{model="default"\} [1-9]', text)
+    assert re.search(r'inferline_route_ttft_seconds_count\{deployment="[^"]+",route="default"\} [1-9]', text)
+    assert re.search(r'inferline_tenant_tokens_total\{kind="completion",tenant="[^"]+"\} [1-9]', text)
 
 
 def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from inferline.config import DeploymentConfig, EngineConfig
 from inferline.engine.async_engine import AsyncEngine
 from inferline.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from inferline.models.tokenizer import Tokenizer
+from inferline.telemetry.tracing import trace_engine
 from inferline.types import Delta, Request
 
 
@@ -101,7 +102,7 @@ class LLMBackend:
                 "(max_queued_requests); retry shortly",
                 retry_after_s=1.0,
             )
-        return engine.generate(request)
+        return trace_engine(engine.generate(request))
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         raise UnsupportedOperationError(

@@ -161,6 +161,7 @@ class EngineCore:
             prompt_tokens=len(state.request.prompt_token_ids),
             completion_tokens=sum(len(s.output_token_ids) for s in state.seqs),
             cached_prompt_tokens=state.seqs[0].num_cached_prompt_tokens,
+            scheduled_at=state.seqs[0].first_scheduled_at,
         )
 
     # ---- introspection ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ prefix cache, often its KV).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from inferline.engine.fair_queue import TenantCounters, WaitingQueues
@@ -172,6 +173,7 @@ class Scheduler:
         )
         if seq.num_preemptions == 0:
             seq.num_cached_prompt_tokens = min(num_cached, len(seq.prompt_token_ids))
+            seq.first_scheduled_at = time.monotonic()
         seq.num_computed_tokens = num_cached
         self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING

@@ -28,6 +28,8 @@ class Sequence:
     num_cached_prompt_tokens: int = 0
     """Prompt tokens taken from the prefix cache at first admission."""
     num_preemptions: int = 0
+    first_scheduled_at: float | None = None
+    """Monotonic seconds when the scheduler first gave this completion a step."""
     finish_reason: str | None = None
     stop_reason: str | int | None = None
 

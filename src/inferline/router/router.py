@@ -21,6 +21,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry.trace import Span
+
 from inferline.config import CascadeConfig, RouteConfig, ServerConfig
 from inferline.engine.async_engine import EngineStoppedError
 from inferline.errors import (
@@ -36,6 +38,7 @@ from inferline.router.arm_stats import ArmStats
 from inferline.router.canary import Canary
 from inferline.router.deployments import Deployment, DeploymentPool
 from inferline.router.limits import Admission, Limiter, Principal
+from inferline.telemetry import tracing
 from inferline.types import Priority, UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,24 @@ def escalation_reason(config: CascadeConfig, answer: Answer) -> str | None:
     return None
 
 
+def _decision(run: _Run[Any], routed: Routed[Any] | None) -> dict[str, Any]:
+    """The route span's attributes: what the router chose for the request, and what it tried first."""
+    attributes: dict[str, Any] = {
+        "inferline.route.attempts": len(run.failed) + len(run.escalated) + (routed is not None)
+    }
+    if run.failed:
+        attributes["inferline.route.fallbacks"] = run.failed
+    if run.skipped:
+        attributes["inferline.route.skipped"] = [d.name for d in run.skipped]
+    if routed is not None:
+        attributes["inferline.route.deployment"] = routed.deployment.name
+        if routed.degraded:
+            attributes["inferline.route.degraded"] = True
+        if routed.stage is not None:
+            attributes["inferline.route.cascade_stage"] = routed.stage
+    return attributes
+
+
 class RouteState:
     def __init__(self, config: RouteConfig, implicit: bool = False) -> None:
         self.config = config
@@ -152,6 +173,9 @@ class Routed(Generic[T]):
         self.degraded = False
         self.escalated: list[tuple[Deployment, Answer]] = []
         """Cascade stages that answered but were escalated; their tokens are billed too."""
+        self.route_span: Span | None = None
+        self.backend_span: Span | None = None
+        """Traced requests: the spans that end when the answer has been delivered."""
         self._done = False
 
     @property
@@ -175,6 +199,9 @@ class Routed(Generic[T]):
         if error:
             self.deployment.breaker.record_failure()
         await self._exits.aclose()
+        if self.backend_span is not None:
+            tracing.end_backend_span(self.backend_span, prompt_tokens, completion_tokens, outcome)
+            tracing.end_span(self.route_span, error="error" if error else None)
         cost = self.deployment.config.cost_usd(prompt_tokens, completion_tokens)
         tokens = prompt_tokens + completion_tokens
         for stage, answer in self.escalated:
@@ -271,16 +298,28 @@ class Router:
         judge: Callable[[T], Answer] | None = None,
     ) -> Routed[T]:
         state = self.resolve(name)
-        admission = await self.limiter.acquire(caller.principal)
-        run = _Run(state, caller, admission, attempt, worst_case, judge)
         try:
-            names, degraded = self._plan(state, caller)
-            routed = await self._attempts(run, names)
+            admission = await self.limiter.acquire(caller.principal)
+        except LimitExceededError as error:  # a quota: metered as a rejection like every refusal
+            self._emit_failure(state, caller, 0.0, error)
+            raise
+        run = _Run(state, caller, admission, attempt, worst_case, judge)
+        route = state.config
+        span = tracing.start_span(f"route {route.name}", {"inferline.route.policy": route.policy})
+        try:
+            with tracing.use_span(span):
+                names, degraded = self._plan(state, caller)
+                routed = await self._attempts(run, names)
         except BaseException as error:
             await self.limiter.finish(admission, 0, 0.0)
-            self._emit_failure(run, error)
+            self._emit_failure(state, caller, run.backend_s, error)
+            if span is not None:
+                tracing.end_span(span, _decision(run, None), error)
             raise
         routed.degraded = degraded
+        if span is not None:
+            span.set_attributes(_decision(run, routed))
+            routed.route_span = span
         return routed
 
     def _plan(self, state: RouteState, caller: Caller) -> tuple[list[str], bool]:
@@ -356,15 +395,19 @@ class Router:
         )
         await self.limiter.hold_budget(run.admission, hold)
         started = time.perf_counter()
+        span = tracing.start_backend_span(deployment.config, run.state.config.name)
         try:
             await exits.enter_async_context(deployment.slot())
-            value = await run.attempt(deployment, final)
+            with tracing.use_span(span):
+                value = await run.attempt(deployment, final)
         except (*_UNAVAILABLE, *_BUSY) as error:
+            tracing.end_span(span, error=error)
             elapsed_s = time.perf_counter() - started
             run.backend_s += elapsed_s
             await self._failed(run, deployment, exits, error, elapsed_s)
             return None
-        except BaseException:
+        except BaseException as error:
+            tracing.end_span(span, error=error)
             deployment.breaker.release_probe()
             await exits.aclose()
             await self.limiter.release_budget(run.admission)
@@ -385,6 +428,7 @@ class Router:
                 )
                 run.state.arms[deployment.name].record(first_result_s, False)
                 run.escalated.append((deployment, answer))
+                tracing.end_span(span, {"inferline.cascade.escalated": reason})
                 await exits.aclose()
                 await self.limiter.release_budget(run.admission)
                 return None
@@ -393,6 +437,7 @@ class Router:
         )
         routed.backend_s = run.backend_s
         routed.escalated = run.escalated
+        routed.backend_span = span
         return routed
 
     async def _failed(
@@ -442,22 +487,24 @@ class Router:
             each = deployment.backend.metadata.max_model_len or deployment.config.max_output_tokens
         return deployment.config.cost_usd(worst.prompt_tokens, each * worst.completions)
 
-    def _emit_failure(self, run: _Run[T], error: BaseException) -> None:
+    def _emit_failure(
+        self, state: RouteState, caller: Caller, latency_s: float, error: BaseException
+    ) -> None:
         rejected = (QueueFullError, InvalidRequestError, LimitExceededError, ModelNotFoundError)
         outcome = "rejected" if isinstance(error, rejected) else "error"
         self.emit(
             UsageRecord(
-                request_id=run.caller.request_id,
-                tenant=run.caller.principal.tenant,
-                route=run.state.config.name,
+                request_id=caller.request_id,
+                tenant=caller.principal.tenant,
+                route=state.config.name,
                 deployment="",
                 model_version="",
                 prompt_tokens=0,
                 completion_tokens=0,
                 ttft_s=None,
-                latency_s=run.backend_s,
+                latency_s=latency_s,
                 outcome=outcome,
-                policy=run.state.config.policy,
+                policy=state.config.policy,
                 error_type=type(error).__name__,
             )
         )

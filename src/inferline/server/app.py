@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,15 +24,28 @@ from inferline.router.limits import Limiter
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
+from inferline.server.dashboard import Dashboard
 from inferline.server.errors import error_response, starlette_error_response, validation_error_response
-from inferline.server.metrics import Metrics
+from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
 from inferline.server.openai_routes import openai_router
 from inferline.server.openai_serving import OpenAIServing
+from inferline.server.slo import slo_router
+from inferline.server.usage import Metering, usage_router
+from inferline.telemetry.logs import AccessLog, RequestLog, record_usage, set_tenant
+from inferline.telemetry.metrics import Metrics
+from inferline.telemetry.slo import SloCollector, SloTracker
+from inferline.telemetry.tracing import HttpSpan, Tracing
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+_PROCESS_ID = secrets.token_hex(6)
+"""Request ids are this process's random prefix and a counter: unique across replicas, and cheaper
+per request than a uuid4 (which reads the OS's random source)."""
+_NEXT_ID = itertools.count(1)
 
 
 class _BodyTooLargeError(Exception):
@@ -39,12 +53,22 @@ class _BodyTooLargeError(Exception):
 
 
 class RequestContext:
-    """Pure ASGI (no per-request task): request ids, the body-size limit, and request metrics."""
+    """Pure ASGI (no per-request task): request ids, the body-size limit, request metrics, and the
+    request's server span and log context (its access line once the response has gone)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        metrics: Metrics | None,
+        tracing: Tracing,
+        access_log: AccessLog,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.tracing = tracing
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,9 +76,11 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else f"{_PROCESS_ID}{next(_NEXT_ID):020x}"
         started = time.perf_counter()
         scope.setdefault("state", {}).update(request_id=request_id, started=started)
+        log, receive, send = self.access_log.begin(request_id, receive, send)
+        span = self.tracing.start_http(scope["method"], scope["path"], request_id, headers)
         status = 500
         response_started = False
         received = 0
@@ -99,40 +125,74 @@ class RequestContext:
                 )
                 await JSONResponse(body, status_code=413)(scope, receive, tagged_send)
         finally:
+            self._end(scope, status, started, log, span)
+
+    def _end(self, scope: Scope, status: int, started: float, log: RequestLog, span: HttpSpan | None) -> None:
+        """The access line first, while the request's trace is still current, so it carries its ids."""
+        if self.metrics is not None:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.observe_http(route, status, time.perf_counter() - started)
+        self.access_log.end(log, scope["method"], scope["path"], status, time.perf_counter() - started)
+        if span is not None:
+            span.end(status, getattr(scope.get("route"), "path", None))
 
 
 def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> FastAPI:
     config.check_references()
     pool = pool if pool is not None else DeploymentPool(config.deployments)
     metrics = Metrics()
+    metrics.registry.register(PoolCollector(pool))
+    slo = SloTracker(config.routes)
+    metrics.registry.register(SloCollector(slo))
     auth = Authenticator(config)
     router = Router(config, pool, Limiter.from_config(config))
-    router.listeners.append(metrics.record_usage)
+    if config.telemetry.metrics:
+        router.listeners.append(metrics.record_usage)
+    if slo.routes:
+        router.listeners.append(slo.record)
+    dashboard = Dashboard(pool, auth)
+    router.listeners.append(dashboard.series.record)
+    metering = Metering(config.telemetry, metrics.registry)
+    router.listeners.extend(metering.listeners)
+    router.listeners.append(record_usage)  # the request's route, deployment and tokens for its log lines
+    tracing = Tracing(config.telemetry.tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load in the background: the port answers /health at once and /ready when the models are warm.
         loading = asyncio.create_task(pool.load_all())
+        sampling = asyncio.create_task(dashboard.sample_forever())
+        metering.start()
         yield
         loading.cancel()
-        await asyncio.gather(loading, return_exceptions=True)
+        sampling.cancel()
+        await asyncio.gather(loading, sampling, return_exceptions=True)
         await pool.unload_all()
         await router.limiter.close()
+        await metering.close()  # after the drain and the unloads, so their records are written too
+        await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
 
     app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
     app.state.router = router
     app.state.metrics = metrics
+    app.state.slo = slo
+    app.state.tracing = tracing
     app.add_exception_handler(InferlineError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, starlette_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, error_response)
-    app.add_middleware(RequestContext, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=config.max_body_bytes,
+        metrics=metrics if config.telemetry.metrics else None,
+        tracing=tracing,
+        access_log=AccessLog(config.telemetry),
+    )
 
     async def tenant(request: Request) -> Tenant:  # async: FastAPI runs sync dependencies on a thread pool
-        return auth.tenant(request.headers.get("authorization"))
+        who = auth.tenant(request.headers.get("authorization"))
+        set_tenant(who.principal.tenant)
+        return who
 
     async def admin(request: Request) -> None:
         auth.admin(request.headers.get("authorization"))
@@ -150,12 +210,12 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        for deployment in pool.deployments:
-            metrics.observe_backend(deployment.config.name, deployment.backend)
-            metrics.circuit_open.labels(deployment.name).set(deployment.breaker.state != "closed")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(openai_router(OpenAIServing(router, metrics), router, tenant))
+    app.include_router(openai_router(OpenAIServing(router), router, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
+    app.include_router(slo_router(slo, admin))
+    app.include_router(usage_router(metering.store, auth))
+    app.include_router(dashboard.routes())
     return app

@@ -1,121 +1,91 @@
-"""Prometheus metrics of the HTTP layer and the engines (the full telemetry set is its own room)."""
+"""The deployments' live figures for /metrics, read from their backends and breakers when Prometheus
+scrapes (they are states, not events: nothing is counted on the request path for them)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
-from inferline.backends.base import Backend
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from inferline.backends.llm import LLMBackend
-from inferline.types import UsageRecord
+from inferline.router.circuit import CircuitState
+from inferline.router.deployments import Deployment, DeploymentPool
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CIRCUIT_STATES: tuple[CircuitState, ...] = ("closed", "open", "half_open")
 
 
-class Metrics:
-    """One registry per app, so several apps (tests) never collide."""
+class PoolCollector(Collector):
+    """Queue depth, running requests, KV cache, prefix cache, preemptions and circuit state per deployment."""
+
+    def __init__(self, pool: DeploymentPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["deployment"]
+        running = GaugeMetricFamily(
+            "inferline_requests_running", "Requests the backend is working on.", labels=label
+        )
+        waiting = GaugeMetricFamily(
+            "inferline_requests_waiting",
+            "Requests queued for the deployment: in the backend's queue plus those the router holds while "
+            "the deployment is at max_concurrency.",
+            labels=label,
+        )
+        engine = _EngineFamilies()
+        circuit = GaugeMetricFamily(
+            "inferline_circuit_state",
+            "1 for the state the deployment's circuit breaker is in (closed, open, half_open), else 0.",
+            labels=["deployment", "state"],
+        )
+        opened = CounterMetricFamily(
+            "inferline_circuit_opened", "Times the deployment's circuit breaker opened.", labels=label
+        )
+        for deployment in self.pool.deployments:
+            name = [deployment.name]
+            stats = deployment.backend.stats()
+            running.add_metric(name, stats.running)
+            waiting.add_metric(name, stats.queue_depth + deployment.waiting)
+            engine.add(deployment)
+            state = deployment.breaker.state
+            for candidate in CIRCUIT_STATES:
+                circuit.add_metric([deployment.name, candidate], float(candidate == state))
+            opened.add_metric(name, deployment.breaker.times_opened)
+        yield from (running, waiting, *engine.families(), circuit, opened)
+
+
+class _EngineFamilies:
+    """The figures only a local LLM engine has."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "inferline_http_requests",
-            "HTTP requests by route and status.",
-            ["route", "status"],
-            registry=self.registry,
+        label = ["deployment"]
+        self.blocks_used = GaugeMetricFamily(
+            "inferline_kv_cache_blocks_used", "KV-cache blocks held by live sequences.", labels=label
         )
-        self.latency = Histogram(
-            "inferline_http_request_duration_seconds",
-            "Time from request to the end of the response body.",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self.usage = GaugeMetricFamily(
+            "inferline_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", labels=label
         )
-        self.time_to_first_token = Histogram(
-            "inferline_time_to_first_token_seconds",
-            "Time from submitting to the engine to the first token.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.prompt_tokens = Counter(
-            "inferline_prompt_tokens", "Prompt tokens processed.", ["model"], registry=self.registry
-        )
-        self.generation_tokens = Counter(
-            "inferline_generation_tokens", "Tokens generated.", ["model"], registry=self.registry
-        )
-        self.running = Gauge(
-            "inferline_requests_running", "Requests running.", ["model"], registry=self.registry
-        )
-        self.waiting = Gauge(
-            "inferline_requests_waiting", "Requests queued.", ["model"], registry=self.registry
-        )
-        self.kv_blocks_used = Gauge(
-            "inferline_kv_cache_blocks_used",
-            "KV-cache blocks held by live sequences.",
-            ["model"],
-            registry=self.registry,
-        )
-        self.kv_usage = Gauge(
-            "inferline_kv_cache_usage_ratio",
-            "Fraction of KV-cache blocks in use.",
-            ["model"],
-            registry=self.registry,
-        )
-        self.preemptions = Gauge(
-            "inferline_preemptions", "Sequences preempted since start.", ["model"], registry=self.registry
-        )
-        self.prefix_hit_rate = Gauge(
+        self.prefix_hit_rate = GaugeMetricFamily(
             "inferline_prefix_cache_hit_ratio",
-            "Share of prompt tokens served from the prefix cache.",
-            ["model"],
-            registry=self.registry,
+            "Share of prompt tokens served from the prefix cache since start.",
+            labels=label,
+        )
+        self.preemptions = CounterMetricFamily(
+            "inferline_preemptions",
+            "Sequences preempted (their KV blocks reclaimed) since start.",
+            labels=label,
         )
 
-        self.route_requests = Counter(
-            "inferline_route_requests",
-            "Requests per route and the deployment (arm) that answered, by outcome.",
-            ["route", "deployment", "outcome"],
-            registry=self.registry,
-        )
-        self.route_latency = Histogram(
-            "inferline_route_latency_seconds",
-            "End-to-end latency per route and arm.",
-            ["route", "deployment"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.route_cost = Counter(
-            "inferline_route_cost_usd",
-            "Spend per route and arm.",
-            ["route", "deployment"],
-            registry=self.registry,
-        )
-        self.circuit_open = Gauge(
-            "inferline_circuit_open",
-            "1 while a deployment's circuit breaker is open or half-open.",
-            ["deployment"],
-            registry=self.registry,
-        )
+    def add(self, deployment: Deployment) -> None:
+        backend = deployment.backend
+        if not isinstance(backend, LLMBackend) or backend.engine is None:
+            return
+        stats = backend.engine.stats()
+        name = [deployment.name]
+        self.blocks_used.add_metric(name, stats.kv_num_blocks - stats.kv_num_free_blocks)
+        self.usage.add_metric(name, stats.kv_usage)
+        self.prefix_hit_rate.add_metric(name, stats.prefix_hit_rate)
+        self.preemptions.add_metric(name, stats.num_preemptions)
 
-    def record_usage(self, record: UsageRecord) -> None:
-        self.route_requests.labels(record.route, record.deployment, record.outcome).inc()
-        if record.deployment:
-            self.route_latency.labels(record.route, record.deployment).observe(record.latency_s)
-            self.route_cost.labels(record.route, record.deployment).inc(record.cost)
-
-    def observe_backend(self, name: str, backend: Backend) -> None:
-        stats = backend.stats()
-        self.running.labels(name).set(stats.running)
-        self.waiting.labels(name).set(stats.queue_depth)
-        if isinstance(backend, LLMBackend) and backend.engine is not None:
-            engine = backend.engine.stats()
-            self.kv_blocks_used.labels(name).set(engine.kv_num_blocks - engine.kv_num_free_blocks)
-            self.kv_usage.labels(name).set(engine.kv_usage)
-            self.preemptions.labels(name).set(engine.num_preemptions)
-            self.prefix_hit_rate.labels(name).set(engine.prefix_hit_rate)
-
-    def count_tokens(self, model: str, prompt: int, completion: int) -> None:
-        self.prompt_tokens.labels(model).inc(prompt)
-        self.generation_tokens.labels(model).inc(completion)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def families(self) -> tuple[Metric, ...]:
+        return (self.blocks_used, self.usage, self.prefix_hit_rate, self.preemptions)

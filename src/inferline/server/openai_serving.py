@@ -17,7 +17,7 @@ import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from inferline.backends.base import EmbeddingResult
 from inferline.router.deployments import Deployment
 from inferline.router.router import Answer, Caller, Routed, Router, WorstCase
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
-from inferline.server.metrics import Metrics
 from inferline.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -35,6 +34,7 @@ from inferline.server.openai_protocol import (
     envelope,
     usage_dict,
 )
+from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
 Tagged = tuple[int, Delta]
@@ -92,9 +92,8 @@ def _confidence(generation: Generation) -> Answer:
 
 
 class OpenAIServing:
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(self, router: Router) -> None:
         self.router = router
-        self.metrics = metrics
 
     # ---- generation through the router ----------------------------------------------------------
 
@@ -110,7 +109,7 @@ class OpenAIServing:
         async def attempt(deployment: Deployment, final: bool) -> Generation:
             # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not.
             requests = build(cascade)
-            firsts, rest = await deployment.within(self._first_and_rest(deployment, requests, body.model))
+            firsts, rest = await deployment.within(self._first_and_rest(deployment, requests))
             if body.stream and final:
                 return Generation(firsts, rest)
             return Generation([*firsts, *[item async for item in rest]])
@@ -120,19 +119,16 @@ class OpenAIServing:
         )
 
     async def _first_and_rest(
-        self, deployment: Deployment, requests: list[Request], model: str
+        self, deployment: Deployment, requests: list[Request]
     ) -> tuple[list[Tagged], AsyncIterator[Tagged]]:
         """Start every request; return the first delta of each (errors raise here) and the merged rest."""
-        loop = asyncio.get_running_loop()
         streams = [deployment.backend.generate(r) for r in requests]
-        started = loop.time()
         try:
             firsts = [await anext(s) for s in streams]
         except BaseException:
             for stream in streams:
                 await stream.aclose()
             raise
-        self.metrics.time_to_first_token.labels(model).observe(loop.time() - started)
         return list(enumerate(firsts)), _merge(streams, [d.usage is not None for d in firsts])
 
     async def _collected(
@@ -146,7 +142,6 @@ class OpenAIServing:
             choice.logprobs += delta.logprobs or []
             choice.finish_reason = delta.finish_reason or choice.finish_reason
             usage.add(delta)
-        self.metrics.count_tokens(routed.state.config.name, usage.prompt, usage.completion)
         await routed.complete(usage.prompt, usage.completion)
         return choices, usage
 
@@ -162,13 +157,15 @@ class OpenAIServing:
         def build(need_logprobs: bool) -> list[Request]:
             sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
             return [
-                Request(
-                    caller.request_id,
-                    [],
-                    sampling,
-                    caller.priority,
-                    caller.principal.tenant,
-                    messages=messages,
+                trace_request(
+                    Request(
+                        caller.request_id,
+                        [],
+                        sampling,
+                        caller.priority,
+                        caller.principal.tenant,
+                        messages=messages,
+                    )
                 )
             ]
 
@@ -237,7 +234,6 @@ class OpenAIServing:
                     if choice is not None:
                         yield sse({**head, "choices": [choice]})
                 outcome = "ok"
-                self.metrics.count_tokens(body.model, usage.prompt, usage.completion)
                 if include_usage:
                     totals = usage_dict(usage.prompt, usage.completion, usage.cached)
                     yield sse({**head, "choices": [], "usage": totals})
@@ -262,13 +258,15 @@ class OpenAIServing:
         def build(need_logprobs: bool) -> list[Request]:
             logprobs = 0 if body.logprobs is None and need_logprobs else body.logprobs
             return [
-                Request(
-                    f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
-                    list(prompt) if isinstance(prompt, list) else [],
-                    body.sampling(body.max_tokens, logprobs),
-                    caller.priority,
-                    caller.principal.tenant,
-                    prompt_text=prompt if isinstance(prompt, str) else None,
+                trace_request(
+                    Request(
+                        f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
+                        list(prompt) if isinstance(prompt, list) else [],
+                        body.sampling(body.max_tokens, logprobs),
+                        caller.priority,
+                        caller.principal.tenant,
+                        prompt_text=prompt if isinstance(prompt, str) else None,
+                    )
                 )
                 for i, prompt in enumerate(prompts)
             ]
@@ -344,7 +342,6 @@ class OpenAIServing:
             {"object": "embedding", "index": i, "embedding": _encode_vector(vector, body.encoding_format)}
             for i, vector in enumerate(result.vectors)
         ]
-        self.metrics.count_tokens(body.model, result.num_tokens, 0)
         return routed, {
             "object": "list",
             "data": data,
@@ -411,15 +408,28 @@ async def _interleave(streams: list[AsyncIterator[Delta]], indices: list[int]) -
 
 
 async def _until_disconnect(work: Awaitable[T], watch: Callable[[], Awaitable[None]]) -> T:
-    """Run `work` unless the client disconnects first; then cancel it (aborting its engine requests)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(watch())
+    """Run `work` unless the client disconnects first; then cancel it (aborting its engine requests).
+
+    `work` runs in this task and one watcher task cancels it on a disconnect: one task per request
+    rather than two and a wait. The watcher can only run while this task is suspended inside `work`
+    (nothing is awaited between `work` returning and the watcher's cancellation), so its
+    cancellation always lands inside `work`, whose own cleanup then runs as for any cancellation."""
+    current = cast("asyncio.Task[Any]", asyncio.current_task())
+    disconnected = False
+
+    async def watcher() -> None:
+        nonlocal disconnected
+        await watch()
+        disconnected = True
+        current.cancel()
+
+    watching = asyncio.create_task(watcher())
     try:
-        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not disconnected:
+            raise
+        current.uncancel()
+        raise HTTPError(499, "client closed the request", "client_closed_request") from None
     finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise HTTPError(499, "client closed the request", "client_closed_request")
-    return task.result()
+        watching.cancel()

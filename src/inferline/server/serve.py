@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from inferline.config import ConfigReferenceError, ServerConfig
 from inferline.errors import InvalidRequestError
 from inferline.server.app import create_app
+from inferline.telemetry.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def check_exposure(config: ServerConfig) -> None:
 
 def serve(config: ServerConfig) -> int:
     check_exposure(config)
+    configure_logging(config.telemetry)
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -118,7 +120,8 @@ def serve(config: ServerConfig) -> int:
             host=config.host,
             port=config.port,
             log_level="info",
-            access_log=False,
+            log_config=None,  # uvicorn's lines go through the handler configure_logging installed
+            access_log=False,  # the app writes its own access lines, with request id, tenant and tokens
             # SIGTERM: stop accepting, let in-flight requests finish for this long, then exit 0.
             timeout_graceful_shutdown=math.ceil(config.drain_timeout_s),
             limit_concurrency=None,

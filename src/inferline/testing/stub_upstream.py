@@ -117,6 +117,8 @@ class StubStats:
     aborted: int = 0
     """Clients that went away during a wait (the stub only notices while waiting)."""
     in_flight: int = 0
+    last_traceparent: str | None = None
+    """The W3C `traceparent` header of the last POST to /v1/* (None when it had none)."""
 
 
 @dataclass
@@ -209,6 +211,7 @@ class StubUpstream:
         """Count, authenticate, parse, wait delay_s and roll for an injected error; None if answered."""
         self.stats.requests += 1
         self.stats.by_path[scope["path"]] = self.stats.by_path.get(scope["path"], 0) + 1
+        self.stats.last_traceparent = _header(scope, b"traceparent")
         raw = await _read_body(receive)
         if self.api_key is not None and _header(scope, b"authorization") != f"Bearer {self.api_key}":
             await _respond(send, 401, _error("invalid API key", 401, type_="authentication_error"))
