@@ -38,6 +38,8 @@ from loopback_load import CpuMeter, closed_loop, sequential
 from router_overhead import RESULTS, ROOT, payload, percentile, start_inferline
 
 SERVERS = ("on", "off")
+PARTS = ("metering", "metrics", "tracing")
+"""With --breakdown, one more server per part, with only that part on."""
 SINK_REPLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
 SLO = {"availability": 0.999, "ttft_p95_ms": 500, "latency_p95_ms": 2000}
 
@@ -49,9 +51,11 @@ class OtlpSink:
         self.num_exports = 0
         self.num_bytes = 0
         self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
             try:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -73,11 +77,23 @@ class OtlpSink:
         self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/traces"
 
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.sleep(0.1)  # the handlers see their connections end
+
 
 def telemetry_config(which: str, sink_url: str) -> dict[str, Any]:
-    if which == "off":
-        return {"metering": False, "metrics": False, "tracing": {"enabled": False}}
-    return {"tracing": {"enabled": True, "otlp_endpoint": sink_url, "sample_ratio": 1.0}}
+    """ "on", "off", or one of PARTS alone."""
+    on = set(PARTS) if which == "on" else {which} & set(PARTS)
+    tracing = {"enabled": True, "otlp_endpoint": sink_url, "sample_ratio": 1.0}
+    return {
+        "metering": "metering" in on,
+        "metrics": "metrics" in on,
+        "tracing": tracing if "tracing" in on else {"enabled": False},
+    }
 
 
 async def measure(port: int, pids: dict[str, int], which: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -106,7 +122,8 @@ async def measure(port: int, pids: dict[str, int], which: str, args: argparse.Na
 
 
 def summarise(points: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {which: [p for p in points if p["server"] == which] for which in SERVERS}
+    servers = list(dict.fromkeys(p["server"] for p in points))
+    by = {which: [p for p in points if p["server"] == which] for which in servers}
     keys = [k for k in points[0] if k != "server" and k != "repeat"]
     summary: dict[str, Any] = {
         which: {k: statistics.median(p[k] for p in rows) for k in keys} for which, rows in by.items()
@@ -116,6 +133,13 @@ def summarise(points: list[dict[str, Any]]) -> dict[str, Any]:
             on[f"{kind}_p50_ms"] - off[f"{kind}_p50_ms"] for on, off in zip(by["on"], by["off"], strict=True)
         ]
         summary[f"added_{kind}_p50_ms"] = statistics.median(added)
+        for part in PARTS:
+            if part in by:
+                alone = [
+                    p[f"{kind}_p50_ms"] - off[f"{kind}_p50_ms"]
+                    for p, off in zip(by[part], by["off"], strict=True)
+                ]
+                summary[f"added_{kind}_p50_ms_{part}_alone"] = statistics.median(alone)
     summary["target_met"] = summary["added_plain_p50_ms"] < 0.3 and summary["added_stream_p50_ms"] < 0.3
     return summary
 
@@ -131,10 +155,11 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any], args: argparse.N
         f"{'req/s @' + str(args.concurrency):>11}{'CPU ms/req':>11}"
     )
     print(header)
-    for which in SERVERS:
+    for which in [w for w in (*SERVERS, *PARTS) if w in summary]:
         s = summary[which]
+        label = f"telemetry {which}" if which in SERVERS else f"{which} only"
         print(
-            f"{'telemetry ' + which:24}{s['plain_p50_ms']:8.3f}{s['plain_p99_ms']:8.3f}"
+            f"{label:24}{s['plain_p50_ms']:8.3f}{s['plain_p99_ms']:8.3f}"
             f"{s['plain_server_cpu_ms']:11.3f}{s['stream_p50_ms']:11.3f}{s['stream_p99_ms']:11.3f}"
             f"{s['rate_req_s']:11.0f}{s['rate_server_cpu_ms']:11.3f}"
         )
@@ -153,8 +178,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]]
     stub = start_stub(log_path=tmp / "stub.log")
     processes: dict[str, subprocess.Popen[bytes]] = {}
     ports: dict[str, int] = {}
+    servers = (*SERVERS, *PARTS) if args.breakdown else SERVERS
     try:
-        for which in SERVERS:
+        for which in servers:
             telemetry = telemetry_config(which, sink_url)
             processes[which], ports[which] = await asyncio.to_thread(
                 start_inferline, stub, tmp, telemetry, which, SLO if which == "on" else None
@@ -162,7 +188,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]]
         pids = {"stub": stub.process.pid, **{w: p.pid for w, p in processes.items()}}
         points = []
         for repeat in range(args.repeats):
-            order = SERVERS if repeat % 2 == 0 else SERVERS[::-1]
+            order = servers if repeat % 2 == 0 else servers[::-1]
             for which in order:
                 point = await measure(ports[which], pids, which, args) | {"repeat": repeat}
                 points.append(point)
@@ -171,8 +197,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]]
                     f"stream p50 {point['stream_p50_ms']:.3f} ms, {point['rate_req_s']:.0f} req/s",
                     flush=True,
                 )
+        await sink.stop()
         rows = {}
-        for which in SERVERS:
+        for which in servers:
             db = tmp / f"{which}.db"
             rows[which] = _count_rows(db) if db.exists() else 0
         return points, sink, rows
@@ -200,6 +227,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--rate-warmup-s", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--breakdown", action="store_true", help="also each part alone (3 more servers)")
     parser.add_argument("--json", type=Path, default=RESULTS / "telemetry_overhead.json")
     args = parser.parse_args()
     commit = subprocess.run(
