@@ -149,6 +149,7 @@ def test_remote_chat_spans_follow_the_clients_trace_to_the_upstream(
         "gen_ai.request.top_p": 1.0,
         "gen_ai.usage.input_tokens": usage["prompt_tokens"],
         "gen_ai.usage.output_tokens": usage["completion_tokens"],
+        "gen_ai.response.finish_reasons": (answer["choices"][0]["finish_reason"],),
         "inferline.model_version": "1",
         "server.address": "127.0.0.1",
         "server.port": urlsplit(stub.url).port,

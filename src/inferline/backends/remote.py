@@ -38,6 +38,7 @@ from inferline.errors import (
     ModelLoadError,
     PromptTooLongError,
 )
+from inferline.telemetry.tracing import trace_finish_reasons
 from inferline.types import Delta, Request, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 logger = logging.getLogger(__name__)
@@ -106,12 +107,15 @@ class RemoteBackend:
 
     # ---- generation ---------------------------------------------------------------------------
 
-    async def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
+    def generate(self, request: Request) -> AsyncGenerator[Delta, None]:
         """Stream the request from the upstream. Leaving the iteration closes the upstream connection,
         which makes the upstream abort the request.
 
         Usage comes from the upstream's final usage chunk. An upstream that sends none is billed
         0 prompt tokens and one completion token per content chunk (the usual one token per chunk)."""
+        return trace_finish_reasons(self._stream(request))
+
+    async def _stream(self, request: Request) -> AsyncGenerator[Delta, None]:
         client = self._client()
         path, body = request_body(request, self.upstream_model)
         url = f"{self.base_url}/{path}"

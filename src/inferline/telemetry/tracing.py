@@ -315,6 +315,30 @@ class _Timeline:
             parent.set_attribute("gen_ai.response.finish_reasons", self.finish_reasons)
 
 
+def trace_finish_reasons(stream: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+    """`stream` of a remote upstream's deltas, which puts their finish reasons on the current (backend)
+    span when the last one arrives; `stream` itself when this request is not traced."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return stream
+    return _with_finish_reasons(stream, span)
+
+
+async def _with_finish_reasons(
+    stream: AsyncGenerator[Delta, None], span: Span
+) -> AsyncGenerator[Delta, None]:
+    reasons: list[str] = []
+    try:
+        async for delta in stream:
+            if delta.finish_reason is not None:
+                reasons.append(delta.finish_reason)
+            if delta.usage is not None and reasons:  # the last delta, while the backend span is open
+                span.set_attribute("gen_ai.response.finish_reasons", reasons)
+            yield delta
+    finally:
+        await stream.aclose()  # leaving early closes the upstream connection now
+
+
 async def _with_engine_spans(
     stream: AsyncGenerator[Delta, None], tracer: Tracer, parent: Span, timeline: _Timeline
 ) -> AsyncGenerator[Delta, None]:
