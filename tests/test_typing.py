@@ -1,5 +1,5 @@
-"""The engine, the server and telemetry type-check (STYLE.md: mypy on engine/ and server/), with the backends
-and the router they import."""
+"""The engine, the server, telemetry, the registry, the edge agent and the CLI type-check (STYLE.md: mypy on
+engine/ and server/), with the backends and the router they import."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_mypy_passes_on_engine_server_and_telemetry() -> None:
+def test_mypy_passes() -> None:
     done = subprocess.run(
         [
             sys.executable,
@@ -17,6 +17,9 @@ def test_mypy_passes_on_engine_server_and_telemetry() -> None:
             "src/inferline/engine",
             "src/inferline/server",
             "src/inferline/telemetry",
+            "src/inferline/edge",
+            "src/inferline/registry",
+            "src/inferline/cli.py",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from inferline.errors import InferlineError
+from inferline.registry.commands import add_registry_parser
 
 if TYPE_CHECKING:
     from inferline.telemetry.usage_store import UsageRow
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_bench_parser(commands)
     _add_usage_parser(commands)
+    add_registry_parser(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The model registry: signed bundles, their versions and aliases (see ARCHITECTURE.md)."""
