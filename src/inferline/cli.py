@@ -64,6 +64,45 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def _edge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from inferline.edge.agent import AgentConfig, parse_labels, run_agent
+    from inferline.server.app import create_app
+    from inferline.server.serve import is_loopback
+
+    if not is_loopback(args.host):
+        raise InferlineError(f"--host {args.host}: the edge agent serves without API keys, so loopback only")
+    config = AgentConfig(
+        registry_url=args.registry,
+        device_id=args.device_id,
+        labels=parse_labels(args.labels),
+        model=args.model,
+        trusted_root=Path(args.trusted_root),
+        public_key=Path(args.pubkey),
+        home=Path(args.home),
+        host=args.host,
+        port=args.port,
+        poll_s=args.poll_s,
+    )
+    return run_agent(config, create_app)
+
+
+def _add_edge_parser(commands: Any) -> None:
+    edge = commands.add_parser("edge", help="edge agent: verified OTA model updates, served on loopback")
+    edge.add_argument("--registry", required=True, help="the registry's TUF repository URL")
+    edge.add_argument("--device-id", required=True, help="this device's name in its reported state")
+    edge.add_argument("--labels", default="", help="rollout selectors KEY=VALUE[,...], e.g. ring=canary")
+    edge.add_argument("--model", required=True, help="the model name to follow and serve")
+    edge.add_argument("--trusted-root", required=True, help="root.json shipped with the device")
+    edge.add_argument("--pubkey", required=True, help="the publisher's bundle-signing public key (PEM)")
+    edge.add_argument("--home", required=True, help="folder for installed versions, state and caches")
+    edge.add_argument("--host", default="127.0.0.1", help="loopback address to serve on")
+    edge.add_argument("--port", type=int, default=8000)
+    edge.add_argument("--poll-s", type=float, default=30.0, help="seconds between registry checks")
+    edge.set_defaults(handler=_edge)
+
+
 def _models_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -350,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_usage_parser(commands)
     add_registry_parser(commands)
+    _add_edge_parser(commands)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -79,7 +80,8 @@ class DeploymentConfig(BaseModel):
     source: str | None = Field(
         None,
         min_length=1,
-        description="Local kinds: a store name, a GGUF file, a model folder or an .onnx file.",
+        description="Local kinds: a store name, a GGUF file, a model folder, an .onnx file, or a signed "
+        "registry version 'registry:NAME:VERSION_OR_ALIAS' (verified against registry.trusted_public_keys).",
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that reach this deployment.")
     version: str = Field("1", min_length=1, description="Model version reported in headers and metadata.")
@@ -385,6 +387,22 @@ class TelemetryConfig(BaseModel):
     )
 
 
+class RegistryServingConfig(BaseModel):
+    """Which signed registry bundles the server trusts, for deployments with `source: registry:NAME:REF`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trusted_public_keys: list[Path] = Field(
+        default_factory=list,
+        description="EC P-256 public keys (.pub.pem); a bundle loads only if one of them verifies it.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the registry's catalog; default: telemetry.database_url, else the "
+        "SQLite file inferline.db in $INFERLINE_HOME.",
+    )
+
+
 def default_deployments() -> list[DeploymentConfig]:
     return [
         DeploymentConfig(name="smollm2-135m-instruct", kind="llm", source="default", aliases=["default"]),
@@ -428,6 +446,7 @@ class ServerConfig(BaseModel):
         None, description="redis://host:port/db: quotas and budgets shared by every replica using it."
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight work may finish."

@@ -229,11 +229,54 @@ def _repo_refresh(args: argparse.Namespace) -> int:
 def _repo_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from inferline.registry.tuf_serve import serve_repository
+    from inferline.registry.dataset import open_dataset
+    from inferline.registry.tuf_serve import TELEMETRY_PATH, serve_repository
 
-    print(f"serving {args.repo} on http://{args.host}:{args.port} (metadata/ and targets/)", flush=True)
-    serve_repository(Path(args.repo), args.host, args.port)
+    with open_dataset(args.database_url) as dataset:
+        print(
+            f"serving {args.repo} on http://{args.host}:{args.port} (metadata/ and targets/; telemetry "
+            f"uploads at {TELEMETRY_PATH} into {dataset.url})",
+            flush=True,
+        )
+        serve_repository(Path(args.repo), args.host, args.port, dataset)
     return 0
+
+
+def _dataset_export(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from inferline.registry.dataset import export_records, open_dataset
+    from inferline.telemetry.usage_store import parse_since
+
+    since = parse_since(args.since, time.time()) if args.since else None
+    with open_dataset(args.database_url) as dataset:
+        num_written = export_records(dataset.records(args.model, since), Path(args.out), args.format)
+        dropped = dataset.dropped_counts()
+    print(f"wrote {num_written} record(s) to {args.out} ({args.format})")
+    lost = {device: count for device, count in dropped.items() if count}
+    if lost:
+        listed = ", ".join(f"{device}: {count}" for device, count in sorted(lost.items()))
+        print(f"records dropped on devices before upload (queue full): {listed}")
+    return 0
+
+
+def _add_dataset_parser(sub: Any, database: argparse.ArgumentParser) -> None:
+    """The telemetry the fleet uploaded (usage records and flagged cases) as a dataset."""
+    from inferline.registry.dataset import EXPORT_FORMATS
+
+    dataset = sub.add_parser("dataset", help="the telemetry edge devices uploaded")
+    dataset_sub = dataset.add_subparsers(dest="dataset_command", required=True)
+    export = dataset_sub.add_parser(
+        "export", parents=[database], help="write the records with the model version that produced each"
+    )
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
+    export.add_argument("--out", required=True, help="the file to write (replaced)")
+    export.add_argument("--model", default=None, help="only records of this model name")
+    export.add_argument(
+        "--since", default=None, help="only records from then on: 30m, 24h, 7d or an ISO date"
+    )
+    export.set_defaults(handler=_dataset_export)
 
 
 def _add_repository_parsers(sub: Any, database: argparse.ArgumentParser) -> None:
@@ -264,7 +307,9 @@ def _add_repository_parsers(sub: Any, database: argparse.ArgumentParser) -> None
     )
     refresh.set_defaults(handler=_repo_refresh)
 
-    serve = sub.add_parser("serve", parents=[repo], help="serve the update repository over HTTP")
+    serve = sub.add_parser(
+        "serve", parents=[database, repo], help="serve the update repository and take telemetry uploads"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8081)
     serve.set_defaults(handler=_repo_serve)
@@ -322,3 +367,4 @@ def add_registry_parser(commands: Any) -> None:
     rollback.set_defaults(handler=_registry_rollback)
 
     _add_repository_parsers(sub, database)
+    _add_dataset_parser(sub, database)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from inferline.backends.base import Backend
@@ -38,13 +39,49 @@ def build_backend(deployment: DeploymentConfig) -> Backend:
     return OnnxBackend(deployment)
 
 
+@dataclass
+class Generation:
+    """One loaded version of a deployment and the requests that entered while it was the current one."""
+
+    config: DeploymentConfig
+    backend: Backend
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when `in_flight` drops to 0; a swap clears it, then waits on it to drain this generation."""
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no request of this generation is in flight; False if some still were at the timeout."""
+        if self.in_flight == 0:
+            return True
+        self.idle.clear()  # it may still be set from an earlier moment with nothing in flight
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Deployment:
     """One deployment: its backend, whether it is loaded, its circuit breaker, its live figures, and the
-    router-side gate that keeps at most `max_concurrency` requests in flight."""
+    router-side gate that keeps at most `max_concurrency` requests in flight.
+
+    Hot swap: requests read `backend` after entering `slot()`, which counts them against the generation
+    current at entry. A swap makes the new generation current and then waits for the old one's count to
+    reach zero before unloading it, so a request never finds its backend unloaded. One swap at a time (the
+    lock), so a request counted in a generation never sees a backend two generations on."""
 
     def __init__(self, config: DeploymentConfig, backend: Backend) -> None:
-        self.config = config
-        self.backend = backend
+        self.current = Generation(config, backend)
+        self.draining: Generation | None = None
+        self._swap_lock = asyncio.Lock()
         self.ready = False
         self.error: str | None = None
         self.breaker = CircuitBreaker(config.circuit_breaker)
@@ -54,8 +91,54 @@ class Deployment:
         self._slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
 
     @property
+    def config(self) -> DeploymentConfig:
+        return self.current.config
+
+    @property
+    def backend(self) -> Backend:
+        return self.current.backend
+
+    @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def swapping(self) -> bool:
+        return self._swap_lock.locked()
+
+    async def swap(self, config: DeploymentConfig, backend: Backend, drain_timeout_s: float) -> None:
+        """Load `backend` (the version `config` describes) beside the current one, send new requests to it,
+        let the old one's requests finish (at most `drain_timeout_s`), then unload the old one. If the
+        load fails the current version keeps serving and the error propagates."""
+        async with self._swap_lock:
+            await backend.load()
+            old, was_ready = self.current, self.ready
+            self.current, self.ready, self.error = Generation(config, backend), True, None
+            if not was_ready:
+                logger.info("model %s now serves version %s", config.name, config.version)
+                return  # the old generation never loaded: nothing of it is serving or to drain
+            logger.info(
+                "model %s now serves version %s; draining %d requests from version %s",
+                config.name,
+                config.version,
+                old.in_flight,
+                old.config.version,
+            )
+            self.draining = old
+            try:
+                if not await old.drain(drain_timeout_s):
+                    logger.warning(
+                        "model %s: %d requests on version %s still in flight after %g s (drain_timeout_s): "
+                        "unloading it anyway",
+                        config.name,
+                        old.in_flight,
+                        old.config.version,
+                        drain_timeout_s,
+                    )
+                await old.backend.unload()
+                logger.info("model %s: version %s drained and unloaded", config.name, old.config.version)
+            finally:
+                self.draining = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -101,29 +184,44 @@ class Deployment:
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the deployment's concurrency slots for the duration of a request."""
         if self._slots is None:
-            self.in_flight += 1
-            try:
+            async with self._counted():
                 yield
-            finally:
-                self.in_flight -= 1
             return
         self.waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+        try:
+            async with self._counted():
+                yield
+        finally:
+            self._slots.release()
+
+    @asynccontextmanager
+    async def _counted(self) -> AsyncIterator[None]:
+        generation = self.current
+        generation.enter()
         self.in_flight += 1
         try:
             yield
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            generation.leave()
 
 
 class DeploymentPool:
     """Every configured deployment by name and alias, and their loading."""
 
-    def __init__(self, configs: list[DeploymentConfig], backends: list[Backend] | None = None) -> None:
+    def __init__(
+        self,
+        configs: list[DeploymentConfig],
+        backends: list[Backend] | None = None,
+        prepare: Callable[[DeploymentConfig], DeploymentConfig] | None = None,
+    ) -> None:
+        """`prepare` (blocking; run on a thread at load) turns a configured deployment into the one to load,
+        e.g. a registry source into its verified bundle folder; it raises to refuse the deployment."""
+        self.prepare = prepare
         built = backends if backends is not None else [build_backend(c) for c in configs]
         self.deployments = [Deployment(c, b) for c, b in zip(configs, built, strict=True)]
         self.by_name: dict[str, Deployment] = {}
@@ -158,8 +256,14 @@ class DeploymentPool:
 
         async def load(deployment: Deployment) -> None:
             try:
-                await deployment.backend.load()
-                deployment.ready = True
+                prepared = deployment.config
+                if self.prepare is not None:
+                    prepared = await asyncio.to_thread(self.prepare, deployment.config)
+                if prepared == deployment.config:
+                    await deployment.backend.load()
+                    deployment.ready = True
+                else:
+                    await deployment.swap(prepared, build_backend(prepared), drain_timeout_s=0)
                 logger.info("model %s ready", deployment.config.name)
             except Exception as error:
                 deployment.error = str(error)
@@ -171,3 +275,5 @@ class DeploymentPool:
         for deployment in self.deployments:
             deployment.ready = False
             await deployment.backend.unload()
+            if deployment.draining is not None:  # a swap in progress: its old version is still loaded
+                await deployment.draining.backend.unload()

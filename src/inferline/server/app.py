@@ -19,12 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferline.config import ServerConfig
 from inferline.errors import InferlineError
+from inferline.registry.serving import RegistrySources
 from inferline.router.deployments import DeploymentPool
 from inferline.router.limits import Limiter
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
 from inferline.server.dashboard import Dashboard
+from inferline.server.deployments_admin import deployments_admin_router
 from inferline.server.errors import error_response, starlette_error_response, validation_error_response
 from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
@@ -139,7 +141,8 @@ class RequestContext:
 
 def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> FastAPI:
     config.check_references()
-    pool = pool if pool is not None else DeploymentPool(config.deployments)
+    sources = RegistrySources(config.registry, config.telemetry.database_url)
+    pool = pool if pool is not None else DeploymentPool(config.deployments, prepare=sources.prepare)
     metrics = Metrics()
     metrics.registry.register(PoolCollector(pool))
     slo = SloTracker(config.routes)
@@ -215,6 +218,7 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
     app.include_router(openai_router(OpenAIServing(router), router, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
+    app.include_router(deployments_admin_router(config, pool, sources, admin))
     app.include_router(slo_router(slo, admin))
     app.include_router(usage_router(metering.store, auth))
     app.include_router(dashboard.routes())
