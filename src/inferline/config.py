@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Literal
@@ -179,6 +180,39 @@ class CascadeConfig(BaseModel):
         return patterns
 
 
+class RolloutPlanConfig(BaseModel):
+    """A staged rollout: the canary's share climbs step by step while the candidate holds up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 100.0],
+        min_length=1,
+        max_length=20,
+        description="Candidate shares in percent, increasing, the last 100 (e.g. [5, 25, 100]).",
+    )
+    dwell_s: float = Field(300.0, ge=0, le=30 * 86400, description="Least time spent at each step, in s.")
+    min_samples: int = Field(
+        100, ge=1, le=1_000_000, description="Requests each arm must serve at a step before it advances."
+    )
+    min_score_ratio: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Registry versions only: refuse the candidate when an evaluation score it shares with "
+        "the baseline is below the baseline's × this (e.g. 0.98).",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or any(a >= b for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps {steps} must be percents in (0, 100] that increase, e.g. [5, 25, 100]")
+        if steps[-1] != 100:
+            raise ValueError(f"steps {steps} must end at 100 so the rollout completes: append 100")
+        return steps
+
+
 class CanaryConfig(BaseModel):
     """A share of traffic to a new version, rolled back automatically when it does worse."""
 
@@ -196,6 +230,9 @@ class CanaryConfig(BaseModel):
     )
     max_p95_latency_ratio: float = Field(
         1.5, ge=1, description="Roll back when candidate p95 latency > baseline's × this."
+    )
+    rollout: RolloutPlanConfig | None = Field(
+        None, description="Advance `percent` through these steps on live metrics (overrides `percent`)."
     )
 
 

@@ -84,9 +84,9 @@ class Canary:
         self.status = "active"
         self._decide("resume", "by an operator")
 
-    def set_percent(self, percent: float) -> None:
+    def set_percent(self, percent: float, by: str = "an operator") -> None:
         self.percent = percent
-        self._decide("set_percent", f"{percent:g}% by an operator")
+        self._decide("set_percent", f"{percent:g}% by {by}")
 
     def _decide(self, action: str, reason: str) -> None:
         self.decisions.append(CanaryDecision(time.time(), action, reason))

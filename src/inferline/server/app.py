@@ -32,6 +32,7 @@ from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
 from inferline.server.openai_routes import openai_router
 from inferline.server.openai_serving import OpenAIServing
+from inferline.server.rollout_admin import rollout_admin_router, rollout_controller
 from inferline.server.slo import slo_router
 from inferline.server.usage import Metering, usage_router
 from inferline.telemetry.logs import AccessLog, RequestLog, record_usage, set_tenant
@@ -159,6 +160,7 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
     router.listeners.extend(metering.listeners)
     router.listeners.append(record_usage)  # the request's route, deployment and tokens for its log lines
     tracing = Tracing(config.telemetry.tracing)
+    rollouts = rollout_controller(config, router, sources.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,10 +168,14 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
         loading = asyncio.create_task(pool.load_all())
         sampling = asyncio.create_task(dashboard.sample_forever())
         metering.start()
+        rollouts.start()  # before the first request: each planned canary resumes at its stored step
+        rolling = asyncio.create_task(rollouts.run_forever())
         yield
         loading.cancel()
         sampling.cancel()
-        await asyncio.gather(loading, sampling, return_exceptions=True)
+        rolling.cancel()
+        await asyncio.gather(loading, sampling, rolling, return_exceptions=True)
+        rollouts.close()
         await pool.unload_all()
         await router.limiter.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
@@ -219,6 +225,7 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
     app.include_router(deployments_admin_router(config, pool, sources, admin))
+    app.include_router(rollout_admin_router(rollouts, admin))
     app.include_router(slo_router(slo, admin))
     app.include_router(usage_router(metering.store, auth))
     app.include_router(dashboard.routes())
