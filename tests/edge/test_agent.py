@@ -239,7 +239,18 @@ def test_installs_serves_updates_uploads_its_telemetry_and_keeps_serving_offline
     answered = clients.num_ok + 2  # the clients' and the two served_version() checks'
     records = wait_for_records(dataset, lambda rs: sum(r.kind == "usage" for r in rs) >= answered)
     assert {r.model_version for r in records if r.kind == "usage"} == {"1.0.0", "2.0.0"}
-    assert all(r.device_id == "robot-7" and r.payload["completion_tokens"] > 0 for r in records)
+    usage = [r for r in records if r.kind == "usage"]
+    assert all(r.device_id == "robot-7" and r.payload["completion_tokens"] > 0 for r in usage)
+    # So does the device's state, each time it changes.
+    states = wait_for_records(
+        dataset, lambda rs: any(r.kind == "state" and r.model_version == "2.0.0" for r in rs)
+    )
+    latest = [r.payload for r in states if r.kind == "state"][-1]
+    assert (latest["current_version"], latest["last_good"], latest["labels"]) == (
+        "2.0.0",
+        "2.0.0",
+        {"ring": "canary", "site": "lab"},
+    )
     feedback = httpx.post(f"{agent.url}/edge/feedback", json={"request_id": "r-1", "rating": -1})
     assert feedback.status_code == 202
     flagged = wait_for_records(dataset, lambda rs: any(r.kind == "flagged" for r in rs))

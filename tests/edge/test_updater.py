@@ -78,15 +78,24 @@ def test_later_versions_are_picked_up_in_version_order(
     assert device.download(update).read_bytes() == (tmp_path / "bundles" / "1.10.0.tar").read_bytes()
 
 
-def test_labelled_versions_reach_only_matching_devices(
+def test_labelled_versions_reach_only_matching_devices_until_widened_to_the_fleet(
     repo: TufRepository, server: RepositoryServer, device: EdgeUpdater, tmp_path: Path
 ) -> None:
-    repo.add_target("classifier", "2.0.0", _archive(tmp_path, "2.0.0"), labels={"ring": "canary"})
+    archive = _archive(tmp_path, "2.0.0")
+    repo.add_target("classifier", "2.0.0", archive, labels={"ring": "canary"})
     repo.publish()
     canary = EdgeUpdater(server.url, device.trusted_root, tmp_path / "canary", labels={"ring": "canary"})
 
     assert device.check("classifier").version == "1.0.0"  # type: ignore[union-attr]
     assert canary.check("classifier").version == "2.0.0"  # type: ignore[union-attr]
+
+    # The canary ring is happy: widen 2.0.0 to the whole fleet; the same signed file, new metadata.
+    repo.relabel("classifier", "2.0.0", {})
+    repo.publish()
+    update = device.check("classifier")
+    assert update is not None
+    assert (update.version, update.labels) == ("2.0.0", {})
+    assert device.download(update).read_bytes() == archive.read_bytes()
 
 
 def _flip_one_byte(data: bytes) -> bytes:

@@ -217,6 +217,13 @@ def test_publish_to_the_update_repository_and_a_device_fetches_a_verified_bundle
         assert update is not None
         assert (update.name, update.version, update.labels) == ("bot", "1", {"ring": "canary"})
         archive = canary.download(update)
+        # The canary ring is happy: widen the same version to every device.
+        widened = run_cli("relabel", "bot:1", "--repo", "repo", "--keys", "repo-keys", cwd=workdir)
+        assert widened.returncode == 0, widened.stderr
+        assert "bot/1.tar is now for every device" in widened.stdout
+        for_fleet = fleet.check("bot")
+        assert for_fleet is not None
+        assert (for_fleet.version, for_fleet.labels) == ("1", {})
     finally:
         serve.terminate()
         serve.wait(timeout=10)

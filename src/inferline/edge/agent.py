@@ -313,9 +313,14 @@ class EdgeAgent:
         self.installer.write_pointer(self.pointer)
 
     def _save(self) -> None:
+        """The state on disk, and upstream through the outbox: the registry sees each device's versions."""
         self.state.last_good = self.pointer.last_good
         self.state.rejected = dict(self.pointer.rejected)
-        write_json_atomic(self.config.home / STATE_FILE, asdict(self.state))
+        state = asdict(self.state)
+        write_json_atomic(self.config.home / STATE_FILE, state)
+        del state["device_id"]  # every upload names its device
+        version = self.state.current_version or "none"
+        self.outbox.append({"kind": "state", **state, "model_version": version, "ts": time.time()})
 
 
 def parse_labels(text: str) -> dict[str, str]:

@@ -215,6 +215,20 @@ def _repo_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo_relabel(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from inferline.registry.tuf_repo import TufRepository
+
+    name, version = _split_ref(args.ref, version_required=True)
+    repo = TufRepository(Path(args.repo), Path(args.keys))
+    target = repo.relabel(name, str(version), dict(args.label))
+    repo.publish()
+    rings = ", ".join(f"{k}={v}" for k, v in args.label) or "every device"
+    print(f"{target} is now for {rings}; targets version {repo.targets.signed.version}")
+    return 0
+
+
 def _repo_refresh(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -301,6 +315,15 @@ def _add_repository_parsers(sub: Any, database: argparse.ArgumentParser) -> None
         "--label", type=_parse_label, action="append", default=[], help="devices it is for, e.g. ring=canary"
     )
     publish.set_defaults(handler=_repo_publish)
+
+    relabel = sub.add_parser(
+        "relabel", parents=[repo, keys], help="widen a published version to the next ring (no --label: all)"
+    )
+    relabel.add_argument("ref", metavar="NAME:VERSION")
+    relabel.add_argument(
+        "--label", type=_parse_label, action="append", default=[], help="devices it is for, e.g. ring=fleet"
+    )
+    relabel.set_defaults(handler=_repo_relabel)
 
     refresh = sub.add_parser(
         "refresh", parents=[repo, keys], help="re-sign the timestamp (run well within its 1-day expiry)"

@@ -42,7 +42,7 @@ from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.telemetry.usage_store import database_url, describe_error
 
-RecordKind = Literal["usage", "flagged"]
+RecordKind = Literal["usage", "flagged", "state"]
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
 MAX_BATCH_RECORDS = 1000
 """The most records one upload may carry; devices send smaller batches (edge/outbox.py)."""
@@ -96,7 +96,10 @@ class UploadedRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     seq: int = Field(ge=0, description="the device's sequence number; (device_id, seq) is unique")
-    kind: RecordKind = Field(description="usage (a served request) or flagged (low confidence, error, ...)")
+    kind: RecordKind = Field(
+        description="usage (a served request), flagged (an error, user feedback, ...) or state (the device's "
+        "installed versions and last error, sent when they change)"
+    )
     model: str = Field(min_length=1, max_length=128, description="the model name that served it")
     model_version: str = Field(min_length=1, max_length=64, description="the version that produced it")
     ts: float = Field(description="when it happened on the device, Unix seconds")

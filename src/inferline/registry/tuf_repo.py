@@ -221,6 +221,22 @@ class TufRepository:
         self.targets.signed.targets[path] = target
         return path
 
+    def relabel(self, name: str, version: str, labels: Mapping[str, str] | None = None) -> str:
+        """Change which devices a published version is for (the next ring: e.g. {"ring": "canary"} first,
+        then {} for every device); its file and hashes stay as signed. `publish()` makes it visible."""
+        path = target_path_for(name, version)
+        target = self.targets.signed.targets.get(path)
+        if target is None:
+            raise TufRepositoryError(
+                f"{path} is not published: publish the version before widening its rings"
+            )
+        target.unrecognized_fields["custom"] = {
+            "name": name,
+            "version": version,
+            "labels": dict(labels or {}),
+        }
+        return path
+
     def publish(self) -> None:
         """Sign and write new targets, snapshot and timestamp versions (in that order, so a client that reads
         mid-publish still finds every file the timestamp it sees points to)."""
