@@ -1,6 +1,7 @@
 """The catalog on SQLite: push verifies and stores, list/show read back, aliases promote and roll back."""
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +145,12 @@ def test_alias_errors_say_what_to_do(catalog: Catalog, keys: KeyPair, tmp_path: 
 def test_an_unreachable_database_is_an_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot open the registry database .*check --database-url"):
         Catalog(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}", tmp_path / "registry")
+
+
+def test_the_catalog_opens_the_database_as_metering_does(tmp_path: Path) -> None:
+    """WAL mode on SQLite: the server may write while `inferline registry ...` reads the same file."""
+    database = tmp_path / "registry.db"
+    catalog = Catalog(f"sqlite:///{database}", tmp_path / "home" / "registry")
+    catalog.close()
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -30,7 +30,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
     insert,
     select,
@@ -42,7 +41,7 @@ from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.bundle import VERSION_PATTERN, read_bundle
 from inferline.registry.signing import signature_sha256, verify_bundle
-from inferline.telemetry.usage_store import database_url
+from inferline.telemetry.usage_store import database_url, open_engine
 
 REGISTRY_DIR = "registry"
 
@@ -130,7 +129,7 @@ class Catalog:
         # The default SQLite file lives in $INFERLINE_HOME, the parent of `root`: both exist from here on.
         root.mkdir(parents=True, exist_ok=True)
         try:
-            self._engine: Engine = create_engine(url)
+            self._engine: Engine = open_engine(url, "--database-url")
             metadata.create_all(self._engine)
         except SQLAlchemyError as error:
             cause = getattr(error, "orig", None) or error

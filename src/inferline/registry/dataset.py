@@ -30,8 +30,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
-    event,
     select,
     update,
 )
@@ -40,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
-from inferline.telemetry.usage_store import database_url, describe_error
+from inferline.telemetry.usage_store import database_url, describe_error, open_engine
 
 RecordKind = Literal["usage", "flagged", "state"]
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
@@ -149,13 +147,6 @@ def parse_batch(body: bytes) -> TelemetryBatch:
         ) from None
 
 
-def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
-    # The server writes uploads while `registry dataset export` reads.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
-
-
 def open_dataset(configured_url: str | None = None) -> Dataset:
     """The dataset in the registry database (`configured_url`, else inferline.db in $INFERLINE_HOME)."""
     home = inferline_home()
@@ -168,14 +159,7 @@ class Dataset:
 
     def __init__(self, url: str) -> None:
         try:
-            self._engine: Engine = create_engine(url)
-            if self._engine.dialect.name not in _INSERTS:
-                raise DatasetError(
-                    f"the registry database {url} is {self._engine.dialect.name}: use SQLite or PostgreSQL "
-                    "(--database-url)"
-                )
-            if self._engine.dialect.name == "sqlite":
-                event.listen(self._engine, "connect", _enable_wal)
+            self._engine: Engine = open_engine(url, "--database-url")
             metadata.create_all(self._engine)
         except (SQLAlchemyError, ArgumentError) as error:
             raise DatasetError(

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, create_engine, delete, insert
+from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, delete, insert
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +29,7 @@ from inferline.config import CanaryConfig, RolloutPlanConfig
 from inferline.errors import InferlineError
 from inferline.registry.catalog import RegistryError, VersionRecord, open_catalog
 from inferline.registry.serving import RegistrySource, parse_registry_source
+from inferline.telemetry.usage_store import open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class RolloutStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine = create_engine(url)
+        self._engine = open_engine(url)
         self._ready = False
         self._lock = threading.Lock()
 

@@ -165,10 +165,35 @@ class _P95Aggregate:
         return percentile_cont(self.values, P95)
 
 
-def _prepare_sqlite(dbapi_connection: Any, _record: Any) -> None:
+def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
+    # Writers (the server, the registry) and readers (the CLI) share the file.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def open_engine(url: str, setting: str = "telemetry.database_url") -> Engine:
+    """An engine on inferline's one database (usage, registry, rollouts): SQLite in WAL mode, or
+    PostgreSQL through psycopg, the driver inferline installs. `setting` is named in errors."""
+    expected = "SQLite (sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST/DB)"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidRequestError(f"{setting} is not a database URL: give {expected}", setting) from None
+    dialect = parsed.get_backend_name()
+    if dialect not in ("sqlite", "postgresql"):
+        raise InvalidRequestError(f"{setting} {parsed.render_as_string()!r}: use {expected}", setting)
+    if parsed.drivername == "postgresql":  # whatever SQLAlchemy's default driver is
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    # Connections are checked before use, so a restarted PostgreSQL costs one failed call at most.
+    connect_args = {"connect_timeout": 5} if dialect == "postgresql" else {}
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    if dialect == "sqlite":
+        event.listen(engine, "connect", _enable_wal)
+    return engine
+
+
+def _add_p95(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.create_aggregate("inferline_p95", 1, _P95Aggregate)
 
 
@@ -177,27 +202,12 @@ class UsageStore:
     be built while its database is still unreachable (its callers retry)."""
 
     def __init__(self, url: str) -> None:
-        expected = "SQLite (sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST/DB)"
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise InvalidRequestError(
-                f"telemetry.database_url is not a database URL: give {expected}", "telemetry.database_url"
-            ) from None
-        self.dialect = parsed.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise InvalidRequestError(
-                f"telemetry.database_url {parsed.render_as_string()!r}: use {expected}",
-                "telemetry.database_url",
-            )
-        if parsed.drivername == "postgresql":  # the driver inferline installs, whatever SQLAlchemy's default
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        self._sqlite_file = Path(parsed.database) if self.dialect == "sqlite" and parsed.database else None
-        # Connections are checked before use, so a restarted PostgreSQL costs one failed batch at most.
-        connect_args = {"connect_timeout": 5} if self.dialect == "postgresql" else {}
-        self.engine: Engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        self.engine: Engine = open_engine(url)
+        self.dialect = self.engine.dialect.name
+        database = self.engine.url.database
+        self._sqlite_file = Path(database) if self.dialect == "sqlite" and database else None
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _prepare_sqlite)
+            event.listen(self.engine, "connect", _add_p95)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
