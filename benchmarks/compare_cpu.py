@@ -71,15 +71,24 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], ready_path: str, time
     sys.exit(f"server at {url} not ready in {timeout_s} s")
 
 
-def start_inferline(port: int, dtype: str, tmp: Path) -> subprocess.Popen[bytes]:
-    engine = {"dtype": dtype, "max_num_seqs": 16, "kv_cache_bytes": 1 << 30}
+VARIANTS: dict[str, dict[str, str | int]] = {
+    "float32": {"dtype": "float32"},
+    "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"quantization": "int8"},
+    "int4": {"quantization": "int4"},
+    "int8-1t": {"quantization": "int8", "single_stream_threads": 1},
+}
+
+
+def start_inferline(port: int, variant: str, tmp: Path) -> subprocess.Popen[bytes]:
+    engine = {**VARIANTS[variant], "max_num_seqs": 16, "kv_cache_bytes": 1 << 30}
     config = {
         "port": port,
-        "models": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}],
+        "deployments": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}],
     }
-    (tmp / f"inferline-{dtype}.yaml").write_text(yaml.safe_dump(config))
+    (tmp / f"inferline-{variant}.yaml").write_text(yaml.safe_dump(config))
     return subprocess.Popen(
-        [str(BIN), "serve", "--config", str(tmp / f"inferline-{dtype}.yaml")],
+        [str(BIN), "serve", "--config", str(tmp / f"inferline-{variant}.yaml")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -131,7 +140,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="inferline compute dtypes to run")
+    parser.add_argument(
+        "--variants",
+        default="bfloat16,int8,int4",
+        help=f"inferline weight formats to run: {', '.join(VARIANTS)}",
+    )
     parser.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -143,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         servers = [
             (f"inferline-{d}", lambda p, d=d: start_inferline(p, d, Path(tmp)))
-            for d in args.dtypes.split(",")
+            for d in args.variants.split(",")
         ]
         servers.append(("llama-server", lambda p: start_llama(p, gguf, llama)))
         for label, start in servers:

@@ -25,6 +25,7 @@ from inferline import LLM
 from inferline.bench.offline import time_batch
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
+from inferline.engine.runner import kv_cache_dtype
 from inferline.models.loader import load_weights
 from inferline.models.reference import transformers_model
 
@@ -41,7 +42,10 @@ def time_inferline(loaded: LoadedModel, prompts: list[list[int]], new_tokens: in
         loaded=loaded,
         max_num_seqs=max(batch, 1),
         max_num_batched_tokens=2048,
-        kv_cache_bytes=loaded.config.kv_bytes_per_token * loaded.dtype.itemsize * 16 * (batch * 18 + 16),
+        kv_cache_bytes=loaded.config.kv_bytes_per_token
+        * kv_cache_dtype(loaded.dtype, loaded.device).itemsize
+        * 16
+        * (batch * 18 + 16),
         enable_prefix_caching=False,
     )
     return time_batch(llm, prompts, new_tokens, repeats)
@@ -95,7 +99,8 @@ def measure(
     return {
         "tok_s": tok_s,
         "load_s": load_s,
-        "kv_bytes_per_token": loaded.config.kv_bytes_per_token * loaded.dtype.itemsize,
+        "kv_bytes_per_token": loaded.config.kv_bytes_per_token
+        * kv_cache_dtype(loaded.dtype, loaded.device).itemsize,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

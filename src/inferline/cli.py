@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferline.errors import InferlineError
 from inferline.registry.commands import add_registry_parser
+from inferline.registry.rollout_commands import add_rollout_parser
 
 if TYPE_CHECKING:
     from inferline.telemetry.usage_store import UsageRow
@@ -67,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _edge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from inferline.edge.agent import AgentConfig, parse_labels, run_agent
+    from inferline.edge.agent import AgentConfig, parse_labels, parse_low_confidence, run_agent
     from inferline.server.app import create_app
     from inferline.server.serve import is_loopback
 
@@ -84,6 +85,7 @@ def _edge(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         poll_s=args.poll_s,
+        low_confidence_mean_logprob=parse_low_confidence(args.low_confidence_mean_logprob),
     )
     return run_agent(config, create_app)
 
@@ -100,6 +102,12 @@ def _add_edge_parser(commands: Any) -> None:
     edge.add_argument("--host", default="127.0.0.1", help="loopback address to serve on")
     edge.add_argument("--port", type=int, default=8000)
     edge.add_argument("--poll-s", type=float, default=30.0, help="seconds between registry checks")
+    edge.add_argument(
+        "--low-confidence-mean-logprob",
+        default="-2.5",
+        help="flag an answer, with its prompt, for the registry's dataset when its tokens' mean "
+        "log-probability is below this (≤ 0; default -2.5), or off",
+    )
     edge.set_defaults(handler=_edge)
 
 
@@ -389,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(commands)
     _add_usage_parser(commands)
     add_registry_parser(commands)
+    add_rollout_parser(commands)
     _add_edge_parser(commands)
     return parser
 

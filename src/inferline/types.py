@@ -234,6 +234,9 @@ class UsageRecord:
     """True when admission sent the request to the route's smaller `degrade_to` target."""
     error_type: str = ""
     """The error's class name when the outcome is "error" or "rejected"."""
+    mean_logprob: float | None = None
+    """Mean log-probability of the sampled tokens, when they were computed (the client asked for logprobs,
+    a cascade stage answered, or telemetry.record_mean_logprob is on); how confident the answer was."""
     finished_at: float = field(default_factory=time.time)
     """Wall-clock (Unix) seconds when the request finished."""
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ def publish(repo: TufRepository, archives: Archives, version: str) -> None:
 class Agent:
     """One `inferline edge` process and its local server."""
 
-    def __init__(self, home: Path, registry_url: str, repo: TufRepository, public_key: Path) -> None:
+    def __init__(
+        self, home: Path, registry_url: str, repo: TufRepository, public_key: Path, extra: Sequence[str] = ()
+    ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -120,6 +122,7 @@ class Agent:
             *("--registry", registry_url, "--device-id", "robot-7", "--labels", "ring=canary,site=lab"),
             *("--model", MODEL, "--trusted-root", str(repo.trusted_root_path), "--pubkey", str(public_key)),
             *("--home", str(home), "--port", str(self.port), "--poll-s", "0.3"),
+            *extra,
         ]
         env = {**os.environ, "INFERLINE_HOME": str(home.parent / "inferline-home")}
         with self.log.open("w") as log:  # the child holds its own copy of the descriptor
@@ -128,8 +131,8 @@ class Agent:
     def state(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/edge/state", timeout=5).json()  # type: ignore[no-any-return]
 
-    def chat(self) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    def chat(self, **fields: Any) -> httpx.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, **fields}
         return httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30)
 
     def served_version(self) -> str:
@@ -194,11 +197,11 @@ class ClientsDuringSwap:
 @pytest.fixture
 def start_agent(
     tmp_path: Path, repo: TufRepository, registry: RepositoryServer, archives: Archives
-) -> Iterator[Callable[[], Agent]]:
+) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def start() -> Agent:
-        agents.append(Agent(tmp_path / "device", registry.url, repo, archives.public_key))
+    def start(*extra: str) -> Agent:
+        agents.append(Agent(tmp_path / "device", registry.url, repo, archives.public_key, extra))
         return agents[-1]
 
     yield start
@@ -213,13 +216,13 @@ def _serving(version: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def test_installs_serves_updates_uploads_its_telemetry_and_keeps_serving_offline(
-    start_agent: Callable[[], Agent],
+    start_agent: Callable[..., Agent],
     repo: TufRepository,
     registry: RepositoryServer,
     archives: Archives,
     dataset: Dataset,
 ) -> None:
-    agent = start_agent()
+    agent = start_agent("--low-confidence-mean-logprob", "-100")  # no answer is that unsure
     state = agent.wait_for(_serving("1.0.0"))
     assert state["device_id"] == "robot-7"
     assert state["labels"] == {"ring": "canary", "site": "lab"}
@@ -241,6 +244,7 @@ def test_installs_serves_updates_uploads_its_telemetry_and_keeps_serving_offline
     assert {r.model_version for r in records if r.kind == "usage"} == {"1.0.0", "2.0.0"}
     usage = [r for r in records if r.kind == "usage"]
     assert all(r.device_id == "robot-7" and r.payload["completion_tokens"] > 0 for r in usage)
+    assert all(-100 < r.payload["mean_logprob"] <= 0 for r in usage)  # each answer's confidence
     # So does the device's state, each time it changes.
     states = wait_for_records(
         dataset, lambda rs: any(r.kind == "state" and r.model_version == "2.0.0" for r in rs)
@@ -266,8 +270,55 @@ def test_installs_serves_updates_uploads_its_telemetry_and_keeps_serving_offline
     assert agent.stop() == 0
 
 
+def test_answers_below_the_confidence_threshold_reach_the_dataset_with_prompt_and_answer(
+    start_agent: Callable[..., Agent], dataset: Dataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = start_agent("--low-confidence-mean-logprob", "0")  # every answer is less sure than certain
+    agent.wait_for(_serving("1.0.0"))
+    question = [{"role": "user", "content": "Name a colour."}]
+    answer = agent.chat(messages=question, max_tokens=8, temperature=1.0, seed=1)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["logprobs"] is None  # computed for the case, not shown to the user
+    with httpx.stream(
+        "POST",
+        f"{agent.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": question, "max_tokens": 8, "stream": True, "temperature": 1.0},
+        timeout=30,
+    ) as response:
+        frames = [line for line in response.iter_lines() if line.startswith("data: {")]
+    chunks = [json.loads(frame.removeprefix("data: ")) for frame in frames]
+    assert all(choice.get("logprobs") is None for chunk in chunks for choice in chunk["choices"])
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+
+    records = wait_for_records(
+        dataset, lambda rs: sum(r.payload.get("reason") == "low_confidence" for r in rs) >= 2
+    )
+    cases = [r for r in records if r.payload.get("reason") == "low_confidence"]
+    assert [(r.kind, r.model_version, r.device_id) for r in cases] == [("flagged", "1.0.0", "robot-7")] * 2
+    assert [r.payload["prompt"] for r in cases] == [question, question]
+    assert [r.payload["completion"] for r in cases] == [
+        [answer.json()["choices"][0]["message"]["content"]],
+        [streamed],
+    ]
+    usage = {r.payload["request_id"]: r.payload["mean_logprob"] for r in records if r.kind == "usage"}
+    assert [r.payload["mean_logprob"] for r in cases] == [usage[r.payload["request_id"]] for r in cases]
+    assert all(r.payload["mean_logprob"] < 0 for r in cases)
+
+    # What `inferline registry dataset export` gives to whoever builds the next training set.
+    registry_db = dataset.url
+    out = tmp_path / "cases.jsonl"
+    assert main(["registry", "dataset", "export", "--database-url", registry_db, "--out", str(out)]) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    flagged = [row for row in exported if row["kind"] == "flagged"]
+    assert [(row["payload"]["prompt"], row["model_version"]) for row in flagged] == [
+        (question, "1.0.0"),
+        (question, "1.0.0"),
+    ]
+    assert "wrote" in capsys.readouterr().out
+
+
 def test_bundle_signed_with_another_key_is_refused_and_old_version_keeps_serving(
-    start_agent: Callable[[], Agent], repo: TufRepository, archives: Archives
+    start_agent: Callable[..., Agent], repo: TufRepository, archives: Archives
 ) -> None:
     agent = start_agent()
     agent.wait_for(_serving("1.0.0"))
@@ -282,7 +333,7 @@ def test_bundle_signed_with_another_key_is_refused_and_old_version_keeps_serving
 
 
 def test_version_failing_its_health_check_reverts_to_last_good(
-    start_agent: Callable[[], Agent], repo: TufRepository, archives: Archives
+    start_agent: Callable[..., Agent], repo: TufRepository, archives: Archives
 ) -> None:
     agent = start_agent()
     agent.wait_for(_serving("1.0.0"))
@@ -298,7 +349,7 @@ def test_version_failing_its_health_check_reverts_to_last_good(
 
 
 def test_restart_in_the_middle_of_an_update_comes_back_on_a_working_version(
-    start_agent: Callable[[], Agent], registry: RepositoryServer, tmp_path: Path, archives: Archives
+    start_agent: Callable[..., Agent], registry: RepositoryServer, tmp_path: Path, archives: Archives
 ) -> None:
     agent = start_agent()
     agent.wait_for(_serving("1.0.0"))
@@ -330,8 +381,10 @@ def test_restart_in_the_middle_of_an_update_comes_back_on_a_working_version(
         ({"--labels": "ring"}, "'ring' is not KEY=VALUE"),
         ({"--host": "0.0.0.0"}, "loopback only"),
         ({"--pubkey": "missing.pub.pem"}, "missing.pub.pem does not exist"),
+        ({"--low-confidence-mean-logprob": "0.5"}, "'0.5': give a mean token log-probability ≤ 0"),
+        ({"--low-confidence-mean-logprob": "nan"}, "'nan': give a mean token log-probability ≤ 0"),
     ],
-    ids=["malformed-label", "public-host", "missing-pubkey"],
+    ids=["malformed-label", "public-host", "missing-pubkey", "positive-threshold", "nan-threshold"],
 )
 def test_cli_refuses_bad_arguments_before_serving(
     change: dict[str, str],
@@ -356,7 +409,7 @@ def test_cli_refuses_bad_arguments_before_serving(
 
 
 def test_installed_version_damaged_on_disk_is_installed_again_from_the_registry(
-    start_agent: Callable[[], Agent],
+    start_agent: Callable[..., Agent],
 ) -> None:
     agent = start_agent()
     agent.wait_for(_serving("1.0.0"))
@@ -376,7 +429,7 @@ def test_installed_version_damaged_on_disk_is_installed_again_from_the_registry(
 
 
 def test_agent_killed_while_checking_a_new_version_restarts_on_a_complete_one(
-    start_agent: Callable[[], Agent], repo: TufRepository, registry: RepositoryServer, archives: Archives
+    start_agent: Callable[..., Agent], repo: TufRepository, registry: RepositoryServer, archives: Archives
 ) -> None:
     agent = start_agent()
     agent.wait_for(_serving("1.0.0"))

@@ -4,6 +4,7 @@ oldest first and says how many."""
 
 import json
 import socket
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from inferline.edge.outbox import Outbox, OutboxError, Uploader
+from inferline.edge.outbox import Outbox, OutboxError, OutboxWriter, Uploader
 from inferline.registry.dataset import Dataset
 from inferline.registry.tuf_repo import TufRepository
 from inferline.registry.tuf_serve import RepositoryServer, start_repository_server
@@ -197,4 +198,32 @@ def test_a_refused_upload_keeps_the_records_and_says_why(tmp_path: Path, repo_di
     assert json.loads(uploader.last_error.split("HTTP 404 ", 1)[1])["error"] == (
         "this repository server takes no telemetry uploads"
     )
+    outbox.close()
+
+
+def test_the_writer_hands_records_over_without_waiting_and_keeps_their_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", max_records=1000)
+    writer = OutboxWriter(outbox)
+    # Another connection holds the file's write lock, as a slow disk or a busy uploader would.
+    blocker = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    started = time.perf_counter()
+    futures = [writer.submit(_record(i)) for i in range(100)]
+    refused = writer.submit({**_record(100), "kind": "metrics"})
+    futures += [writer.submit(_record(i)) for i in range(101, 200)]
+    assert time.perf_counter() - started < 1.0  # the caller (the event loop) never waited on the lock
+    time.sleep(0.2)
+    assert not futures[0].done()
+    blocker.execute("COMMIT")
+    blocker.close()
+    writer.close()
+
+    assert all(future.done() and future.exception() is None for future in futures)
+    assert isinstance(refused.exception(), OutboxError)
+    assert "telemetry record not queued: telemetry record field 'kind'" in caplog.text
+    queued = outbox.peek(1000).records
+    assert [record["i"] for record in queued] == [*range(100), *range(101, 200)]
+    assert [record["seq"] for record in queued] == sorted(record["seq"] for record in queued)
     outbox.close()

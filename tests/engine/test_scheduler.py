@@ -40,8 +40,8 @@ def add(
 
 def step(scheduler: Scheduler) -> tuple[SchedulerOutput, list[Sequence]]:
     output = scheduler.schedule()
-    sampled = {c.seq_id: TOKEN for c in output.chunks if c.sample}
-    return output, scheduler.update(output, sampled)
+    sampled = {c.seq_id: [TOKEN] for c in output.chunks if c.sample}
+    return output, [seq for seq, _ in scheduler.update(output, sampled)]
 
 
 def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> int:
@@ -79,7 +79,7 @@ def test_eos_and_stop_token_finish() -> None:
     scheduler = make_scheduler()
     seq = add(scheduler, "a", prompt_len=4)
     output = scheduler.schedule()
-    scheduler.update(output, {seq.seq_id: EOS})
+    scheduler.update(output, {seq.seq_id: [EOS]})
     assert seq.finish_reason == "stop"
     seq2 = add(scheduler, "b", prompt_len=4)
     seq2.request.sampling.stop_token_ids = [TOKEN]

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
 from inferline.config import RolloutPlanConfig
 from inferline.registry.bundle import BundleMetadata, build_bundle
@@ -290,3 +292,51 @@ def chat(url: str) -> httpx.Response:
     )
     response.raise_for_status()
     return response
+
+
+class FailingWrites:
+    """The next `times` writes of the rollouts table fail, as a database that drops a connection would."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if self.times and statement.lstrip().upper().startswith("DELETE FROM ROLLOUTS"):
+            self.times -= 1
+            raise OperationalError(statement, None, Exception("disk I/O error"))
+
+    def __enter__(self) -> FailingWrites:
+        event.listen(Engine, "before_cursor_execute", self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        event.remove(Engine, "before_cursor_execute", self)
+
+
+def stored(tmp_path: Path) -> str:
+    state = RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}").load("ab")
+    assert state is not None
+    return state.status
+
+
+def test_a_transient_database_error_is_retried_and_the_transition_is_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = config(tmp_path / "db.sqlite", {"steps": [5, 25, 100], "dwell_s": 30, "min_samples": 2})
+    _, controller = controlled(server, Clock())
+    with FailingWrites(times=1) as failing:
+        assert controller.act("ab", "pause").status == "paused"
+    assert failing.times == 0  # the fault did happen
+    assert "storing its state (paused) failed: disk I/O error; trying again (2 of 3)" in caplog.text
+    assert stored(tmp_path) == "paused"  # a restart resumes paused
+
+
+def test_a_transition_the_database_refuses_for_longer_is_stored_at_a_later_tick(tmp_path: Path) -> None:
+    server = config(tmp_path / "db.sqlite", {"steps": [5, 25, 100], "dwell_s": 30, "min_samples": 2})
+    router, controller = controlled(server, Clock())
+    with FailingWrites(times=3), pytest.raises(RolloutError, match="cannot write the rollouts table"):
+        controller.act("ab", "abort")
+    assert percent(router) == 0  # the router acts on it at once
+    assert stored(tmp_path) == "running"
+    controller.tick()  # the database is back
+    assert stored(tmp_path) == "aborted"

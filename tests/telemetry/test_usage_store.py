@@ -245,3 +245,15 @@ def test_bad_since_and_by_name_the_parameter_and_the_accepted_values() -> None:
     with pytest.raises(InvalidRequestError, match=r"by='user'.*tenant, route, deployment, model") as by:
         parse_group_by("user")
     assert by.value.param == "by"
+
+
+def test_a_table_made_before_mean_logprob_existed_gets_the_column_on_first_use(store: UsageStore) -> None:
+    store.ensure_schema()
+    with store.engine.begin() as connection:  # the table as an earlier inferline created it
+        connection.execute(text("ALTER TABLE usage_records DROP COLUMN mean_logprob"))
+    upgraded = UsageStore(store.engine.url.render_as_string(hide_password=False))
+    upgraded.insert_many([record(request_id="old-table", mean_logprob=-1.25)])
+    with upgraded.engine.connect() as connection:
+        rows = connection.execute(select(usage_records.c.request_id, usage_records.c.mean_logprob)).all()
+    upgraded.close()
+    assert [tuple(row) for row in rows] == [("old-table", -1.25)]

@@ -51,6 +51,7 @@ def run_offline_bench(config: OfflineBenchConfig) -> int:
     from inferline.config import EngineConfig
     from inferline.engine.llm import LLM
     from inferline.engine.model_loader import load_model
+    from inferline.engine.runner import kv_cache_dtype
 
     loaded = load_model(
         EngineConfig.model_validate({"model": config.model, "device": config.device, "dtype": config.dtype})
@@ -63,7 +64,9 @@ def run_offline_bench(config: OfflineBenchConfig) -> int:
             "input_len",
         )
     blocks_per_seq = -(-(config.input_len + config.output_len) // BLOCK_SIZE) + 1
-    bytes_per_block = loaded.config.kv_bytes_per_token * loaded.dtype.itemsize * BLOCK_SIZE
+    bytes_per_block = (
+        loaded.config.kv_bytes_per_token * kv_cache_dtype(loaded.dtype, loaded.device).itemsize * BLOCK_SIZE
+    )
     points = []
     for batch_size in config.batch_sizes:
         llm = LLM(

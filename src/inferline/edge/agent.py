@@ -7,8 +7,10 @@ Beside it, the agent polls the registry: TUF check and download, unpack and sign
 replacing one reference; the old one drains and unloads. Blocking work (network, hashing, tar) runs in
 threads so serving never waits on an update. An update that fails anywhere is recorded in the state and
 never retried; the version that served before keeps serving. The registry being unreachable is routine,
-not an error worth stopping for. Usage, failed requests and feedback go to an on-disk outbox that a
-thread uploads to the registry whenever it is reachable (outbox.py).
+not an error worth stopping for. Usage and flagged cases (failed requests, user feedback, answers whose
+mean token log-probability is below a threshold: cases.py) go to an on-disk outbox through a writer thread
+(SQLite's fsync stays off the event loop), and a thread uploads them to the registry whenever it is
+reachable (outbox.py).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from pathlib import Path
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from inferline.edge.cases import GENERATION_PATHS, low_confidence_case, note_usage, watched
 from inferline.edge.install import Installer, InstallError, write_json_atomic
 from inferline.edge.local_model import AppFactory, HealthCheckError, LocalModel, ModelSpec
-from inferline.edge.outbox import Outbox, Uploader
+from inferline.edge.outbox import Outbox, OutboxError, OutboxWriter, Uploader
 from inferline.edge.updater import EdgeUpdater, ModelUpdate, RegistryUnreachableError, UpdateRejectedError
 from inferline.errors import InferlineError
 from inferline.registry.bundle import BundleError
@@ -37,6 +40,9 @@ from inferline.types import UsageRecord
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+DEFAULT_LOW_CONFIDENCE = -2.5
+"""Mean token log-probability under which an answer is flagged: on average each token had a probability
+under e^-2.5 ≈ 8 %, which small models reach when they ramble or guess."""
 # Failures that condemn one version (recorded as rejected) rather than the registry or the device.
 _VERSION_FAILURES = (
     UpdateRejectedError,
@@ -62,6 +68,8 @@ class AgentConfig:
     port: int = 8000
     poll_s: float = 30.0  # seconds between registry checks (and telemetry uploads)
     outbox_max_records: int = 100_000  # telemetry kept on disk while the registry is unreachable
+    # Flag an answer (with its prompt) whose sampled tokens' mean log-probability is below this; None: never.
+    low_confidence_mean_logprob: float | None = DEFAULT_LOW_CONFIDENCE
 
 
 @dataclass
@@ -81,9 +89,10 @@ class EdgeState:
 class EdgeApp:
     """ASGI app: /edge/state, and everything else forwarded to the current version (503 before the first)."""
 
-    def __init__(self, state: EdgeState, outbox: Outbox) -> None:
+    def __init__(self, state: EdgeState, writer: OutboxWriter, low_confidence: float | None) -> None:
         self.state = state
-        self.outbox = outbox
+        self.writer = writer
+        self.low_confidence = low_confidence
         self.model: LocalModel | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,9 +112,26 @@ class EdgeApp:
             return
         model.in_flight += 1
         try:
-            await model.app(scope, receive, send)
+            if (
+                self.low_confidence is not None
+                and scope["type"] == "http"
+                and scope["path"] in GENERATION_PATHS
+            ):
+                await self._answer_judged(model, self.low_confidence, scope, receive, send)
+            else:
+                await model.app(scope, receive, send)
         finally:
             model.in_flight -= 1
+
+    async def _answer_judged(
+        self, model: LocalModel, threshold: float, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Forward a generation request; once answered, flag it upstream if it was not confident."""
+        with watched(receive, send) as (exchange, copy_receive, copy_send):
+            await model.app(scope, copy_receive, copy_send)
+        case = low_confidence_case(exchange, threshold)
+        if case is not None:
+            self.writer.submit({**case, "model": self.state.model})
 
     async def _feedback(self, receive: Receive, send: Send) -> None:
         """A user's verdict on an answer ({"request_id", "rating", "comment"}): a flagged case upstream."""
@@ -136,7 +162,11 @@ class EdgeApp:
             "model": self.state.model,
             "model_version": version,
         }
-        self.outbox.append({**record, "ts": time.time(), **fields})
+        try:  # 202 once it is on disk: the user's verdict survives a crash that follows
+            await asyncio.wrap_future(self.writer.submit({**record, "ts": time.time(), **fields}))
+        except OutboxError as error:
+            await _send_json(send, 400, {"error": {"message": str(error)}})
+            return
         await _send_json(send, 202, {"queued": True})
 
 
@@ -174,8 +204,9 @@ class EdgeAgent:
         self.pointer = self.installer.read_pointer()
         self.state = EdgeState(config.device_id, dict(config.labels), config.model)
         self.outbox = Outbox(config.home / "outbox.db", config.outbox_max_records)
+        self.writer = OutboxWriter(self.outbox)
         self.uploader = Uploader(self.outbox, config.registry_url, config.device_id, interval_s=config.poll_s)
-        self.app = EdgeApp(self.state, self.outbox)
+        self.app = EdgeApp(self.state, self.writer, config.low_confidence_mean_logprob)
 
     async def run(self) -> None:
         """Serve until uvicorn is told to stop (SIGINT/SIGTERM), polling the registry meanwhile."""
@@ -192,9 +223,10 @@ class EdgeAgent:
         finally:
             server.should_exit = True
             await serving
-            await asyncio.to_thread(self.uploader.stop)
             if self.app.model is not None:
                 await self.app.model.close()
+            await asyncio.to_thread(self.writer.close)  # every record on disk before the process ends
+            await asyncio.to_thread(self.uploader.stop)
 
     async def start_installed(self) -> None:
         """Serve the installed version: the current one, else the last good one (a crash or a failed check
@@ -269,7 +301,8 @@ class EdgeAgent:
         try:
             model = LocalModel(spec, self.app_factory)
             await model.start()
-            model.app.state.router.listeners.append(self._record_usage)  # after its health check
+            # After its health check, which is not a client's request.
+            model.app.state.router.listeners.extend([note_usage, self._record_usage])
         except HealthCheckError:
             raise
         except Exception as error:  # whatever breaks a new version, the one serving must stay up
@@ -296,10 +329,11 @@ class EdgeAgent:
             "completion_tokens": record.completion_tokens,
             "ttft_s": record.ttft_s,
             "latency_s": record.latency_s,
+            "mean_logprob": record.mean_logprob,
         }
-        self.outbox.append({"kind": "usage", **base, **usage})
+        self.writer.submit({"kind": "usage", **base, **usage})
         if record.outcome == "error":
-            self.outbox.append(
+            self.writer.submit(
                 {"kind": "flagged", "reason": "error", **base, "error_type": record.error_type}
             )
 
@@ -320,7 +354,7 @@ class EdgeAgent:
         write_json_atomic(self.config.home / STATE_FILE, state)
         del state["device_id"]  # every upload names its device
         version = self.state.current_version or "none"
-        self.outbox.append({"kind": "state", **state, "model_version": version, "ts": time.time()})
+        self.writer.submit({"kind": "state", **state, "model_version": version, "ts": time.time()})
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -334,6 +368,22 @@ def parse_labels(text: str) -> dict[str, str]:
             )
         labels[key] = value
     return labels
+
+
+def parse_low_confidence(text: str) -> float | None:
+    """`--low-confidence-mean-logprob`: a log-probability (≤ 0), or `off`."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        threshold = float(text)
+    except ValueError:
+        threshold = float("nan")
+    if not threshold <= 0:  # NaN too
+        raise InferlineError(
+            f"--low-confidence-mean-logprob {text!r}: give a mean token log-probability ≤ 0 under which an "
+            f"answer is flagged (e.g. {DEFAULT_LOW_CONFIDENCE}; 0 flags nearly every answer), or off"
+        )
+    return threshold
 
 
 def run_agent(config: AgentConfig, app_factory: AppFactory) -> int:

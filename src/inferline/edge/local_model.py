@@ -55,7 +55,12 @@ class LocalModel:
                     name=spec.name, kind="llm", source=str(spec.model_file), version=spec.version
                 )
             ],
-            telemetry=TelemetryConfig(database_url=f"sqlite:///{spec.home / 'usage.db'}", log_format="text"),
+            # Every answer's confidence in its usage record: the agent flags the unsure ones (cases.py).
+            telemetry=TelemetryConfig(
+                database_url=f"sqlite:///{spec.home / 'usage.db'}",
+                log_format="text",
+                record_mean_logprob=True,
+            ),
         )
         self.app = app_factory(config)
         self.in_flight = 0  # requests the edge app is forwarding to this version (for the drain)

@@ -7,7 +7,9 @@ the batch holding them (at-least-once); each carries the id (device_id, seq) und
 stores it once, so a batch re-sent after a lost acknowledgement adds nothing (no loss, no duplicates).
 When the queue is full the oldest records are dropped and counted; the running total is kept in the same
 file and sent with every upload. Sequence numbers start from the clock when the file is created, so a
-device whose queue file was deleted does not reuse ids the registry already holds.
+device whose queue file was deleted does not reuse ids the registry already holds. An `append` waits for
+that fsync, so the agent's event loop hands records to an `OutboxWriter` instead: one thread appends them
+in the order they came, and a record is on disk a moment later (what a crash in that moment loses).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -156,6 +159,33 @@ class Outbox:
             return
         with self._lock, self._db:
             self._db.execute("DELETE FROM records WHERE seq <= ?", (batch.last_seq,))
+
+
+class OutboxWriter:
+    """Appends to `outbox` from one background thread, in the order records were submitted; `close()` once
+    at the end waits until every submitted record is on disk."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        # One worker keeps the order: the queue's seq numbers follow the order of submission.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telemetry-outbox")
+
+    def submit(self, record: dict[str, Any]) -> Future[None]:
+        """Queue `record` without waiting on the disk; the future is done once it is appended. A record the
+        outbox refuses (or a database error) is logged, and raised by the future."""
+        future = self._executor.submit(self.outbox.append, record)
+        future.add_done_callback(_log_refusal)
+        return future
+
+    def close(self) -> None:
+        """Append everything submitted, then stop the thread; blocking, so call it off the event loop."""
+        self._executor.shutdown(wait=True)
+
+
+def _log_refusal(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        logger.error("telemetry record not queued: %s", error)
 
 
 class Uploader:

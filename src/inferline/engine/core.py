@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inferline.config import EngineConfig
+from inferline.config import EngineConfig, SpeculativeConfig
 from inferline.engine.kv_cache import KVCacheManager
 from inferline.engine.memory import plan_kv_pool
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.output import TextStream, to_token_logprob
-from inferline.engine.runner import ModelRunner
+from inferline.engine.runner import ModelRunner, kv_cache_dtype
 from inferline.engine.sampler import SampledToken, Sampler
-from inferline.engine.scheduler import Scheduler, SchedulerLimits
+from inferline.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
 from inferline.engine.sequence import Sequence
+from inferline.engine.speculative import DraftSampler, Proposer, build_proposer, check_draft_vocab
 from inferline.errors import InvalidRequestError
 from inferline.types import Delta, Priority, Request, Usage
 
@@ -30,6 +31,21 @@ class EngineStats:
     prefix_queried_tokens: int
     prefix_hit_tokens: int
     prefix_hit_rate: float
+    spec_drafted_tokens: int = 0
+    """Speculative decoding: draft tokens proposed and verified since start."""
+    spec_accepted_tokens: int = 0
+    spec_verify_steps: int = 0
+    """Sequence-steps that verified at least one draft token."""
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        """Share of draft tokens the target accepted."""
+        return self.spec_accepted_tokens / self.spec_drafted_tokens if self.spec_drafted_tokens else 0.0
+
+    @property
+    def spec_mean_accepted_length(self) -> float:
+        """Tokens one verify step emits on average: accepted drafts plus the target's own (1.0 = no gain)."""
+        return 1.0 + self.spec_accepted_tokens / self.spec_verify_steps if self.spec_verify_steps else 0.0
 
 
 @dataclass
@@ -48,7 +64,15 @@ class EngineCore:
         self.config = config
         self.loaded = loaded if loaded is not None else load_model(config)
         self.tokenizer = self.loaded.tokenizer
-        plan = plan_kv_pool(config, self.loaded.config, self.loaded.dtype, self.loaded.device)
+        spec = config.speculative
+        draft = self._load_draft(spec) if spec is not None and spec.method == "draft" else None
+        plan = plan_kv_pool(
+            config,
+            self.loaded.config,
+            kv_cache_dtype(self.loaded.dtype, self.loaded.device),
+            self.loaded.device,
+            draft.config if draft is not None else None,
+        )
         self.kv_plan = plan
         self.max_model_len = plan.max_model_len
         self.kv_cache = KVCacheManager(plan.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -58,13 +82,39 @@ class EngineCore:
             max_model_len=plan.max_model_len,
             input_token_weight=config.tenant_input_token_weight,
             output_token_weight=config.tenant_output_token_weight,
+            num_speculative_tokens=spec.num_speculative_tokens if spec is not None else 0,
         )
         self.scheduler = Scheduler(limits, self.kv_cache, self.loaded.eos_token_ids)
         self.runner = ModelRunner(
-            self.loaded.model, plan.num_blocks, config.block_size, Sampler(config.seed, self.loaded.device)
+            self.loaded.model,
+            plan.num_blocks,
+            config.block_size,
+            Sampler(config.seed, self.loaded.device),
+            config.single_stream_threads,
         )
+        self.proposer: Proposer | None = None
+        if spec is not None:
+            draft_runner = None
+            if draft is not None:
+                sampler = DraftSampler(config.seed + 1, draft.device)
+                draft_runner = ModelRunner(draft.model, plan.num_blocks, config.block_size, sampler)
+            self.proposer = build_proposer(spec, draft_runner)
         self.requests: dict[str, _RequestState] = {}
         self.num_steps = 0
+
+    def _load_draft(self, spec: SpeculativeConfig) -> LoadedModel:
+        draft_model = spec.draft_model or "default"  # SpeculativeConfig requires it for method 'draft'
+        draft = load_model(
+            EngineConfig(
+                model=draft_model,
+                device=str(self.loaded.device),
+                # A quantized draft computes in its kernels' dtype, whatever the target's.
+                dtype=self.config.dtype if spec.draft_quantization == "none" else "auto",
+                quantization=spec.draft_quantization,
+            )
+        )
+        check_draft_vocab(self.loaded.config, draft.config, draft_model)
+        return draft
 
     # ---- requests in --------------------------------------------------------------------------
 
@@ -121,30 +171,33 @@ class EngineCore:
         output = self.scheduler.schedule()
         if output.is_empty:
             return []
-        sampled = self.runner.execute(output)
-        advanced = self.scheduler.update(output, {seq_id: s.token_id for seq_id, s in sampled.items()})
+        sampled = self._execute(output)
+        advanced = self.scheduler.update(
+            output, {seq_id: [s.token_id for s in tokens] for seq_id, tokens in sampled.items()}
+        )
         self.num_steps += 1
-        return [self._delta(seq, sampled[seq.seq_id]) for seq in advanced]
+        return [self._delta(seq, sampled[seq.seq_id][:num_kept]) for seq, num_kept in advanced]
 
-    def _delta(self, seq: Sequence, sampled: SampledToken) -> Delta:
+    def _execute(self, output: SchedulerOutput) -> dict[str, list[SampledToken]]:
+        if self.proposer is not None:
+            self.proposer.propose(output)
+        return self.runner.execute(output)
+
+    def _delta(self, seq: Sequence, sampled: list[SampledToken]) -> Delta:
         state = self.requests[seq.request.request_id]
         stream = state.streams[seq.index]
-        text = stream.append(sampled.token_id, finished=seq.is_finished)
-        if stream.stopped_by is not None:
-            if not seq.is_finished:
-                self.scheduler.finish(seq.seq_id, "stop", stream.stopped_by)
-            seq.finish_reason, seq.stop_reason = "stop", stream.stopped_by
+        text, sampled = self._stream_text(seq, stream, sampled)
         if state.siblings_pending:
             state.siblings_pending = False
             for sibling in state.seqs[1:]:
                 self.scheduler.add(sibling)
-        logprob = to_token_logprob(self.tokenizer, sampled)
+        logprobs = [lp for lp in (to_token_logprob(self.tokenizer, s) for s in sampled) if lp is not None]
         delta = Delta(
             seq.request.request_id,
             seq.index,
             text,
-            [sampled.token_id],
-            logprobs=[logprob] if logprob is not None else None,
+            [s.token_id for s in sampled],
+            logprobs=logprobs or None,
             finish_reason=seq.finish_reason if seq.is_finished else None,
             stop_reason=seq.stop_reason,
         )
@@ -154,6 +207,23 @@ class EngineCore:
                 delta.usage = self._usage(state)
                 del self.requests[seq.request.request_id]
         return delta
+
+    def _stream_text(
+        self, seq: Sequence, stream: TextStream, sampled: list[SampledToken]
+    ) -> tuple[str, list[SampledToken]]:
+        """The new text of `sampled`, and the tokens kept: a stop string ends the sequence at the
+        token that completed it, dropping any accepted drafts after it."""
+        text = ""
+        for num_kept, token in enumerate(sampled, start=1):
+            text += stream.append(token.token_id, finished=seq.is_finished and num_kept == len(sampled))
+            if stream.stopped_by is None:
+                continue
+            if not seq.is_finished:
+                self.scheduler.finish(seq.seq_id, "stop", stream.stopped_by)
+            seq.finish_reason, seq.stop_reason = "stop", stream.stopped_by
+            del seq.output_token_ids[len(seq.output_token_ids) - len(sampled) + num_kept :]
+            return text, sampled[:num_kept]
+        return text, sampled
 
     @staticmethod
     def _usage(state: _RequestState) -> Usage:
@@ -179,4 +249,7 @@ class EngineCore:
             prefix_queried_tokens=prefix.queried_tokens,
             prefix_hit_tokens=prefix.hit_tokens,
             prefix_hit_rate=prefix.hit_rate,
+            spec_drafted_tokens=self.scheduler.spec.num_drafted_tokens,
+            spec_accepted_tokens=self.scheduler.spec.num_accepted_tokens,
+            spec_verify_steps=self.scheduler.spec.num_verify_steps,
         )

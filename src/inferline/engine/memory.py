@@ -41,9 +41,18 @@ class KVPoolPlan:
 
 
 def plan_kv_pool(
-    config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype, device: torch.device
+    config: EngineConfig,
+    model_config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    draft_config: ModelConfig | None = None,
 ) -> KVPoolPlan:
-    bytes_per_token = model_config.kv_bytes_per_token * dtype.itemsize
+    """Blocks that fit the budget; with a speculative draft model, each block's slots hold the draft's
+    KV too (same block ids in the draft's own tensors), so a block costs both models' bytes."""
+    kv_elements = model_config.kv_bytes_per_token
+    if draft_config is not None:
+        kv_elements += draft_config.kv_bytes_per_token
+    bytes_per_token = kv_elements * dtype.itemsize
     block_bytes = bytes_per_token * config.block_size
     max_model_len = min(
         config.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings

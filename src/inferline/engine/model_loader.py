@@ -10,6 +10,7 @@ import torch
 
 from inferline.config import EngineConfig
 from inferline.errors import InvalidRequestError
+from inferline.layers.quant_linear import quantize_linears
 from inferline.models.config import ModelConfig
 from inferline.models.llama import LlamaForCausalLM
 from inferline.models.loader import load_weights
@@ -32,7 +33,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, quantization: str = "none") -> torch.dtype:
+    if quantization != "none":
+        # The CPU kernels for int8/int4 weights take bfloat16 activations (float32 runs 20x slower).
+        if device.type != "cpu":
+            raise InvalidRequestError(
+                f"quantization {quantization!r} runs on the CPU only; set quantization: none on {device}",
+                "quantization",
+            )
+        if name not in ("auto", "bfloat16"):
+            raise InvalidRequestError(
+                f"quantization {quantization!r} computes in bfloat16, not {name}: "
+                "set dtype to auto or bfloat16",
+                "dtype",
+            )
+        return torch.bfloat16
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
@@ -56,11 +71,19 @@ class LoadedModel:
 def load_model(config: EngineConfig) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device, config.quantization)
     weights = load_weights(config.model)
     model = build_model(weights.config, weights.state_dict, dtype, device)
+    quantize_linears(model, config.quantization, dtype)
     elapsed = time.perf_counter() - started
-    logger.info("loaded %s on %s as %s in %.2f s", config.model, device, dtype, elapsed)
+    logger.info(
+        "loaded %s on %s as %s (weights: %s) in %.2f s",
+        config.model,
+        device,
+        dtype,
+        config.quantization,
+        elapsed,
+    )
     return LoadedModel(
         name=config.model,
         model=model,

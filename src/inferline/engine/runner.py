@@ -14,8 +14,18 @@ import torch
 
 from inferline.engine.sampler import SampledToken, Sampler
 from inferline.engine.scheduler import ScheduledChunk, SchedulerOutput
+from inferline.engine.speculative import verify_drafts
 from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
 from inferline.models.llama import LlamaForCausalLM
+
+
+def kv_cache_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype of the KV cache, in which attention is computed.
+
+    float32 on the CPU whatever the model's dtype: CPU attention kernels in bfloat16 are 4-6x slower
+    for decode-sized problems, which costs more than the cast of q, k and v and the doubled cache.
+    """
+    return torch.float32 if device.type == "cpu" else model_dtype
 
 
 def allocate_kv_caches(
@@ -42,39 +52,55 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         sampler: Sampler,
+        single_stream_threads: int | None = None,
     ) -> None:
         config = model.config
         self.model = model
         self.block_size = block_size
         self.sampler = sampler
         self.device = model.embed_tokens.weight.device
-        dtype = model.embed_tokens.weight.dtype
-        self.dtype = dtype
+        self.dtype = kv_cache_dtype(model.embed_tokens.weight.dtype, self.device)
         layer_shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        self.kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, dtype, self.device)
+        self.kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, self.dtype, self.device)
+        self.all_threads = torch.get_num_threads()
+        self.single_stream_threads = single_stream_threads
 
     @torch.inference_mode()
-    def execute(self, output: SchedulerOutput) -> dict[str, SampledToken]:
-        """Run the scheduled chunks; return the token sampled for each chunk that ends its sequence."""
+    def execute(self, output: SchedulerOutput) -> dict[str, list[SampledToken]]:
+        """Run the scheduled chunks; return the tokens sampled for each chunk that ends its sequence:
+        one, or for a chunk carrying drafts, the accepted drafts and the target's next token."""
         decodes = [c for c in output.chunks if len(c.token_ids) == 1]
         prefills = [c for c in output.chunks if len(c.token_ids) > 1]
         chunks = decodes + prefills
+        self._set_threads(output.num_tokens)
         input_ids, positions, meta = self._prepare(decodes, prefills)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
 
-        sample_rows, sample_chunks = [], []
+        sample_rows: list[int] = []
+        sample_chunks: list[ScheduledChunk] = []
         row = 0
         for chunk in chunks:
             row += len(chunk.token_ids)
             if chunk.sample:
-                sample_rows.append(row - 1)
+                # A verify chunk needs the logits after its first token and after every draft.
+                sample_rows.extend(range(row - 1 - len(chunk.draft_token_ids), row))
                 sample_chunks.append(chunk)
         if not sample_chunks:
             return {}
         rows = torch.tensor(sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, rows)).float()  # [S, vocab]
+        if len(sample_rows) > len(sample_chunks):
+            verified = verify_drafts(self.sampler, logits, sample_chunks)
+            return {chunk.seq_id: tokens for chunk, tokens in zip(sample_chunks, verified, strict=True)}
         sampled = self.sampler(logits, sample_chunks)
-        return {chunk.seq_id: token for chunk, token in zip(sample_chunks, sampled, strict=True)}
+        return {chunk.seq_id: [token] for chunk, token in zip(sample_chunks, sampled, strict=True)}
+
+    def _set_threads(self, num_tokens: int) -> None:
+        if self.single_stream_threads is None or self.device.type != "cpu":
+            return
+        threads = self.single_stream_threads if num_tokens == 1 else self.all_threads
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     def _prepare(
         self, decodes: list[ScheduledChunk], prefills: list[ScheduledChunk]

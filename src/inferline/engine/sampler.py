@@ -37,11 +37,15 @@ class SampledToken:
     top_logprobs: list[float] = field(default_factory=list)
 
 
-def _draw_seed(seed: int, seq_index: int, token_index: int) -> int:
-    return hash((seed, seq_index, token_index)) & 0x7FFF_FFFF_FFFF_FFFF
+def _draw_seed(seed: int, seq_index: int, token_index: int, salt: str | None) -> int:
+    key = (seed, seq_index, token_index) if salt is None else (seed, seq_index, token_index, salt)
+    return hash(key) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Sampler:
+    """Sampling plus the pieces speculative verification reuses: the request's distribution and the
+    seeded noise, so a verified token is drawn exactly as the plain path would draw it."""
+
     def __init__(self, default_seed: int, device: torch.device) -> None:
         self.device = device
         self.generator = torch.Generator(device=device)
@@ -50,20 +54,30 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[SampledToken]:
         # logits: [B, V] float32
-        params = [r.sampling for r in rows]
-        raw_logprobs = None
-        if any(p.logprobs is not None for p in params):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
-        logits = self._apply_penalties(logits, rows)
-        greedy_batch = all(p.greedy for p in params)
-        token_ids = logits.argmax(dim=-1) if greedy_batch else self._sample(logits, rows)
-        token_list = token_ids.tolist()
-        results = [SampledToken(t) for t in token_list]
+        raw_logprobs = self.raw_logprobs(logits, rows)
+        logits = self.apply_penalties(logits, rows)
+        if all(r.sampling.greedy for r in rows):
+            token_ids = logits.argmax(dim=-1)
+        else:
+            token_ids = self.pick(logits, self.probabilities(logits, rows), self.noise(logits, rows), rows)
+        return self.results(token_ids, rows, raw_logprobs)
+
+    @staticmethod
+    def raw_logprobs(logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor | None:
+        """The model's own log-distribution, when some row asks for logprobs."""
+        if any(r.sampling.logprobs is not None for r in rows):
+            return torch.log_softmax(logits, dim=-1)
+        return None
+
+    def results(
+        self, token_ids: torch.Tensor, rows: Sequence[SampleRequest], raw_logprobs: torch.Tensor | None
+    ) -> list[SampledToken]:
+        results = [SampledToken(t) for t in token_ids.tolist()]
         if raw_logprobs is not None:
-            self._fill_logprobs(raw_logprobs, token_ids, params, results)
+            self._fill_logprobs(raw_logprobs, token_ids, [r.sampling for r in rows], results)
         return results
 
-    def _apply_penalties(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
+    def apply_penalties(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
         params = [r.sampling for r in rows]
         if all(
             p.presence_penalty == 0 and p.frequency_penalty == 0 and p.repetition_penalty == 1 for p in params
@@ -90,7 +104,9 @@ class Sampler:
         logits = torch.where(seen, penalized, logits)
         return logits - frequency * counts - presence * (counts > 0)
 
-    def _sample(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
+    def probabilities(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
+        """[B, V] the normalized distribution each row samples from (penalized logits in): temperature,
+        top-k, top-p, min-p. Greedy rows get their temperature-1 distribution; they take the argmax."""
         params = [r.sampling for r in rows]
         device = logits.device
         temperature = torch.tensor(
@@ -103,16 +119,40 @@ class Sampler:
         min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
         if bool((min_p > 0).any()):
             probs = torch.where(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0, probs)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        return probs
+
+    def noise(
+        self, like: torch.Tensor, rows: Sequence[SampleRequest], salt: str | None = None
+    ) -> torch.Tensor:
+        """[B, V] Exp(1) noise; a seeded row's comes from (seed, completion, token index, salt) alone."""
+        noise = torch.empty_like(like).exponential_(generator=self.generator)
         for i, row in enumerate(rows):
             if row.sampling.seed is not None:
-                self.row_generator.manual_seed(
-                    _draw_seed(row.sampling.seed, row.seq_index, len(row.output_token_ids))
-                )
+                self._seed_row(row.sampling.seed, row, salt)
                 noise[i].exponential_(generator=self.row_generator)
+        return noise
+
+    def uniform(self, rows: Sequence[SampleRequest], salt: str) -> torch.Tensor:
+        """[B] U(0, 1) draws, seeded per row like `noise`."""
+        draws = torch.rand(len(rows), generator=self.generator, device=self.device)
+        for i, row in enumerate(rows):
+            if row.sampling.seed is not None:
+                self._seed_row(row.sampling.seed, row, salt)
+                draws[i] = torch.rand(1, generator=self.row_generator, device=self.device)[0]
+        return draws
+
+    @staticmethod
+    def pick(
+        logits: torch.Tensor, probs: torch.Tensor, noise: torch.Tensor, rows: Sequence[SampleRequest]
+    ) -> torch.Tensor:
+        """[B] token ids: the exponential race over `probs`, or the argmax of `logits` for greedy rows."""
         sampled = (probs / noise).argmax(dim=-1)
-        greedy = torch.tensor([p.greedy for p in params], device=device)
+        greedy = torch.tensor([r.sampling.greedy for r in rows], device=logits.device)
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+    def _seed_row(self, seed: int, row: SampleRequest, salt: str | None) -> None:
+        self.row_generator.manual_seed(_draw_seed(seed, row.seq_index, len(row.output_token_ids), salt))
 
     @staticmethod
     def _truncate_top(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

@@ -8,6 +8,11 @@ running sequences of a lower class; a running sequence that cannot grow preempts
 running sequence not yet scheduled, or itself. Preemption is by recompute: the victim's blocks are
 freed and it goes back to the head of its queue, keeping its generated tokens (and, through the
 prefix cache, often its KV).
+
+With speculative decoding on, a sequence that samples after one token reserves budget and KV slots
+for up to k draft tokens besides it (never past max_tokens or the context length, and never at the
+cost of preempting anyone); the proposer attaches the drafts before execution, and `update` appends
+the accepted ones, advancing the computed tokens only over verified KV.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from inferline.engine.fair_queue import TenantCounters, WaitingQueues
 from inferline.engine.kv_cache import KVCacheManager
 from inferline.engine.sequence import Sequence, SequenceStatus
 from inferline.types import Priority, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,13 @@ class ScheduledChunk:
     """Generated so far (penalties read it; its length indexes the token being sampled)."""
     seq_index: int
     """Which of the request's n completions (seeded sampling differs per completion)."""
+    num_lookahead_tokens: int = 0
+    """Draft tokens this chunk may carry after its one token: budget and KV slots are reserved."""
+    draft_token_ids: list[int] = field(default_factory=list)
+    """Proposed tokens, also appended to token_ids: the step verifies them (at most the lookahead)."""
+    draft_probs: torch.Tensor | None = None
+    """[len(draft_token_ids), V] the draft model's distributions the drafts were sampled from; None when
+    the drafts are certain (n-gram lookup, greedy draft), which verifies them by plain sampling."""
 
 
 @dataclass
@@ -65,6 +81,16 @@ class SchedulerLimits:
     max_model_len: int
     input_token_weight: float = 1.0
     output_token_weight: float = 2.0
+    num_speculative_tokens: int = 0
+    """Draft tokens a decoding sequence may verify per step; 0 turns speculation off."""
+
+
+@dataclass
+class SpecDecodeCounters:
+    num_drafted_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_verify_steps: int = 0
+    """Chunks that carried at least one draft token."""
 
 
 def _rank(seq: Sequence) -> tuple[int, float, int]:
@@ -84,6 +110,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.seqs: dict[str, Sequence] = {}
         self.num_preemptions = 0
+        self.spec = SpecDecodeCounters()
 
     @property
     def num_waiting(self) -> int:
@@ -128,7 +155,7 @@ class Scheduler:
                 if budget == 0:
                     break
                 if seq.status is SequenceStatus.RUNNING and self._grow(seq, budget, scheduled, output):
-                    budget -= len(output.chunks[-1].token_ids)
+                    budget -= len(output.chunks[-1].token_ids) + output.chunks[-1].num_lookahead_tokens
             while budget > 0:
                 candidate = self.waiting.peek(priority)
                 if candidate is None or not self._admit(candidate, budget, scheduled, output):
@@ -143,14 +170,30 @@ class Scheduler:
             # are not stuck behind it.
             num_new = min(num_new, max(self.limits.max_num_batched_tokens // 2, 1))
         total = seq.num_computed_tokens + num_new
+        num_lookahead = self._lookahead(seq, budget) if total == seq.num_tokens and num_new == 1 else 0
+        if num_lookahead and not self.kv_cache.can_allocate(seq.seq_id, total + num_lookahead):
+            num_lookahead = 0  # a guess is not worth preempting anyone for
         while not self.kv_cache.can_allocate(seq.seq_id, total):
             victim = self._victim(scheduled, below=None, exclude=seq)
             self._preempt(victim or seq, output)
             if victim is None:
                 return False
-        self.kv_cache.allocate(seq.seq_id, total)
+        self.kv_cache.allocate(seq.seq_id, total + num_lookahead)
         self._emit(seq, num_new, scheduled, output)
+        output.chunks[-1].num_lookahead_tokens = num_lookahead
         return True
+
+    def _lookahead(self, seq: Sequence, budget: int) -> int:
+        """Draft tokens the sequence may verify this step: the step emits at most drafts + 1 tokens."""
+        if not self.limits.num_speculative_tokens:
+            return 0
+        room = min(
+            self.limits.num_speculative_tokens, budget - 1, self.limits.max_model_len - seq.num_tokens - 1
+        )
+        max_tokens = seq.sampling.max_tokens
+        if max_tokens is not None:
+            room = min(room, max_tokens - len(seq.output_token_ids) - 1)
+        return max(room, 0)
 
     def _admit(self, seq: Sequence, budget: int, scheduled: set[str], output: SchedulerOutput) -> bool:
         if len(self.running) >= self.limits.max_num_seqs:
@@ -235,33 +278,61 @@ class Scheduler:
 
     # ---- update -------------------------------------------------------------------------------
 
-    def update(self, output: SchedulerOutput, sampled_token_ids: dict[str, int]) -> list[Sequence]:
-        """Advance the scheduled sequences; return those that received a token (finished ones too)."""
+    def update(
+        self, output: SchedulerOutput, sampled_token_ids: dict[str, list[int]]
+    ) -> list[tuple[Sequence, int]]:
+        """Advance the scheduled sequences by the tokens each chunk produced (one, or a verify chunk's
+        accepted drafts plus one); return the sequences that grew, with how many tokens they kept
+        (fewer when a stop condition cut the list; finished sequences included)."""
         advanced = []
         for chunk in output.chunks:
             seq = self.seqs.get(chunk.seq_id)
             if seq is None or seq.status is not SequenceStatus.RUNNING:
                 continue
-            seq.num_computed_tokens += len(chunk.token_ids)
+            token_ids = sampled_token_ids[seq.seq_id] if chunk.sample else []
+            num_accepted = len(token_ids) - 1 if chunk.draft_token_ids else 0
+            if chunk.draft_token_ids:
+                self._record_verify(seq, len(chunk.draft_token_ids), num_accepted)
+            # Only verified KV counts as computed: rejected drafts' slots are overwritten later, and a
+            # block is hashed for sharing only once every token in it is verified.
+            num_computed = seq.num_computed_tokens + len(chunk.token_ids) - len(chunk.draft_token_ids)
+            num_kept, stop = self._append(seq, token_ids)
+            seq.num_computed_tokens = min(num_computed + num_accepted, seq.num_tokens)
             if seq.num_computed_tokens // self.kv_cache.block_size > len(
                 self.kv_cache.block_hashes[seq.seq_id]
             ):
                 self.kv_cache.cache_full_blocks(seq.seq_id, seq.all_token_ids, seq.num_computed_tokens)
-            if not chunk.sample:
-                continue
-            token_id = sampled_token_ids[seq.seq_id]
-            seq.output_token_ids.append(token_id)
-            advanced.append(seq)
-            self._check_stop(seq, token_id)
+            if token_ids:
+                advanced.append((seq, num_kept))
+            if stop is not None:
+                self.finish(seq.seq_id, *stop)
         return advanced
 
-    def _check_stop(self, seq: Sequence, token_id: int) -> None:
+    def _record_verify(self, seq: Sequence, num_drafted: int, num_accepted: int) -> None:
+        self.spec.num_drafted_tokens += num_drafted
+        self.spec.num_accepted_tokens += num_accepted
+        self.spec.num_verify_steps += 1
+        # Accepted drafts are generated tokens like any other: the tenant pays for them.
+        self.counters.charge(seq.tenant, num_accepted * self.limits.output_token_weight)
+
+    def _append(self, seq: Sequence, token_ids: list[int]) -> tuple[int, tuple[str, str | int | None] | None]:
+        """Append tokens up to the first that ends the sequence; return how many, and the stop."""
+        for num_kept, token_id in enumerate(token_ids, start=1):
+            seq.output_token_ids.append(token_id)
+            stop = self._stop(seq, token_id)
+            if stop is not None:
+                return num_kept, stop
+        return len(token_ids), None
+
+    def _stop(self, seq: Sequence, token_id: int) -> tuple[str, str | int | None] | None:
+        """(finish reason, stop reason) if `token_id`, just appended, ends the sequence."""
         sampling = seq.sampling
         if token_id in sampling.stop_token_ids:
-            self.finish(seq.seq_id, "stop", token_id)
-        elif not sampling.ignore_eos and token_id in self.eos_token_ids:
-            self.finish(seq.seq_id, "stop")
-        elif seq.num_tokens >= self.limits.max_model_len or (
+            return "stop", token_id
+        if not sampling.ignore_eos and token_id in self.eos_token_ids:
+            return "stop", None
+        if seq.num_tokens >= self.limits.max_model_len or (
             sampling.max_tokens is not None and len(seq.output_token_ids) >= sampling.max_tokens
         ):
-            self.finish(seq.seq_id, "length")
+            return "length", None
+        return None

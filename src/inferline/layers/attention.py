@@ -4,8 +4,8 @@ The cache of one layer is a tensor [2, num_blocks, block_size, num_kv_heads, hea
 a list of block ids (its block table), so its context is scattered over the pool. Each step:
 1. the new tokens' keys and values are written to their slots (one index_copy per tensor);
 2. single-token queries (decodes) are batched into one attention over their gathered blocks, padded
-   to the longest context and masked. It is two batched matmuls with the query heads of each KV group
-   as rows: on the CPU that is ~10x faster than the fused attention kernel in bfloat16 for one query;
+   to the longest context and masked. On the CPU the cache is float32 (see ModelRunner): the fused
+   attention kernel is 4-6x faster there than in bfloat16, whose small-matrix paths are slow;
 3. multi-token chunks (prefills) attend one sequence at a time: a fresh prompt attends to its own
    keys with a causal mask (no gather), a chunk after cached context gathers its blocks first.
 The batch is laid out decodes first, then prefill chunks, in that order of rows.
@@ -27,7 +27,7 @@ class DecodeBatch:
     block_tables: torch.Tensor
     """[num_seqs, max_blocks] int64, padded with any valid block id (masked out)."""
     mask: torch.Tensor
-    """[num_seqs, 1, 1, max_blocks * block_size] additive, in the model dtype: 0 in context, -inf past it."""
+    """[num_seqs, 1, 1, max_blocks * block_size] additive in the cache's dtype: 0 in context, -inf past it."""
 
 
 @dataclass
@@ -63,14 +63,16 @@ def _decode_attention(
 ) -> torch.Tensor:
     batch = decode.num_seqs
     num_kv_heads, head_dim = key_cache.shape[2:]
-    group = q.shape[1] // num_kv_heads
     keys = _gather(key_cache, decode.block_tables).view(batch, -1, num_kv_heads, head_dim)  # [B, L, KVH, D]
     values = _gather(value_cache, decode.block_tables).view(batch, -1, num_kv_heads, head_dim)
-    queries = q[:batch].view(batch, num_kv_heads, group, head_dim)  # [B, KVH, G, D]
-    scores = torch.matmul(queries, keys.permute(0, 2, 3, 1)) * head_dim**-0.5  # [B, KVH, G, L]
-    weights = torch.softmax((scores + decode.mask).float(), dim=-1).to(q.dtype)
-    attended = torch.matmul(weights, values.transpose(1, 2))  # [B, KVH, G, D]
-    return attended.reshape(batch, num_kv_heads * group, head_dim)
+    attended = F.scaled_dot_product_attention(
+        q[:batch].unsqueeze(2),  # [B, H, 1, D]
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=decode.mask,
+        enable_gqa=True,
+    )
+    return attended.squeeze(2)
 
 
 def paged_attention(
@@ -81,8 +83,9 @@ def paged_attention(
     key_cache, value_cache = kv_cache[0], kv_cache[1]
     key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
     value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    if meta.decode is not None and not meta.prefills:
+        return _decode_attention(q, key_cache, value_cache, meta.decode)
     out = torch.empty_like(q)
-
     if meta.decode is not None:
         out[: meta.decode.num_seqs] = _decode_attention(q, key_cache, value_cache, meta.decode)
 

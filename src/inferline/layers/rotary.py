@@ -80,8 +80,17 @@ def rotary_inv_freq(
     )
 
 
+RopeTable = tuple[torch.Tensor, torch.Tensor]
+"""cos and sign-folded sin for one step's positions, each [T, 1, head_dim]."""
+
+
 class RotaryEmbedding:
-    """Applies rotary embeddings to q and k at given positions; the table lives on the model's device."""
+    """Rotary embeddings for q and k at given positions; the tables live on the model's device.
+
+    A step looks its positions up once (`table`) and every layer applies them (`apply`) to its queries
+    and keys together: rotate-half is a roll by half the head dimension with the sign folded into the
+    sin table, so a layer pays four element-wise kernels, not a dozen.
+    """
 
     def __init__(
         self, head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int
@@ -90,24 +99,24 @@ class RotaryEmbedding:
         inv_freq, attention_factor = rotary_inv_freq(head_dim, theta, scaling, max_positions)
         positions = torch.arange(max_positions, dtype=torch.float64, device="cpu")
         freqs = torch.outer(positions, inv_freq.cpu())
-        angles = torch.cat([freqs, freqs], dim=-1)
-        self.cos = (angles.cos() * attention_factor).float()  # [max_positions, head_dim]
-        self.sin = (angles.sin() * attention_factor).float()
+        self.cos = (torch.cat([freqs, freqs], dim=-1).cos() * attention_factor).float()  # [P, head_dim]
+        sin = freqs.sin() * attention_factor
+        self.signed_sin = torch.cat([-sin, sin], dim=-1).float()
+        self.half = head_dim // 2
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the tables to the model's device and dtype (called once after loading)."""
-        self.cos = self.cos.to(device=device, dtype=dtype)
-        self.sin = self.sin.to(device=device, dtype=dtype)
+    def to(self, device: torch.device) -> None:
+        """Move the tables to the model's device (called once after loading); they stay float32."""
+        self.cos = self.cos.to(device=device)
+        self.signed_sin = self.signed_sin.to(device=device)
 
-    def __call__(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: [T]; q: [T, H, D]; k: [T, KVH, D]
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def table(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTable:
+        """cos and signed sin for these positions ([T] -> two [T, 1, D]) in the dtype of q and k."""
+        return (
+            self.cos[positions].unsqueeze(1).to(dtype),
+            self.signed_sin[positions].unsqueeze(1).to(dtype),
+        )
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    def apply(self, x: torch.Tensor, table: RopeTable) -> torch.Tensor:
+        # x: [T, heads, D] (queries and key heads side by side) -> rotated copy
+        cos, signed_sin = table
+        return x * cos + torch.roll(x, self.half, dims=-1) * signed_sin

@@ -13,7 +13,7 @@ from torch import nn
 
 from inferline.layers.attention import AttentionMetadata, paged_attention
 from inferline.layers.norm import RMSNorm
-from inferline.layers.rotary import RotaryEmbedding
+from inferline.layers.rotary import RopeTable, RotaryEmbedding
 from inferline.models.config import ModelConfig
 
 
@@ -32,17 +32,16 @@ class LlamaAttention(nn.Module):
         self.rotary = rotary
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+        self, rope: RopeTable, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        # x: [T, hidden]
+        # x: [T, hidden]. Attention runs in the cache's dtype (float32 on the CPU, see ModelRunner).
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, KVH, D]
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        qkv = self.qkv_proj(x).to(kv_cache.dtype)
+        qk = qkv[:, : self.q_size + self.kv_size].view(num_tokens, self.num_heads + self.num_kv_heads, -1)
+        q, k = self.rotary.apply(qk, rope).split([self.num_heads, self.num_kv_heads], dim=1)
+        v = qkv[:, self.q_size + self.kv_size :].view(num_tokens, self.num_kv_heads, self.head_dim)
         attended = paged_attention(q, k, v, kv_cache, meta)  # [T, H, D]
-        return self.o_proj(attended.view(num_tokens, self.q_size))
+        return self.o_proj(attended.view(num_tokens, self.q_size).to(x.dtype))
 
 
 class LlamaMLP(nn.Module):
@@ -66,9 +65,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
+        self, rope: RopeTable, x: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
+        x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -95,8 +94,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
+        rope = self.rotary.table(positions, kv_caches[0].dtype)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            x = layer(positions, x, kv_cache, meta)
+            x = layer(rope, x, kv_cache, meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -79,5 +79,5 @@ def build_model(
     model.load_state_dict(cast, strict=True, assign=True)
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
-    model.rotary.to(device, dtype)
+    model.rotary.to(device)
     return model.eval().requires_grad_(False)

@@ -122,10 +122,14 @@ class RolloutState:
 
 
 class RolloutStore:
-    """The `rollouts` table in the usage database; created on first use."""
+    """The `rollouts` table in the usage database; created on first use. A failed write is tried again
+    (`max_attempts` in all, backing off from `retry_delay_s`): a transition the router has already made must
+    not be missing from the table that a restarted server resumes from."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_attempts: int = 3, retry_delay_s: float = 0.05) -> None:
         self.url = url
+        self.max_attempts = max_attempts
+        self.retry_delay_s = retry_delay_s
         self._engine = open_engine(url)
         self._ready = False
         self._lock = threading.Lock()
@@ -144,14 +148,27 @@ class RolloutStore:
         return None if row is None else RolloutState(**row)
 
     def save(self, state: RolloutState) -> None:
-        """Replace the route's row (delete then insert: the same on SQLite and PostgreSQL)."""
+        """Replace the route's row (delete then insert: the same on SQLite and PostgreSQL). Blocks for at
+        most the retries' back-off (0.15 s by default), and only while the database fails."""
         self._ensure_schema()
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(delete(rollouts).where(rollouts.c.route == state.route))
-                connection.execute(insert(rollouts).values(**asdict(state)))
-        except SQLAlchemyError as error:
-            raise self._error("write", error) from None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(delete(rollouts).where(rollouts.c.route == state.route))
+                    connection.execute(insert(rollouts).values(**asdict(state)))
+                return
+            except SQLAlchemyError as error:
+                if attempt == self.max_attempts:
+                    raise self._error("write", error) from None
+                logger.warning(
+                    "rollout on route %s: storing its state (%s) failed: %s; trying again (%d of %d)",
+                    state.route,
+                    state.status,
+                    getattr(error, "orig", None) or error,
+                    attempt + 1,
+                    self.max_attempts,
+                )
+                time.sleep(self.retry_delay_s * 2 ** (attempt - 1))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -205,6 +222,8 @@ class RolloutController:
         self.clock = clock
         self.interval_s = interval_s
         self.plans: dict[str, _Plan] = {}
+        self._unsaved: set[str] = set()
+        """Routes whose latest transition the database refused even after the store's retries."""
 
     def start(self) -> None:
         """Resume each route's stored plan, or begin a new one when none is stored for this candidate."""
@@ -226,6 +245,8 @@ class RolloutController:
     def tick(self) -> None:
         """Record a Canary's rollback, and advance each plan whose step has lasted and has its samples.
         Writes only on a change: a handful of small rows per rollout."""
+        for route in sorted(self._unsaved):
+            self._store(self.plans[route])
         now = self.clock()
         for plan in self.plans.values():
             state = plan.state
@@ -326,7 +347,17 @@ class RolloutController:
     def _save(self, plan: _Plan, **changes: Any) -> None:
         for field, value in {**changes, "updated_at": self.clock()}.items():
             setattr(plan.state, field, value)
-        self.store.save(plan.state)
+        self._store(plan)
+
+    def _store(self, plan: _Plan) -> None:
+        try:
+            self.store.save(plan.state)
+        except RolloutError:
+            # The router already acts on the transition: every tick stores it again until the database
+            # takes it, or a restart would resume from the step before.
+            self._unsaved.add(plan.state.route)
+            raise
+        self._unsaved.discard(plan.state.route)
 
     @staticmethod
     def _counts(target: RolloutTarget) -> tuple[int, int]:

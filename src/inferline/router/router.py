@@ -173,6 +173,8 @@ class Routed(Generic[T]):
         self.degraded = False
         self.escalated: list[tuple[Deployment, Answer]] = []
         """Cascade stages that answered but were escalated; their tokens are billed too."""
+        self.mean_logprob: float | None = None
+        """The answer's mean token log-probability, when computed; set before `complete()`."""
         self.route_span: Span | None = None
         self.backend_span: Span | None = None
         """Traced requests: the spans that end when the answer has been delivered."""
@@ -225,6 +227,7 @@ class Routed(Generic[T]):
                 policy=self.state.config.policy,
                 cascade_stage=self.stage,
                 degraded=self.degraded,
+                mean_logprob=self.mean_logprob,
             )
         )
 

@@ -75,6 +75,29 @@ class _EngineFamilies:
             "Sequences preempted (their KV blocks reclaimed) since start.",
             labels=label,
         )
+        self.spec_drafted = CounterMetricFamily(
+            "inferline_spec_decode_draft_tokens",
+            "Speculative draft tokens verified since start.",
+            labels=label,
+        )
+        self.spec_accepted = CounterMetricFamily(
+            "inferline_spec_decode_accepted_tokens",
+            "Speculative draft tokens accepted since start.",
+            labels=label,
+        )
+        self.spec_steps = CounterMetricFamily(
+            "inferline_spec_decode_verify_steps", "Sequence-steps that verified draft tokens.", labels=label
+        )
+        self.spec_acceptance = GaugeMetricFamily(
+            "inferline_spec_decode_acceptance_ratio",
+            "Share of draft tokens accepted since start.",
+            labels=label,
+        )
+        self.spec_length = GaugeMetricFamily(
+            "inferline_spec_decode_mean_accepted_length",
+            "Tokens emitted per verify step (accepted drafts plus one) since start.",
+            labels=label,
+        )
 
     def add(self, deployment: Deployment) -> None:
         backend = deployment.backend
@@ -86,6 +109,21 @@ class _EngineFamilies:
         self.usage.add_metric(name, stats.kv_usage)
         self.prefix_hit_rate.add_metric(name, stats.prefix_hit_rate)
         self.preemptions.add_metric(name, stats.num_preemptions)
+        self.spec_drafted.add_metric(name, stats.spec_drafted_tokens)
+        self.spec_accepted.add_metric(name, stats.spec_accepted_tokens)
+        self.spec_steps.add_metric(name, stats.spec_verify_steps)
+        self.spec_acceptance.add_metric(name, stats.spec_acceptance_rate)
+        self.spec_length.add_metric(name, stats.spec_mean_accepted_length)
 
     def families(self) -> tuple[Metric, ...]:
-        return (self.blocks_used, self.usage, self.prefix_hit_rate, self.preemptions)
+        return (
+            self.blocks_used,
+            self.usage,
+            self.prefix_hit_rate,
+            self.preemptions,
+            self.spec_drafted,
+            self.spec_accepted,
+            self.spec_steps,
+            self.spec_acceptance,
+            self.spec_length,
+        )

@@ -74,6 +74,23 @@ class _Usage:
             self.cached += delta.usage.cached_prompt_tokens
 
 
+@dataclass
+class _Confidence:
+    """The mean log-probability of the sampled tokens seen so far (deltas carry them when computed)."""
+
+    total: float = 0.0
+    num_tokens: int = 0
+
+    def add(self, delta: Delta) -> None:
+        for entry in delta.logprobs or []:
+            self.total += entry.logprob
+            self.num_tokens += 1
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.num_tokens if self.num_tokens else None
+
+
 def sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
@@ -81,14 +98,13 @@ def sse(payload: dict[str, Any] | str) -> bytes:
 
 def _confidence(generation: Generation) -> Answer:
     """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
-    usage = _Usage()
-    texts, logprobs = [], []
+    usage, confidence = _Usage(), _Confidence()
+    texts = []
     for _, delta in generation.firsts:
         usage.add(delta)
+        confidence.add(delta)
         texts.append(delta.text)
-        logprobs += [entry.logprob for entry in delta.logprobs or []]
-    mean = sum(logprobs) / len(logprobs) if logprobs else None
-    return Answer("".join(texts), mean, usage.prompt, usage.completion)
+    return Answer("".join(texts), confidence.mean, usage.prompt, usage.completion)
 
 
 class OpenAIServing:
@@ -105,10 +121,12 @@ class OpenAIServing:
         worst_case: WorstCase,
     ) -> Routed[Generation]:
         cascade = self.router.resolve(body.model).config.policy == "cascade"
+        # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not; so does the
+        # usage record's mean_logprob when every answer's confidence is recorded.
+        need_logprobs = cascade or self.router.config.telemetry.record_mean_logprob
 
         async def attempt(deployment: Deployment, final: bool) -> Generation:
-            # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not.
-            requests = build(cascade)
+            requests = build(need_logprobs)
             firsts, rest = await deployment.within(self._first_and_rest(deployment, requests))
             if body.stream and final:
                 return Generation(firsts, rest)
@@ -135,13 +153,15 @@ class OpenAIServing:
         self, routed: Routed[Generation], n: int, num_prompts: int
     ) -> tuple[list[_Choice], _Usage]:
         choices = [_Choice() for _ in range(num_prompts * n)]
-        usage = _Usage()
+        usage, confidence = _Usage(), _Confidence()
         for prompt_index, delta in routed.value.firsts:
             choice = choices[prompt_index * n + delta.index]
             choice.text += delta.text
             choice.logprobs += delta.logprobs or []
             choice.finish_reason = delta.finish_reason or choice.finish_reason
             usage.add(delta)
+            confidence.add(delta)
+        routed.mean_logprob = confidence.mean
         await routed.complete(usage.prompt, usage.completion)
         return choices, usage
 
@@ -222,7 +242,7 @@ class OpenAIServing:
     ) -> AsyncIterator[bytes]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage = _Usage()
+        usage, confidence = _Usage(), _Confidence()
         outcome = "aborted"  # unless the loop below finishes: the client left mid-stream
         try:
             for frame in preamble:
@@ -230,6 +250,7 @@ class OpenAIServing:
             try:
                 async for prompt_index, delta in _chain(routed.value.firsts, routed.value.rest):
                     usage.add(delta)
+                    confidence.add(delta)
                     choice = choice_for(prompt_index, delta)
                     if choice is not None:
                         yield sse({**head, "choices": [choice]})
@@ -242,6 +263,7 @@ class OpenAIServing:
                 yield sse(openai_error_body(to_http_error(error)))
             yield sse("[DONE]")
         finally:
+            routed.mean_logprob = confidence.mean
             await routed.complete(usage.prompt, usage.completion, outcome)
 
     # ---- completions ----------------------------------------------------------------------------

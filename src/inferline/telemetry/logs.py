@@ -132,7 +132,7 @@ def _access_fields(log: RequestLog, method: str, path: str, status: int, latency
             cost=usage.cost,
         )
     if log.request_body is not None and log.response_body is not None:
-        fields.update(_captured_text(bytes(log.request_body), bytes(log.response_body)))
+        fields.update(captured_text(bytes(log.request_body), bytes(log.response_body)))
     return fields
 
 
@@ -155,7 +155,7 @@ def _append(buffer: bytearray, data: bytes) -> None:
     buffer += data[: MAX_CAPTURE_BYTES - len(buffer)]
 
 
-def _captured_text(request_body: bytes, response_body: bytes) -> dict[str, Any]:
+def captured_text(request_body: bytes, response_body: bytes) -> dict[str, Any]:
     """`prompt`: the request's messages, prompt or input as sent; `completion`: each choice's text."""
     fields: dict[str, Any] = {}
     request = _json(request_body)

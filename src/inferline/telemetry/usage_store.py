@@ -34,7 +34,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -70,6 +72,8 @@ usage_records = Table(
     Column("degraded", Boolean, nullable=False),
     Column("error_type", String(128), nullable=False),
     Column("finished_at", Double, nullable=False),
+    # Columns added after the first release are nullable: ensure_schema adds them to older tables.
+    Column("mean_logprob", Double, nullable=True),
     # Every summary filters on a time window, and a tenant's own view on the tenant too.
     Index("ix_usage_records_finished_at", "finished_at"),
     Index("ix_usage_records_tenant_finished_at", "tenant", "finished_at"),
@@ -231,7 +235,26 @@ class UsageStore:
                 connection.execute(CreateTable(usage_records, if_not_exists=True))
                 for index in usage_records.indexes:
                     connection.execute(CreateIndex(index, if_not_exists=True))
+            self._add_new_columns()
             self._schema_ready = True
+
+    def _add_new_columns(self) -> None:
+        """Give a table an older inferline created the columns added since; another process adding the
+        same column at the same moment is not an error."""
+        present = self._column_names()
+        for column in usage_records.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(self.engine.dialect)
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(text(f"ALTER TABLE usage_records ADD COLUMN {column.name} {kind}"))
+            except SQLAlchemyError:
+                if column.name not in self._column_names():
+                    raise
+
+    def _column_names(self) -> set[str]:
+        return {column["name"] for column in inspect(self.engine).get_columns(usage_records.name)}
 
     def insert_many(self, records: list[UsageRecord]) -> None:
         """All of them in one transaction: once this returns they are on disk."""

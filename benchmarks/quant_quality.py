@@ -1,0 +1,87 @@
+"""How close quantized weights stay to the float model: greedy token agreement and perplexity.
+
+The float32 model is the reference. Each format greedily continues the same prompts (64 tokens each,
+end-of-sequence ignored); agreement is the share of each continuation equal to the reference's before
+the first differing token (and, looser, the share of equal positions). Perplexity is scored on the
+fixed text in benchmarks/data/quality_text.txt (original prose, ~430 tokens).
+
+    .venv/bin/python benchmarks/quant_quality.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from inferline import LLM, SamplingParams
+from inferline.bench.quality import perplexity, token_agreement
+from inferline.config import EngineConfig
+from inferline.engine.model_loader import LoadedModel, load_model
+
+TEXT = Path(__file__).with_name("data") / "quality_text.txt"
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+    "Water boils at a temperature of",
+    "The three primary colours are",
+    "To make bread you need flour, water,",
+    "The first person to walk on the moon was",
+    "A list of prime numbers: 2, 3, 5,",
+]
+FORMATS = {
+    "float32": EngineConfig(device="cpu", dtype="float32"),
+    "bfloat16": EngineConfig(device="cpu", dtype="bfloat16"),
+    "int8": EngineConfig(device="cpu", quantization="int8"),
+    "int4": EngineConfig(device="cpu", quantization="int4"),
+}
+
+
+def greedy(loaded: LoadedModel, new_tokens: int) -> list[list[int]]:
+    llm = LLM(loaded=loaded, kv_cache_bytes=128 << 20)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    rows = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for name, config in FORMATS.items():
+        loaded = load_model(config)
+        ids = loaded.tokenizer.encode(TEXT.read_text())
+        outputs[name] = greedy(loaded, args.new_tokens)
+        # bfloat16 is the fair reference for the quantized formats: they compute in it.
+        versus_float = token_agreement(outputs["float32"], outputs[name])
+        versus_bf16 = token_agreement(outputs.get("bfloat16", outputs["float32"]), outputs[name])
+        rows[name] = {
+            "perplexity": perplexity(loaded, ids),
+            "text_tokens": len(ids),
+            "prefix_agreement_float32": versus_float.matching_prefix,
+            "position_agreement_float32": versus_float.matching_positions,
+            "prefix_agreement_bfloat16": versus_bf16.matching_prefix,
+        }
+    print(
+        "| weights | perplexity | vs float32 | prefix agreement with float32 | positions equal to float32 "
+        "| prefix agreement with bfloat16 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    base = rows["float32"]["perplexity"]
+    for name, row in rows.items():
+        print(
+            f"| {name} | {row['perplexity']:.2f} | {row['perplexity'] / base - 1:+.1%} | "
+            f"{row['prefix_agreement_float32']:.0%} | {row['position_agreement_float32']:.0%} | "
+            f"{row['prefix_agreement_bfloat16']:.0%} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

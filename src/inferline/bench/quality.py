@@ -1,0 +1,63 @@
+"""How much a quantized model's answers drift from the float model's: token agreement and perplexity.
+
+Agreement: greedy continuations of the same prompts, compared position by position up to the first
+divergence and in total (after a divergence the two continue from different text, so the prefix
+length is the honest figure). Perplexity: exp of the mean negative log-likelihood of a fixed text,
+scored by the engine's own forward pass over the paged cache, one prompt chunk per window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from inferline.engine.model_loader import LoadedModel
+from inferline.engine.runner import allocate_kv_caches, kv_cache_dtype
+from inferline.layers.attention import AttentionMetadata, PrefillChunk
+
+
+@dataclass
+class Agreement:
+    matching_prefix: float
+    """Mean fraction of each continuation that equals the reference's before the first difference."""
+    matching_positions: float
+    """Fraction of all positions where the two continuations hold the same token."""
+
+
+def token_agreement(reference: list[list[int]], candidate: list[list[int]]) -> Agreement:
+    prefixes, same, total = [], 0, 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        prefix = next((i for i, (a, b) in enumerate(zip(ref, cand, strict=False)) if a != b), len(ref))
+        prefixes.append(prefix / len(ref))
+        same += sum(a == b for a, b in zip(ref, cand, strict=False))
+        total += len(ref)
+    return Agreement(sum(prefixes) / len(prefixes), same / total)
+
+
+@torch.inference_mode()
+def perplexity(loaded: LoadedModel, token_ids: list[int], window: int = 512) -> float:
+    """Perplexity of `token_ids` under the model, scored in independent windows of `window` tokens."""
+    model, config, device = loaded.model, loaded.config, loaded.device
+    block_size = 16
+    num_blocks = -(-window // block_size)
+    layer_shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+    kv_dtype = kv_cache_dtype(loaded.dtype, device)
+    kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, kv_dtype, device)
+    total_nll, scored = 0.0, 0
+    for start in range(0, len(token_ids) - 1, window):
+        ids = torch.tensor(token_ids[start : start + window], device=device)
+        n = len(ids)
+        if n < 2:
+            break
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(n, device=device),
+            decode=None,
+            prefills=[PrefillChunk(0, n, 0, torch.arange(num_blocks, device=device))],
+        )
+        hidden = model(ids, torch.arange(n, device=device), kv_caches, meta)
+        logprobs = torch.log_softmax(model.compute_logits(hidden[:-1]).float(), dim=-1)
+        total_nll -= logprobs.gather(1, ids[1:, None]).sum().item()
+        scored += n - 1
+    return math.exp(total_nll / scored)
