@@ -76,7 +76,9 @@ VARIANTS: dict[str, dict[str, str | int]] = {
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"quantization": "int8"},
     "int4": {"quantization": "int4"},
-    "int8-1t": {"quantization": "int8", "single_stream_threads": 1},
+    # The same weights decoded op by op in PyTorch, without the C++ decode step (layers/cpu_decode.py).
+    "int8-eager": {"quantization": "int8", "cpu_decode_step": False},
+    "int4-eager": {"quantization": "int4", "cpu_decode_step": False},
 }
 
 
@@ -145,13 +147,16 @@ def main() -> None:
         default="bfloat16,int8,int4",
         help=f"inferline weight formats to run: {', '.join(VARIANTS)}",
     )
+    parser.add_argument(
+        "--tag", default="", help="added to the result files' names, so a second run on a day keeps the first"
+    )
     parser.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     gguf = resolve("default").path
     llama = find_llama_server()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = date.today().isoformat()
+    stamp = date.today().isoformat() + (f"-{args.tag}" if args.tag else "")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         servers = [

@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from inferline.config import EngineConfig
 from inferline.engine.async_engine import AsyncEngine, EngineStoppedError
@@ -114,3 +115,38 @@ def test_duplicate_request_id_is_refused_without_hurting_the_first(
     _, reason, tokens = asyncio.run(main())
     assert reason in {"stop", "length"}
     assert tokens > 0
+
+
+def test_a_server_leaves_the_event_loop_a_core_while_one_stream_decodes(default_model: LoadedModel) -> None:
+    cores = torch.get_num_threads()
+    seen: list[tuple[int, int]] = []  # (tokens in the step, torch threads it ran on)
+
+    async def main() -> None:
+        engine = await AsyncEngine.load(EngineConfig(kv_cache_bytes=64 << 20))
+        model = engine.core.runner.model
+        forward = model.forward
+
+        def recording_forward(input_ids, *args):  # type: ignore[no-untyped-def]
+            seen.append((len(input_ids), torch.get_num_threads()))
+            return forward(input_ids, *args)
+
+        model.forward = recording_forward  # type: ignore[method-assign]
+        try:
+            await collect(engine, request(default_model, "r1", "Count to five:", max_tokens=4, temperature=0))
+        finally:
+            await engine.shutdown(drain_timeout_s=0)
+
+    asyncio.run(main())
+    assert seen[0][0] > 1  # the prompt's prefill...
+    assert seen[0][1] == cores  # ...takes every thread
+    assert {threads for tokens, threads in seen[1:]} == {max(1, cores - 1)}
+    assert torch.get_num_threads() == cores  # the engine thread's setting stays on the engine thread
+
+
+def test_an_explicit_single_stream_thread_count_is_kept(default_model: LoadedModel) -> None:
+    async def main() -> int | None:
+        engine = await AsyncEngine.load(EngineConfig(kv_cache_bytes=64 << 20, single_stream_threads=2))
+        await engine.shutdown(drain_timeout_s=0)
+        return engine.core.runner.single_stream_threads
+
+    assert asyncio.run(main()) == 2

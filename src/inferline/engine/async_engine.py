@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
+import torch
+
 from inferline.config import EngineConfig
 from inferline.engine.core import EngineCore, EngineStats
 from inferline.errors import InferlineError, InvalidRequestError
@@ -48,6 +50,11 @@ class AsyncEngine:
     @classmethod
     async def load(cls, config: EngineConfig) -> AsyncEngine:
         """Load the model off the event loop, then start the engine thread."""
+        if config.single_stream_threads is None:
+            # Served, a lone stream's step shares the CPU with the event loop: leave it a core (see
+            # EngineConfig.single_stream_threads for the measurements).
+            threads = max(1, torch.get_num_threads() - 1)
+            config = config.model_copy(update={"single_stream_threads": threads})
         core = await asyncio.to_thread(EngineCore, config)
         return cls(core)
 

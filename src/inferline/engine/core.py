@@ -91,13 +91,20 @@ class EngineCore:
             config.block_size,
             Sampler(config.seed, self.loaded.device),
             config.single_stream_threads,
+            config.cpu_decode_step,
         )
         self.proposer: Proposer | None = None
         if spec is not None:
             draft_runner = None
             if draft is not None:
                 sampler = DraftSampler(config.seed + 1, draft.device)
-                draft_runner = ModelRunner(draft.model, plan.num_blocks, config.block_size, sampler)
+                draft_runner = ModelRunner(
+                    draft.model,
+                    plan.num_blocks,
+                    config.block_size,
+                    sampler,
+                    cpu_decode_step=config.cpu_decode_step,
+                )
             self.proposer = build_proposer(spec, draft_runner)
         self.requests: dict[str, _RequestState] = {}
         self.num_steps = 0

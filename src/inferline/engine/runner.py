@@ -53,6 +53,7 @@ class ModelRunner:
         block_size: int,
         sampler: Sampler,
         single_stream_threads: int | None = None,
+        cpu_decode_step: bool = True,
     ) -> None:
         config = model.config
         self.model = model
@@ -64,6 +65,10 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, self.dtype, self.device)
         self.all_threads = torch.get_num_threads()
         self.single_stream_threads = single_stream_threads
+        # The model may be shared between engines (tests, benchmarks): this engine's choice holds.
+        model.cpu_decode = None
+        if cpu_decode_step and self.device.type == "cpu":
+            model.use_cpu_decode_step()
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> dict[str, list[SampledToken]]:
@@ -127,7 +132,7 @@ class ModelRunner:
                 past_context, float("-inf")
             )
             mask = mask.view(len(decodes), 1, 1, -1)
-            decode_batch = DecodeBatch(len(decodes), torch.tensor(tables, device=device), mask)
+            decode_batch = DecodeBatch(len(decodes), torch.tensor(tables, device=device), mask, context_lens)
 
         prefill_meta = []
         row = len(decodes)

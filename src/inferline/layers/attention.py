@@ -28,6 +28,8 @@ class DecodeBatch:
     """[num_seqs, max_blocks] int64, padded with any valid block id (masked out)."""
     mask: torch.Tensor
     """[num_seqs, 1, 1, max_blocks * block_size] additive in the cache's dtype: 0 in context, -inf past it."""
+    context_lens: torch.Tensor
+    """[num_seqs] int64: tokens of each sequence in the cache, this step's included."""
 
 
 @dataclass

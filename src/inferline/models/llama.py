@@ -7,11 +7,14 @@ runs four matmuls; `models/weights.py` builds the fused weights from a checkpoin
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from inferline.layers.attention import AttentionMetadata, paged_attention
+from inferline.layers.cpu_decode import CpuDecodeStep, DecoderLayerWeights, load_decode_kernels
 from inferline.layers.norm import RMSNorm
 from inferline.layers.rotary import RopeTable, RotaryEmbedding
 from inferline.models.config import ModelConfig
@@ -70,6 +73,16 @@ class LlamaDecoderLayer(nn.Module):
         x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def cpu_decode_weights(self) -> DecoderLayerWeights:
+        return DecoderLayerWeights(
+            input_norm=self.input_layernorm.weight,
+            qkv_proj=self.self_attn.qkv_proj,
+            o_proj=self.self_attn.o_proj,
+            post_norm=self.post_attention_layernorm.weight,
+            gate_up_proj=self.mlp.gate_up_proj,
+            down_proj=self.mlp.down_proj,
+        )
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -84,6 +97,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.cpu_decode: CpuDecodeStep | None = None
 
     def forward(
         self,
@@ -95,9 +109,24 @@ class LlamaForCausalLM(nn.Module):
         # input_ids, positions: [T] -> hidden states [T, hidden]
         x = self.embed_tokens(input_ids)
         rope = self.rotary.table(positions, kv_caches[0].dtype)
+        if self.cpu_decode is not None and self.cpu_decode.handles(meta):
+            return self.norm(self.cpu_decode(x, rope, kv_caches, meta))
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(rope, x, kv_cache, meta)
         return self.norm(x)
+
+    def use_cpu_decode_step(self) -> bool:
+        """Decode small batches with the C++ step (layers/cpu_decode.py) from now on, if it builds here.
+
+        Call after the weights are final (quantized, on the CPU): the step keeps references to them."""
+        if not load_decode_kernels():
+            return False
+        layers = [cast(LlamaDecoderLayer, layer).cpu_decode_weights() for layer in self.layers]
+        config = self.config
+        self.cpu_decode = CpuDecodeStep(
+            layers, config.num_attention_heads, config.num_key_value_heads, config.rms_norm_eps
+        )
+        return True
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [N, hidden] -> logits [N, vocab]; only rows that sample pay for the vocabulary matmul.
