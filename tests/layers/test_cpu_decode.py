@@ -8,7 +8,8 @@ from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.runner import allocate_kv_caches
 from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
-from inferline.layers.cpu_decode import MAX_ROWS, CpuDecodeStep, load_decode_kernels
+from inferline.layers.cpu_decode import MAX_ROWS, CpuDecodeStep
+from inferline.layers.cpu_kernels import load_cpu_kernels
 
 BLOCK_SIZE = 4
 # Three sequences whose blocks lie out of order and apart in the pool, with different context lengths.
@@ -16,7 +17,7 @@ PROMPT_LENS = [5, 11, 23]
 BLOCK_TABLES = [[7, 2], [3, 9, 0], [12, 5, 11, 1, 14, 6]]
 NUM_BLOCKS = 16
 
-pytestmark = pytest.mark.skipif(not load_decode_kernels(), reason="no C++ compiler to build the step")
+pytestmark = pytest.mark.skipif(not load_cpu_kernels(), reason="no C++ compiler to build the step")
 
 
 def _prefill(loaded: LoadedModel, caches: list[torch.Tensor]) -> None:

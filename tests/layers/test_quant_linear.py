@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from inferline.layers import quant_linear
 from inferline.layers.quant_linear import SMALL_BATCH_ROWS, Int4Linear, Int8Linear, quantize_linears
 
 
@@ -46,3 +47,32 @@ def test_quantize_linears_replaces_every_linear() -> None:
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert sum(isinstance(m, Int8Linear) for m in model.modules()) == 2
     assert model(torch.randn(3, 64).bfloat16()).shape == (3, 64)
+
+
+def test_int4_keeps_the_vocabulary_projection_in_int8() -> None:
+    model = nn.Module()
+    model.proj = nn.Linear(64, 64)
+    model.lm_head = nn.Linear(64, 128, bias=False)
+    quantize_linears(model, "int4", torch.bfloat16)
+    assert isinstance(model.proj, Int4Linear)
+    assert isinstance(model.lm_head, Int8Linear)
+
+
+@pytest.mark.parametrize("rows", [1, 5, SMALL_BATCH_ROWS])
+def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int) -> None:
+    # The kernel quantizes activations per group of 32 to int8; the dense path multiplies exactly.
+    weight = torch.randn(80, 192, generator=torch.Generator().manual_seed(4)) * 0.05
+    layer = Int4Linear(weight, torch.randn(80), torch.bfloat16)
+    x = torch.randn(rows, 192, generator=torch.Generator().manual_seed(5)).bfloat16()
+    dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()
+    got = layer(x).float()
+    assert ((got - dense).norm() / dense.norm()).item() < 0.01
+
+
+def test_int4_dequantizes_the_same_with_and_without_the_cpp_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = Int4Linear(torch.randn(48, 96, generator=torch.Generator().manual_seed(6)), None, torch.bfloat16)
+    with_kernels = layer.dequantized(torch.float32)
+    monkeypatch.setattr(quant_linear, "load_cpu_kernels", lambda: False)
+    torch.testing.assert_close(layer.dequantized(torch.float32), with_kernels, atol=1e-6, rtol=1e-6)
+    x = torch.randn(3, 96).bfloat16()
+    torch.testing.assert_close(layer(x).float(), x.float() @ with_kernels.t(), atol=0.05, rtol=0.02)

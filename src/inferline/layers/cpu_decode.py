@@ -1,4 +1,4 @@
-"""The CPU decode step in C++ (csrc/decode_step.cpp): every decoder layer of a small decode batch in
+"""The CPU decode step in C++: every decoder layer of a small decode batch in
 one call.
 
 Run op by op, a decode step of SmolLM2-135M on the CPU spent about half its time outside the weight
@@ -9,83 +9,25 @@ It takes decode-only batches of up to MAX_ROWS sequences; larger batches and pre
 dispatch over many rows and stay on the eager path (layers/attention.py), which it matches to
 rounding (tests/layers/test_cpu_decode.py).
 
-The extension is compiled with the machine's C++ compiler (through torch.utils.cpp_extension and
-ninja) into torch's extension cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR): once per
-machine and source version, about 10 s on 2 cores, done by `scripts/install.sh`. Where it cannot be
-built the eager path runs, and the log says why.
+The C++ source is layers/csrc/cpu_kernels.cpp, built by layers/cpu_kernels.py.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import torch
 from torch import nn
 
 from inferline.layers.attention import AttentionMetadata
-from inferline.layers.quant_linear import INT4_GROUP_SIZE, Int4Linear, Int8Linear
+from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.layers.rotary import RopeTable
-
-logger = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("csrc") / "decode_step.cpp"
 
 MAX_ROWS = 16
 """Largest decode batch the C++ step takes: the int8 kernels' limit too (quant_linear.SMALL_BATCH_ROWS)."""
 
 _WEIGHT_KINDS = {nn.Linear: 0, Int8Linear: 1, Int4Linear: 2}
-
-
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only"]
-
-
-def _build_directory() -> Path:
-    """One folder per source, flags, torch version and CPU: a cached build is reused only as built."""
-    key = hashlib.sha256(SOURCE.read_bytes())
-    key.update(" ".join([*_CFLAGS, torch.__version__, torch.backends.cpu.get_cpu_capability()]).encode())
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    return root / f"inferline_decode_step_{key.hexdigest()[:16]}"
-
-
-@functools.cache
-def load_decode_kernels() -> bool:
-    """Load the C++ step, compiling it first if this machine has no build of this source yet.
-
-    False, with a warning, when it cannot be built. A cached build loads in milliseconds: without the
-    cpp_extension machinery, which alone takes a second to import.
-    """
-    directory = _build_directory()
-    library = directory / f"{directory.name}.so"
-    try:
-        if library.is_file():
-            torch.ops.load_library(str(library))
-            return True
-        from torch.utils import cpp_extension
-
-        if shutil.which("ninja") is None:  # the ninja package's binary, when its venv is not activated
-            import ninja
-
-            os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
-        directory.mkdir(parents=True, exist_ok=True)
-        logger.info("compiling the C++ CPU decode step into %s (once per machine)", directory)
-        cpp_extension.load(
-            name=directory.name,
-            sources=[str(SOURCE)],
-            extra_cflags=_CFLAGS,
-            build_directory=str(directory),
-            is_python_module=False,
-        )
-    except Exception as error:  # no compiler, no ninja, a read-only cache: run the eager path instead
-        logger.warning("the C++ CPU decode step could not be built (%s); decoding with PyTorch ops", error)
-        return False
-    return True
 
 
 @dataclass
@@ -103,12 +45,12 @@ class DecoderLayerWeights:
 def _linear_tensors(module: nn.Module) -> tuple[int, list[torch.Tensor]]:
     """The weight format and [weight, scales, bias] of a projection, empty tensors where it has none."""
     empty = torch.empty(0)
-    scales: torch.Tensor = empty
     if isinstance(module, Int4Linear):
-        scales = module.scales_and_zeros
+        weight, scales = module.codes, module.scales_and_mins
     elif isinstance(module, Int8Linear):
-        scales = module.scales
-    weight = cast(torch.Tensor, module.weight)
+        weight, scales = module.weight, module.scales
+    else:
+        weight, scales = cast(torch.Tensor, module.weight), empty
     bias = cast(torch.Tensor | None, module.bias)
     return _WEIGHT_KINDS[type(module)], [weight, scales, empty if bias is None else bias]
 
@@ -127,7 +69,7 @@ class CpuDecodeStep:
             gate_up_kind, gate_up = _linear_tensors(layer.gate_up_proj)
             down_kind, down = _linear_tensors(layer.down_proj)
             kinds |= {qkv_kind, o_kind, gate_up_kind, down_kind}
-            # The order of csrc/decode_step.cpp's LayerTensor (projections other than qkv have no bias).
+            # The order of csrc/cpu_kernels.cpp's LayerTensor (projections other than qkv have no bias).
             weights += [layer.input_norm, *qkv, *o[:2], layer.post_norm, *gate_up[:2], *down[:2]]
         if len(kinds) != 1:
             raise ValueError(f"the C++ decode step needs one weight format in all layers, got kinds {kinds}")
@@ -152,7 +94,6 @@ class CpuDecodeStep:
             x,
             self.weights,
             self.weight_kind,
-            INT4_GROUP_SIZE,
             kv_caches,
             meta.slot_mapping,
             decode.block_tables,

@@ -1,17 +1,16 @@
-"""Weight-only quantized linear layers for the CPU: int8 per output channel, int4 in groups of 32.
+"""Weight-only quantized linear layers for the CPU: int8 and int4, in groups of 32 inputs.
 
-Decoding a few sequences is bound by reading weights, so smaller weights are faster: PyTorch's CPU
-kernels multiply bfloat16 activations by int8 (`_weight_int8pack_mm`) or packed int4
-(`_weight_int4pack_mm_for_cpu`) weights directly, 3-5x faster than a bfloat16 matmul for a few rows.
-Those kernels are matrix-vector loops, though: their cost grows with every row, while a bfloat16 GEMM
-barely notices 16 more. So for many rows at once (prefill chunks, large decode batches) the int8
-layer widens its weights to bfloat16 for the call and runs the GEMM; the widening costs about what
-16 rows of the kernel cost, and is paid once for all rows. Activations are never quantized: per-row
-int8 activations made the 135M model's perplexity 6% worse, weight-only int8 leaves it unchanged.
-The int4 layer has no GEMM path (its per-group scales vary along the input dimension), so it trades
-prefill speed for the smallest weights: choose it when memory, not throughput, is the limit.
-Scales are rounded to the activation dtype before the codes are chosen, so the codes are the best for
-the scales the kernel will actually use.
+The formats are GGUF's Q8_0 (int8 codes, a float16 scale per group) and Q4_1 (4-bit codes, a float16
+scale and minimum per group), so weights from such a GGUF carry over exactly. Decoding a few
+sequences is bound by reading weights, so smaller weights are faster: up to SMALL_BATCH_ROWS rows go
+through inferline's kernels (layers/csrc/cpu_kernels.cpp), which quantize the activations of each
+group to int8 and multiply with integer dot products, as llama.cpp does; 3-5x faster than a bfloat16
+matmul for a few rows. Those kernels are matrix-vector loops, though: their cost grows with every row,
+while a bfloat16 GEMM barely notices 16 more. So for many rows at once (prefill chunks, large decode
+batches) the layers widen their weights to bfloat16 for the call and run the GEMM; the widening costs
+about what 16 rows of the kernel cost, and is paid once for all rows. (Quantizing activations per row
+instead of per group of 32 made the 135M model's perplexity 6% worse; per group costs ~0.5%,
+benchmarks/RESULTS.md.) Without the C++ kernels every matmul takes the widened-weights path.
 """
 
 from __future__ import annotations
@@ -22,65 +21,104 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferline.layers.cpu_kernels import load_cpu_kernels
+
 QuantizationMode = Literal["none", "int8", "int4"]
 
 SMALL_BATCH_ROWS = 16
-"""Up to this many rows the int8 kernel wins; above it widening the weights for a GEMM does."""
+"""Up to this many rows the kernels win; above it widening the weights for a GEMM does."""
 
-INT4_GROUP_SIZE = 32
-"""GGUF's Q4 formats use blocks of 32 along the input dimension: the same groups keep their values."""
+GROUP_SIZE = 32
+"""GGUF's Q4_1 and Q8_0 use blocks of 32 along the input dimension: the same groups keep their values."""
 
 
 class Int8Linear(nn.Module):
-    """y = x W^T (+ b) with W stored as int8 [out, in] and one scale per output channel."""
+    """y = x W^T (+ b) with W stored as int8 [out, in], one float16 scale per group of 32 inputs
+    (GGUF's Q8_0, whose weights carry over exactly).
+
+    Few rows go through inferline's int8 kernel (int8 activations per group of 32, integer dot
+    products); many rows through a GEMM on the weights widened for the call.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()
-        w = weight.float()
-        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(dtype)
-        codes = (w / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
-        self.weight = nn.Parameter(codes, requires_grad=False)
+        out_features, in_features = weight.shape
+        groups = weight.float().view(out_features, in_features // GROUP_SIZE, GROUP_SIZE)
+        scales = (groups.abs().amax(dim=-1) / 127).clamp(min=1e-7).half()  # [out, groups]
+        codes = (groups / scales.float()[..., None]).round().clamp(-127, 127).to(torch.int8)
+        self.weight = nn.Parameter(codes.view(out_features, in_features), requires_grad=False)
         self.scales = nn.Parameter(scales, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] -> [T, out]
-        if x.shape[0] <= SMALL_BATCH_ROWS:
-            y = torch._weight_int8pack_mm(x, self.weight, self.scales)
+        if x.shape[0] <= SMALL_BATCH_ROWS and load_cpu_kernels():
+            y = torch.ops.inferline_cpu.int8_linear(x.contiguous(), self.weight, self.scales)
             return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight.to(x.dtype) * self.scales[:, None], self.bias)
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weights as a dense [out, in] matrix in `dtype`."""
+        out_features = self.weight.shape[0]
+        groups = self.weight.view(out_features, -1, GROUP_SIZE).to(dtype)
+        return (groups * self.scales.to(dtype)[..., None]).view(out_features, -1)
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T (+ b) with W in 4 bits: an asymmetric scale and offset per group of 32 inputs."""
+    """y = x W^T (+ b) with W in 4 bits: a scale and a minimum per group of 32 inputs (GGUF's Q4_1).
+
+    Few rows go through inferline's int4 kernel (layers/csrc/cpu_kernels.cpp: int8 activations per
+    group of 32 and integer dot products, as llama.cpp computes Q4_1); many rows through a GEMM on
+    the weights dequantized for the call. Without the C++ kernels both dequantize with PyTorch ops.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()
         out_features, in_features = weight.shape
-        groups = weight.float().view(out_features, in_features // INT4_GROUP_SIZE, INT4_GROUP_SIZE)
+        groups = weight.float().view(out_features, in_features // GROUP_SIZE, GROUP_SIZE)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        # The kernel computes (code - 8) * scale + zero, so zero is the value of code 8.
-        scales = ((high - low) / 15).clamp(min=1e-12).to(dtype)  # [out, groups]
-        zeros = (low + 8 * scales.float()).to(dtype)
-        codes = ((groups - zeros.float()[..., None]) / scales.float()[..., None] + 8).round().clamp(0, 15)
-        packed = torch._convert_weight_to_int4pack_for_cpu(codes.view(out_features, in_features).int(), 1)
-        self.weight = nn.Parameter(packed, requires_grad=False)
-        scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).contiguous()
-        self.scales_and_zeros = nn.Parameter(scales_and_zeros, requires_grad=False)  # [groups, out, 2]
+        # float16 like GGUF's own: a Q4_1 block's scale and minimum come back exactly.
+        scales = ((high - low) / 15).clamp(min=1e-7).half()  # [out, groups]
+        mins = low.half()
+        codes = ((groups - mins.float()[..., None]) / scales.float()[..., None]).round().clamp(0, 15)
+        codes = codes.to(torch.uint8).view(out_features, -1, 2, GROUP_SIZE // 2)
+        # Byte j of a group: element j in the low nibble, element j + 16 in the high one.
+        packed = codes[:, :, 0] | (codes[:, :, 1] << 4)
+        self.codes = nn.Parameter(packed.reshape(out_features, in_features // 2), requires_grad=False)
+        self.scales_and_mins = nn.Parameter(
+            torch.stack([scales, mins]), requires_grad=False
+        )  # [2, out, groups]
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] -> [T, out]
-        y = torch._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP_SIZE, self.scales_and_zeros)
-        return y if self.bias is None else y + self.bias
+        if x.shape[0] <= SMALL_BATCH_ROWS and load_cpu_kernels():
+            y = torch.ops.inferline_cpu.int4_linear(x.contiguous(), self.codes, self.scales_and_mins)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weights as a dense [out, in] matrix in `dtype`."""
+        if load_cpu_kernels():
+            return torch.ops.inferline_cpu.int4_dequantize(self.codes, self.scales_and_mins, dtype)
+        codes = torch.stack([self.codes & 15, self.codes >> 4], dim=2)  # [out, in / 2, 2]
+        out_features = codes.shape[0]
+        codes = codes.view(out_features, -1, 16, 2).transpose(2, 3).reshape(out_features, -1, GROUP_SIZE)
+        scales, mins = self.scales_and_mins.float()
+        return (codes.float() * scales[..., None] + mins[..., None]).view(out_features, -1).to(dtype)
+
+
+VOCABULARY_PROJECTION = "lm_head"
+"""Kept in int8 under int4: the one matrix whose 4-bit error shows. SmolLM2-135M's perplexity was +8%
+with a 4-bit vocabulary projection and +0.2% with an int8 one (its GGUF keeps it in Q8_0 too)."""
 
 
 def quantize_linears(model: nn.Module, mode: QuantizationMode, dtype: torch.dtype) -> None:
     """Replace every nn.Linear under `model` by its quantized form, in place (the float weights go)."""
     if mode == "none":
         return
-    layer = Int8Linear if mode == "int8" else Int4Linear
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
+                layer = Int8Linear if mode == "int8" or name == VOCABULARY_PROJECTION else Int4Linear
                 setattr(parent, name, layer(child.weight.detach(), child.bias, dtype))

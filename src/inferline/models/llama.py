@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from inferline.layers.attention import AttentionMetadata, paged_attention
-from inferline.layers.cpu_decode import CpuDecodeStep, DecoderLayerWeights, load_decode_kernels
+from inferline.layers.cpu_decode import CpuDecodeStep, DecoderLayerWeights
+from inferline.layers.cpu_kernels import load_cpu_kernels
 from inferline.layers.norm import RMSNorm
 from inferline.layers.rotary import RopeTable, RotaryEmbedding
 from inferline.models.config import ModelConfig
@@ -119,7 +120,7 @@ class LlamaForCausalLM(nn.Module):
         """Decode small batches with the C++ step (layers/cpu_decode.py) from now on, if it builds here.
 
         Call after the weights are final (quantized, on the CPU): the step keeps references to them."""
-        if not load_decode_kernels():
+        if not load_cpu_kernels():
             return False
         layers = [cast(LlamaDecoderLayer, layer).cpu_decode_weights() for layer in self.layers]
         config = self.config

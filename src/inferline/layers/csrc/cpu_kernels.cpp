@@ -1,0 +1,593 @@
+// The engine's CPU kernels: int4 weights multiplied as llama.cpp does (int8 activations, integer dot
+// products), and all decoder layers of a small decode batch in one call.
+//
+// Int4 (Int4Linear in layers/quant_linear.py): codes [N, K/2] uint8, block b of a row in bytes
+// [16b, 16b + 16), byte j holding element j in its low nibble and element j + 16 in its high one;
+// value = scale * code + min with scales_and_mins [2, N, K/32] float16 (GGUF Q4_1's own layout of a
+// block, so its weights carry over exactly). The activations of each block of 32 are quantized to
+// int8 with their own scale, and a block's dot product is two AVX-512 VNNI instructions: PyTorch's
+// int4 kernel, which widens every weight to float, took 1.5x as long to decode a token.
+//
+// The decode step: run op by op, a decode step of a small model is mostly overhead: ~45 eager ops a
+// layer, each paying dispatch and an allocation, around four weight kernels that do the real work.
+// Here everything between the weight kernels (RMSNorm, rotary, the KV write, attention over the paged
+// cache, SiLU-and-multiply) is a plain loop over the batch's few rows. Attention reads keys and values
+// in place through the block table: nothing is gathered or padded. Rounding follows the eager path
+// step by step (norm in float32, its output in the model's dtype, q/k/v and attention in float32, the
+// attention output rounded back), so both paths agree to the last bit or two.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
+#include <immintrin.h>
+#define INFERLINE_VNNI 1
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// ---- int4 weights ------------------------------------------------------------------------------
+
+constexpr int64_t kInt4Block = 32;
+
+// Activation rows quantized per block of 32, each block's elements 0-15 in `low`, 16-31 in `high`
+// (the order of the nibbles they meet).
+struct QuantizedRows {
+  int64_t blocks;
+  std::vector<int8_t> low, high;   // [rows, K/2]
+  std::vector<float> scale;        // [rows, K/32]
+  std::vector<float> scaled_sum;   // [rows, K/32]: scale times the sum of the block's codes
+};
+
+template <typename T>
+QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k) {
+  QuantizedRows q;
+  q.blocks = k / kInt4Block;
+  q.low.resize(rows * k / 2);
+  q.high.resize(rows * k / 2);
+  q.scale.resize(rows * q.blocks);
+  q.scaled_sum.resize(rows * q.blocks);
+  float values[kInt4Block];
+  for (int64_t block = 0; block < rows * q.blocks; ++block) {
+    float max_abs = 0.f;
+    for (int64_t j = 0; j < kInt4Block; ++j) {
+      values[j] = static_cast<float>(x[block * kInt4Block + j]);
+      max_abs = std::max(max_abs, std::fabs(values[j]));
+    }
+    const float scale = max_abs / 127.f;
+    const float inverse = scale > 0.f ? 1.f / scale : 0.f;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kInt4Block; ++j) {
+      const auto code = static_cast<int8_t>(std::nearbyint(values[j] * inverse));
+      sum += code;
+      (j < 16 ? q.low[block * 16 + j] : q.high[block * 16 + j - 16]) = code;
+    }
+    q.scale[block] = scale;
+    q.scaled_sum[block] = scale * static_cast<float>(sum);
+  }
+  return q;
+}
+
+inline float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+
+// Outputs of weight row `codes` for R consecutive activation rows: the codes are unpacked once and
+// used for every row (a decode batch of 16 would otherwise unpack each weight 16 times).
+template <int R>
+void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t* mins, const QuantizedRows& q,
+                   int64_t first_row, int64_t k, float* totals) {
+  const int64_t blocks = q.blocks;
+  const int8_t* low[R];
+  const int8_t* high[R];
+  const float* x_scale[R];
+  const float* x_sum[R];
+  for (int i = 0; i < R; ++i) {
+    low[i] = q.low.data() + (first_row + i) * k / 2;
+    high[i] = q.high.data() + (first_row + i) * k / 2;
+    x_scale[i] = q.scale.data() + (first_row + i) * blocks;
+    x_sum[i] = q.scaled_sum.data() + (first_row + i) * blocks;
+    totals[i] = 0.f;
+  }
+  int64_t b = 0;
+#ifdef INFERLINE_VNNI
+  // Four blocks at a time: 128 codes, 16 int32 lanes (four per block), one float scale per lane.
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i four_lanes_each = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 acc[R];
+  __m128 min_acc[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    min_acc[i] = _mm_setzero_ps();
+  }
+  for (; b + 4 <= blocks; b += 4) {
+    const __m512i packed = _mm512_loadu_si512(codes + b * 16);
+    const __m512i low_codes = _mm512_and_si512(packed, nibble);
+    const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    const __m128 w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b)));
+    const __m128 w_min = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins + b)));
+    for (int i = 0; i < R; ++i) {
+      __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes, _mm512_loadu_si512(low[i] + b * 16));
+      dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_loadu_si512(high[i] + b * 16));
+      const __m128 block_scale = _mm_mul_ps(w_scale, _mm_loadu_ps(x_scale[i] + b));
+      const __m512 lane_scale = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(block_scale));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
+      min_acc[i] = _mm_fmadd_ps(w_min, _mm_loadu_ps(x_sum[i] + b), min_acc[i]);
+    }
+  }
+  // Two blocks (K = 576 leaves two): 64 codes, 8 lanes.
+  __m256 acc2[R];
+  for (int i = 0; i < R; ++i) acc2[i] = _mm256_setzero_ps();
+  for (; b + 2 <= blocks; b += 2) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
+    const __m256i nibble2 = _mm256_set1_epi8(0x0F);
+    const __m256i low_codes = _mm256_and_si256(packed, nibble2);
+    const __m256i high_codes = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble2);
+    const float scale0 = half_to_float(scales[b]), scale1 = half_to_float(scales[b + 1]);
+    const float min0 = half_to_float(mins[b]), min1 = half_to_float(mins[b + 1]);
+    for (int i = 0; i < R; ++i) {
+      __m256i dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), low_codes,
+                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low[i] + b * 16)));
+      dots = _mm256_dpbusd_epi32(dots, high_codes,
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high[i] + b * 16)));
+      const __m256 lane_scale =
+          _mm256_set_m128(_mm_set1_ps(scale1 * x_scale[i][b + 1]), _mm_set1_ps(scale0 * x_scale[i][b]));
+      acc2[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), lane_scale, acc2[i]);
+      totals[i] += min0 * x_sum[i][b] + min1 * x_sum[i][b + 1];
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    totals[i] += _mm512_reduce_add_ps(_mm512_add_ps(acc[i], _mm512_castps256_ps512(acc2[i])));
+    const __m128 pair = _mm_add_ps(min_acc[i], _mm_movehl_ps(min_acc[i], min_acc[i]));
+    totals[i] += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+  }
+#endif
+  for (; b < blocks; ++b) {  // what is left, and every block on CPUs without AVX-512 VNNI
+    const uint8_t* c = codes + b * 16;
+    for (int i = 0; i < R; ++i) {
+      int32_t dot = 0;
+      for (int64_t j = 0; j < 16; ++j) dot += (c[j] & 15) * low[i][b * 16 + j] + (c[j] >> 4) * high[i][b * 16 + j];
+      totals[i] += half_to_float(scales[b]) * x_scale[i][b] * static_cast<float>(dot) +
+                   half_to_float(mins[b]) * x_sum[i][b];
+    }
+  }
+}
+
+constexpr int64_t kRowTile = 4;
+
+// Calls dot_rows<R> for the rows in tiles of up to kRowTile.
+template <typename T, typename DotRows>
+void for_row_tiles(int64_t rows, int64_t n, int64_t n_out, T* out, DotRows dot_rows) {
+  float totals[kRowTile];
+  for (int64_t r = 0; r < rows; r += kRowTile) {
+    const int64_t tile = std::min(kRowTile, rows - r);
+    dot_rows(r, tile, totals);
+    for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
+  }
+}
+
+template <typename T>
+void int4_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, const at::Tensor& scales_and_mins,
+                 T* out) {
+  const int64_t n_out = codes.size(0);
+  const int64_t blocks = k / kInt4Block;
+  const QuantizedRows q = quantize_rows(x, rows, k);
+  const auto* code_rows = codes.data_ptr<uint8_t>();
+  const auto* scales = reinterpret_cast<const uint16_t*>(scales_and_mins.data_ptr<at::Half>());
+  const uint16_t* mins = scales + n_out * blocks;
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const uint8_t* c = code_rows + n * k / 2;
+      const uint16_t* s = scales + n * blocks;
+      const uint16_t* m = mins + n * blocks;
+      for_row_tiles(rows, n, n_out, out, [&](int64_t first, int64_t tile, float* totals) {
+        switch (tile) {
+          case 4: return int4_dot_rows<4>(c, s, m, q, first, k, totals);
+          case 3: return int4_dot_rows<3>(c, s, m, q, first, k, totals);
+          case 2: return int4_dot_rows<2>(c, s, m, q, first, k, totals);
+          default: return int4_dot_rows<1>(c, s, m, q, first, k, totals);
+        }
+      });
+    }
+  });
+}
+
+void check_int4(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales_and_mins) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % kInt4Block == 0,
+              "int4 activations must be a contiguous [M, K] with K a multiple of 32");
+  TORCH_CHECK(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.size(1) * 2 == x.size(1),
+              "int4 codes must be a contiguous uint8 [N, K/2]");
+  TORCH_CHECK(scales_and_mins.scalar_type() == at::kHalf && scales_and_mins.is_contiguous() &&
+                  scales_and_mins.size(1) == codes.size(0) && scales_and_mins.size(2) * kInt4Block == x.size(1),
+              "int4 scales_and_mins must be a contiguous float16 [2, N, K/32]");
+}
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales_and_mins) {
+  check_int4(x, codes, scales_and_mins);
+  at::Tensor out = at::empty({x.size(0), codes.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int4_linear", [&] {
+    int4_matmul(x.data_ptr<scalar_t>(), x.size(0), x.size(1), codes, scales_and_mins, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// The weights as a dense [N, K] matrix, for a GEMM over many rows (prefill).
+at::Tensor int4_dequantize(const at::Tensor& codes, const at::Tensor& scales_and_mins, at::ScalarType dtype) {
+  const int64_t n_out = codes.size(0);
+  const int64_t k = codes.size(1) * 2;
+  const int64_t blocks = k / kInt4Block;
+  at::Tensor weight = at::empty({n_out, k}, codes.options().dtype(dtype));
+  const auto* code_rows = codes.data_ptr<uint8_t>();
+  const auto* scales = reinterpret_cast<const uint16_t*>(scales_and_mins.data_ptr<at::Half>());
+  const uint16_t* mins = scales + n_out * blocks;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "int4_dequantize", [&] {
+    scalar_t* out = weight.data_ptr<scalar_t>();
+    at::parallel_for(0, n_out * blocks, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const float scale = half_to_float(scales[block]);
+        const float min = half_to_float(mins[block]);
+        const uint8_t* c = code_rows + block * 16;
+        scalar_t* o = out + block * kInt4Block;
+        for (int64_t j = 0; j < 16; ++j) {
+          o[j] = static_cast<scalar_t>(scale * static_cast<float>(c[j] & 15) + min);
+          o[j + 16] = static_cast<scalar_t>(scale * static_cast<float>(c[j] >> 4) + min);
+        }
+      }
+    });
+  });
+  return weight;
+}
+
+// ---- int8 weights ------------------------------------------------------------------------------
+// Layout (Int8Linear): codes [N, K] int8 in -127..127, scales [N, K/32] float16 (GGUF's Q8_0).
+// Activations are quantized per block of 32 as for int4; a block's product is |x| times w with x's
+// signs moved onto w (the unsigned-by-signed multiply VNNI has).
+
+template <int R>
+void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedRows& q, int64_t first_row,
+                   int64_t k, float* totals) {
+  const int64_t blocks = q.blocks;
+  const int8_t* low[R];
+  const int8_t* high[R];
+  const float* x_scale[R];
+  for (int i = 0; i < R; ++i) {
+    low[i] = q.low.data() + (first_row + i) * k / 2;
+    high[i] = q.high.data() + (first_row + i) * k / 2;
+    x_scale[i] = q.scale.data() + (first_row + i) * blocks;
+    totals[i] = 0.f;
+  }
+  int64_t b = 0;
+#ifdef INFERLINE_VNNI
+  __m256 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  for (; b < blocks; ++b) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * kInt4Block));
+    const float w_scale = half_to_float(scales[b]);
+    for (int i = 0; i < R; ++i) {
+      const __m256i x = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high[i] + b * 16)),
+                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(low[i] + b * 16)));
+      const __m256i dots =
+          _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(w_scale * x_scale[i][b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
+    const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    totals[i] = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+  }
+#endif
+  for (; b < blocks; ++b) {  // every block on CPUs without AVX-512 VNNI
+    const int8_t* c = codes + b * kInt4Block;
+    for (int i = 0; i < R; ++i) {
+      int32_t dot = 0;
+      for (int64_t j = 0; j < 16; ++j) dot += c[j] * low[i][b * 16 + j] + c[j + 16] * high[i][b * 16 + j];
+      totals[i] += half_to_float(scales[b]) * x_scale[i][b] * static_cast<float>(dot);
+    }
+  }
+}
+
+template <typename T>
+void int8_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, const at::Tensor& scales, T* out) {
+  const int64_t n_out = codes.size(0);
+  const int64_t blocks = k / kInt4Block;
+  const QuantizedRows q = quantize_rows(x, rows, k);
+  const auto* code_rows = codes.data_ptr<int8_t>();
+  const auto* scale_rows = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int8_t* c = code_rows + n * k;
+      const uint16_t* s = scale_rows + n * blocks;
+      for_row_tiles(rows, n, n_out, out, [&](int64_t first, int64_t tile, float* totals) {
+        switch (tile) {
+          case 4: return int8_dot_rows<4>(c, s, q, first, k, totals);
+          case 3: return int8_dot_rows<3>(c, s, q, first, k, totals);
+          case 2: return int8_dot_rows<2>(c, s, q, first, k, totals);
+          default: return int8_dot_rows<1>(c, s, q, first, k, totals);
+        }
+      });
+    }
+  });
+}
+
+void check_int8(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % kInt4Block == 0,
+              "int8 activations must be a contiguous [M, K] with K a multiple of 32");
+  TORCH_CHECK(codes.scalar_type() == at::kChar && codes.is_contiguous() && codes.size(1) == x.size(1),
+              "int8 codes must be a contiguous int8 [N, K]");
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
+                  scales.size(1) * kInt4Block == x.size(1),
+              "int8 scales must be a contiguous float16 [N, K/32]");
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
+  check_int8(x, codes, scales);
+  at::Tensor out = at::empty({x.size(0), codes.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_linear", [&] {
+    int8_matmul(x.data_ptr<scalar_t>(), x.size(0), x.size(1), codes, scales, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// ---- the decode step ---------------------------------------------------------------------------
+
+// Per layer, `weights` holds these tensors in this order (an empty tensor where a layer has none).
+enum LayerTensor : int64_t {
+  kInputNorm,
+  kQkvWeight,
+  kQkvScales,
+  kQkvBias,
+  kOutWeight,
+  kOutScales,
+  kPostNorm,
+  kGateUpWeight,
+  kGateUpScales,
+  kDownWeight,
+  kDownScales,
+  kTensorsPerLayer,
+};
+
+// Weight formats, as layers/quant_linear.py stores them.
+enum WeightKind : int64_t { kDense = 0, kInt8 = 1, kInt4 = 2 };
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
+                  const at::Tensor& bias, int64_t kind) {
+  const bool has_bias = bias.defined() && bias.numel() > 0;
+  if (kind == kDense) {
+    return at::linear(x, weight, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt);
+  }
+  at::Tensor y = kind == kInt8 ? int8_linear(x, weight, scales) : int4_linear(x, weight, scales);
+  return has_bias ? y.add_(bias) : y;
+}
+
+// e^x as 2^n e^r with |r| <= ln(2)/2 and a degree-6 polynomial for e^r (Cephes' coefficients), about
+// 1 ulp from expf: plain arithmetic, so the loops that call it vectorise where libm's expf does not.
+inline float vector_exp(float x) {
+  x = std::min(88.37f, std::max(-87.33f, x));  // e^-87.33 is float's smallest normal: softmax's "zero"
+  const float n = std::floor(x * 1.44269504f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t exponent_bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_to_n;
+  std::memcpy(&two_to_n, &exponent_bits, sizeof two_to_n);
+  return p * two_to_n;
+}
+
+template <typename T>
+void rms_norm(const T* x, const T* weight, T* out, int64_t rows, int64_t dim, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + r * dim;
+    float sum_sq = 0.f;
+    for (int64_t i = 0; i < dim; ++i) {
+      const float v = static_cast<float>(row[i]);
+      sum_sq += v * v;
+    }
+    const float inv_rms = 1.f / std::sqrt(sum_sq / static_cast<float>(dim) + eps);
+    T* out_row = out + r * dim;
+    for (int64_t i = 0; i < dim; ++i) {
+      const T normed = static_cast<T>(static_cast<float>(row[i]) * inv_rms);
+      out_row[i] = static_cast<T>(static_cast<float>(weight[i]) * static_cast<float>(normed));
+    }
+  }
+}
+
+// Rotate-half rotary on one head: out[i] = x[i] cos[i] + x[i +- D/2] signed_sin[i] (sign in the table).
+template <typename T>
+void rotate(const T* x, const float* cos, const float* signed_sin, float* out, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < head_dim; ++i) {
+    const int64_t partner = i < half ? i + half : i - half;
+    out[i] = static_cast<float>(x[i]) * cos[i] + static_cast<float>(x[partner]) * signed_sin[i];
+  }
+}
+
+struct Shapes {
+  int64_t batch, num_heads, num_kv_heads, head_dim, block_size, max_blocks;
+};
+
+// Rotary on q and k, k and v written to their cache slots; q (rotated, float32) into `queries`.
+template <typename T>
+void write_kv(const T* qkv, const float* cos, const float* signed_sin, const int64_t* slots,
+              float* key_cache, float* value_cache, float* queries, const Shapes& s) {
+  const int64_t d = s.head_dim;
+  const int64_t row_size = (s.num_heads + 2 * s.num_kv_heads) * d;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const T* row = qkv + b * row_size;
+    const float* c = cos + b * d;
+    const float* sn = signed_sin + b * d;
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      rotate(row + h * d, c, sn, queries + (b * s.num_heads + h) * d, d);
+    }
+    float* key_slot = key_cache + slots[b] * s.num_kv_heads * d;
+    float* value_slot = value_cache + slots[b] * s.num_kv_heads * d;
+    for (int64_t h = 0; h < s.num_kv_heads; ++h) {
+      rotate(row + (s.num_heads + h) * d, c, sn, key_slot + h * d, d);
+      const T* v = row + (s.num_heads + s.num_kv_heads + h) * d;
+      for (int64_t i = 0; i < d; ++i) value_slot[h * d + i] = static_cast<float>(v[i]);
+    }
+  }
+}
+
+// Softmax attention of each query head over its sequence's context, read through the block table.
+template <typename T>
+void attend(const float* queries, const float* key_cache, const float* value_cache,
+            const int64_t* block_tables, const int64_t* context_lens, T* out, const Shapes& s) {
+  const int64_t d = s.head_dim;
+  const int64_t group = s.num_heads / s.num_kv_heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  const int64_t work = s.batch * s.num_heads;
+  // One unit of work is a (sequence, head) pair; short contexts stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, context_lens[0] * d));
+  at::parallel_for(0, work, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    std::vector<float> acc(d);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t b = unit / s.num_heads;
+      const int64_t h = unit % s.num_heads;
+      const int64_t kv_head = h / group;
+      const int64_t context = context_lens[b];
+      const int64_t* table = block_tables + b * s.max_blocks;
+      const float* q = queries + unit * d;
+      scores.resize(context);
+      // Walk the context block by block: no division per key.
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int64_t start = 0; start < context; start += s.block_size) {
+        const int64_t first_slot = table[start / s.block_size] * s.block_size;
+        const int64_t count = std::min(s.block_size, context - start);
+        for (int64_t j = 0; j < count; ++j) {
+          const float* k = key_cache + ((first_slot + j) * s.num_kv_heads + kv_head) * d;
+          float dot = 0.f;
+          for (int64_t i = 0; i < d; ++i) dot += q[i] * k[i];
+          scores[start + j] = dot * scale;
+          max_score = std::max(max_score, scores[start + j]);
+        }
+      }
+      float* p = scores.data();
+      float total = 0.f;
+      for (int64_t t = 0; t < context; ++t) {  // a loop of its own, so it vectorises
+        p[t] = vector_exp(p[t] - max_score);
+        total += p[t];
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t start = 0; start < context; start += s.block_size) {
+        const int64_t first_slot = table[start / s.block_size] * s.block_size;
+        const int64_t count = std::min(s.block_size, context - start);
+        for (int64_t j = 0; j < count; ++j) {
+          const float* v = value_cache + ((first_slot + j) * s.num_kv_heads + kv_head) * d;
+          const float weight = p[start + j];
+          for (int64_t i = 0; i < d; ++i) acc[i] += weight * v[i];
+        }
+      }
+      T* o = out + unit * d;
+      for (int64_t i = 0; i < d; ++i) o[i] = static_cast<T>(acc[i] / total);
+    }
+  });
+}
+
+template <typename T>
+void silu_and_mul(const T* gate_up, T* out, int64_t rows, int64_t intermediate) {
+  std::vector<float> gate(intermediate);
+  std::vector<float> sigmoid(intermediate);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = gate_up + r * 2 * intermediate;
+    const T* up = row + intermediate;
+    T* o = out + r * intermediate;
+    for (int64_t i = 0; i < intermediate; ++i) gate[i] = static_cast<float>(row[i]);
+    for (int64_t i = 0; i < intermediate; ++i) {  // plain floats only, so it vectorises
+      sigmoid[i] = 1.f / (1.f + vector_exp(-gate[i]));
+    }
+    for (int64_t i = 0; i < intermediate; ++i) {
+      const T activated = static_cast<T>(gate[i] * sigmoid[i]);
+      o[i] = static_cast<T>(static_cast<float>(activated) * static_cast<float>(up[i]));
+    }
+  }
+}
+
+template <typename T>
+void run_layers(at::Tensor& x, const std::vector<at::Tensor>& w, int64_t kind,
+                const std::vector<at::Tensor>& kv_caches, const at::Tensor& slot_mapping,
+                const at::Tensor& block_tables, const at::Tensor& context_lens, const at::Tensor& cos,
+                const at::Tensor& signed_sin, Shapes s, double eps) {
+  const int64_t hidden = x.size(1);
+  const int64_t q_size = s.num_heads * s.head_dim;
+  at::Tensor normed = at::empty_like(x);
+  at::Tensor queries = at::empty({s.batch, s.num_heads, s.head_dim}, x.options().dtype(at::kFloat));
+  at::Tensor attended = at::empty({s.batch, q_size}, x.options());
+  at::Tensor activated;
+  for (size_t layer = 0; layer < kv_caches.size(); ++layer) {
+    const at::Tensor* lw = w.data() + layer * kTensorsPerLayer;
+    const at::Tensor& cache = kv_caches[layer];  // [2, num_blocks, block_size, KVH, D] float32
+    const int64_t half = cache.numel() / 2;
+
+    rms_norm(x.data_ptr<T>(), lw[kInputNorm].data_ptr<T>(), normed.data_ptr<T>(), s.batch, hidden,
+             static_cast<float>(eps));
+    at::Tensor qkv = linear(normed, lw[kQkvWeight], lw[kQkvScales], lw[kQkvBias], kind);
+    write_kv(qkv.data_ptr<T>(), cos.data_ptr<float>(), signed_sin.data_ptr<float>(),
+             slot_mapping.data_ptr<int64_t>(), cache.data_ptr<float>(), cache.data_ptr<float>() + half,
+             queries.data_ptr<float>(), s);
+    attend(queries.data_ptr<float>(), cache.data_ptr<float>(), cache.data_ptr<float>() + half,
+           block_tables.data_ptr<int64_t>(), context_lens.data_ptr<int64_t>(), attended.data_ptr<T>(), s);
+    x.add_(linear(attended, lw[kOutWeight], lw[kOutScales], at::Tensor(), kind));
+
+    rms_norm(x.data_ptr<T>(), lw[kPostNorm].data_ptr<T>(), normed.data_ptr<T>(), s.batch, hidden,
+             static_cast<float>(eps));
+    at::Tensor gate_up = linear(normed, lw[kGateUpWeight], lw[kGateUpScales], at::Tensor(), kind);
+    const int64_t intermediate = gate_up.size(1) / 2;
+    if (!activated.defined()) activated = at::empty({s.batch, intermediate}, x.options());
+    silu_and_mul(gate_up.data_ptr<T>(), activated.data_ptr<T>(), s.batch, intermediate);
+    x.add_(linear(activated, lw[kDownWeight], lw[kDownScales], at::Tensor(), kind));
+  }
+}
+
+at::Tensor decode_layers(const at::Tensor& hidden, at::TensorList weights, int64_t weight_kind,
+                         at::TensorList kv_caches, const at::Tensor& slot_mapping,
+                         const at::Tensor& block_tables, const at::Tensor& context_lens,
+                         const at::Tensor& cos, const at::Tensor& signed_sin, int64_t num_heads,
+                         int64_t num_kv_heads, double eps) {
+  TORCH_CHECK(hidden.dim() == 2 && hidden.is_contiguous(), "hidden must be a contiguous [B, hidden]");
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) ==
+                  static_cast<int64_t>(kv_caches.size()) * kTensorsPerLayer,
+              "expected ", kTensorsPerLayer, " weight tensors per layer");
+  const at::Tensor& cache = kv_caches[0];
+  TORCH_CHECK(cache.scalar_type() == at::kFloat && cache.is_contiguous(), "the KV cache must be float32");
+  Shapes s{hidden.size(0), num_heads, num_kv_heads, cache.size(4), cache.size(2), block_tables.size(1)};
+  std::vector<at::Tensor> w(weights.begin(), weights.end());
+  std::vector<at::Tensor> caches(kv_caches.begin(), kv_caches.end());
+  at::Tensor x = hidden.clone();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "decode_layers", [&] {
+    run_layers<scalar_t>(x, w, weight_kind, caches, slot_mapping, block_tables, context_lens,
+                         cos.contiguous(), signed_sin.contiguous(), s, eps);
+  });
+  return x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(inferline_cpu, m) {
+  m.def(
+      "decode_layers(Tensor hidden, Tensor[] weights, int weight_kind, "
+      "Tensor[] kv_caches, Tensor slot_mapping, Tensor block_tables, Tensor context_lens, Tensor cos, "
+      "Tensor signed_sin, int num_heads, int num_kv_heads, float eps) -> Tensor");
+  m.def("int4_linear(Tensor x, Tensor codes, Tensor scales_and_mins) -> Tensor");
+  m.def("int4_dequantize(Tensor codes, Tensor scales_and_mins, ScalarType dtype) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor codes, Tensor scales) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(inferline_cpu, CPU, m) {
+  m.impl("decode_layers", decode_layers);
+  m.impl("int4_linear", int4_linear);
+  m.impl("int4_dequantize", int4_dequantize);
+  m.impl("int8_linear", int8_linear);
+}
