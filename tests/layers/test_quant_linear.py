@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from inferline.errors import ModelLoadError
 from inferline.layers import quant_linear
 from inferline.layers.quant_linear import SMALL_BATCH_ROWS, Int4Linear, Int8Linear, quantize_linears
 
@@ -77,3 +78,9 @@ def test_int4_dequantizes_the_same_with_and_without_the_cpp_kernels(monkeypatch:
     torch.testing.assert_close(layer.dequantized(torch.float32), with_kernels, atol=1e-6, rtol=1e-6)
     x = torch.randn(3, 96).bfloat16()
     torch.testing.assert_close(layer(x).float(), x.float() @ with_kernels.t(), atol=0.05, rtol=0.02)
+
+
+def test_layers_whose_inputs_do_not_fill_groups_of_32_are_refused_by_name() -> None:
+    model = nn.Sequential(nn.Linear(40, 32))
+    with pytest.raises(ModelLoadError, match=r"quantization 'int8'.*0 has 40 inputs.*quantization: none"):
+        quantize_linears(model, "int8", torch.bfloat16)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferline.errors import ModelLoadError
 from inferline.layers.cpu_kernels import load_cpu_kernels
 
 QuantizationMode = Literal["none", "int8", "int4"]
@@ -120,5 +121,10 @@ def quantize_linears(model: nn.Module, mode: QuantizationMode, dtype: torch.dtyp
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
+                if child.in_features % GROUP_SIZE:
+                    raise ModelLoadError(
+                        f"quantization {mode!r} groups each layer's inputs by {GROUP_SIZE}, but {name} has "
+                        f"{child.in_features} inputs; load this model with quantization: none"
+                    )
                 layer = Int8Linear if mode == "int8" or name == VOCABULARY_PROJECTION else Int4Linear
                 setattr(parent, name, layer(child.weight.detach(), child.bias, dtype))

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -161,15 +162,26 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
 
 constexpr int64_t kRowTile = 4;
 
-// Calls dot_rows<R> for the rows in tiles of up to kRowTile.
-template <typename T, typename DotRows>
-void for_row_tiles(int64_t rows, int64_t n, int64_t n_out, T* out, DotRows dot_rows) {
-  float totals[kRowTile];
-  for (int64_t r = 0; r < rows; r += kRowTile) {
-    const int64_t tile = std::min(kRowTile, rows - r);
-    dot_rows(r, tile, totals);
-    for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
-  }
+// out[r, n] = dot(n, first_row, R, totals) for every weight row n (split over threads) and every tile
+// of R <= kRowTile activation rows; R comes as a compile-time constant, so each tile size gets its
+// own unrolled accumulators.
+template <typename T, typename Dot>
+void tiled_matmul(int64_t rows, int64_t n_out, T* out, Dot dot) {
+  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
+    float totals[kRowTile];
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t r = 0; r < rows; r += kRowTile) {
+        const int64_t tile = std::min(kRowTile, rows - r);
+        switch (tile) {
+          case 4: dot(n, r, std::integral_constant<int, 4>{}, totals); break;
+          case 3: dot(n, r, std::integral_constant<int, 3>{}, totals); break;
+          case 2: dot(n, r, std::integral_constant<int, 2>{}, totals); break;
+          default: dot(n, r, std::integral_constant<int, 1>{}, totals); break;
+        }
+        for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
+      }
+    }
+  });
 }
 
 template <typename T>
@@ -181,26 +193,19 @@ void int4_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, c
   const auto* code_rows = codes.data_ptr<uint8_t>();
   const auto* scales = reinterpret_cast<const uint16_t*>(scales_and_mins.data_ptr<at::Half>());
   const uint16_t* mins = scales + n_out * blocks;
-  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const uint8_t* c = code_rows + n * k / 2;
-      const uint16_t* s = scales + n * blocks;
-      const uint16_t* m = mins + n * blocks;
-      for_row_tiles(rows, n, n_out, out, [&](int64_t first, int64_t tile, float* totals) {
-        switch (tile) {
-          case 4: return int4_dot_rows<4>(c, s, m, q, first, k, totals);
-          case 3: return int4_dot_rows<3>(c, s, m, q, first, k, totals);
-          case 2: return int4_dot_rows<2>(c, s, m, q, first, k, totals);
-          default: return int4_dot_rows<1>(c, s, m, q, first, k, totals);
-        }
-      });
-    }
+  tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
+    int4_dot_rows<decltype(tile)::value>(code_rows + n * k / 2, scales + n * blocks, mins + n * blocks, q, first,
+                                         k, totals);
   });
 }
 
-void check_int4(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales_and_mins) {
+void check_activations(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % kInt4Block == 0,
-              "int4 activations must be a contiguous [M, K] with K a multiple of 32");
+              "quantized-weight activations must be a contiguous [M, K] with K a multiple of 32");
+}
+
+void check_int4(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales_and_mins) {
+  check_activations(x);
   TORCH_CHECK(codes.scalar_type() == at::kByte && codes.is_contiguous() && codes.size(1) * 2 == x.size(1),
               "int4 codes must be a contiguous uint8 [N, K/2]");
   TORCH_CHECK(scales_and_mins.scalar_type() == at::kHalf && scales_and_mins.is_contiguous() &&
@@ -300,25 +305,13 @@ void int8_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, c
   const QuantizedRows q = quantize_rows(x, rows, k);
   const auto* code_rows = codes.data_ptr<int8_t>();
   const auto* scale_rows = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
-  at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const int8_t* c = code_rows + n * k;
-      const uint16_t* s = scale_rows + n * blocks;
-      for_row_tiles(rows, n, n_out, out, [&](int64_t first, int64_t tile, float* totals) {
-        switch (tile) {
-          case 4: return int8_dot_rows<4>(c, s, q, first, k, totals);
-          case 3: return int8_dot_rows<3>(c, s, q, first, k, totals);
-          case 2: return int8_dot_rows<2>(c, s, q, first, k, totals);
-          default: return int8_dot_rows<1>(c, s, q, first, k, totals);
-        }
-      });
-    }
+  tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
+    int8_dot_rows<decltype(tile)::value>(code_rows + n * k, scale_rows + n * blocks, q, first, k, totals);
   });
 }
 
 void check_int8(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % kInt4Block == 0,
-              "int8 activations must be a contiguous [M, K] with K a multiple of 32");
+  check_activations(x);
   TORCH_CHECK(codes.scalar_type() == at::kChar && codes.is_contiguous() && codes.size(1) == x.size(1),
               "int8 codes must be a contiguous int8 [N, K]");
   TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
