@@ -39,6 +39,10 @@ class BackendUnavailableError(InferlineError):
         self.retry_after_s = retry_after_s
 
 
+class EngineStoppedError(InferlineError):
+    """The engine is shutting down and takes no new requests; another deployment may."""
+
+
 class LimitExceededError(InferlineError):
     """A quota or budget is used up. `scope` is who it belongs to ("tenant:alpha", "team:ml", "key:ci"),
     `limit` which one ("requests_per_minute", "tokens_per_minute", "max_concurrent", "budget")."""

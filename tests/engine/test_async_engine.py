@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from inferline.config import EngineConfig
-from inferline.engine.async_engine import AsyncEngine, EngineStoppedError
+from inferline.engine.async_engine import AsyncEngine
+from inferline.errors import EngineStoppedError
 from inferline.engine.core import EngineCore
 from inferline.engine.model_loader import LoadedModel
 from inferline.errors import InvalidRequestError

@@ -19,14 +19,10 @@ import torch
 
 from inferline.config import EngineConfig
 from inferline.engine.core import EngineCore, EngineStats
-from inferline.errors import InferlineError, InvalidRequestError
+from inferline.errors import EngineStoppedError, InferlineError, InvalidRequestError
 from inferline.types import Delta, Request
 
 logger = logging.getLogger(__name__)
-
-
-class EngineStoppedError(InferlineError):
-    """The engine is shutting down and takes no new requests."""
 
 
 @dataclass

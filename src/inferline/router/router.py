@@ -24,9 +24,9 @@ from typing import Any, Generic, TypeVar
 from opentelemetry.trace import Span
 
 from inferline.config import CascadeConfig, RouteConfig, ServerConfig
-from inferline.engine.async_engine import EngineStoppedError
 from inferline.errors import (
     BackendUnavailableError,
+    EngineStoppedError,
     InvalidRequestError,
     LimitExceededError,
     ModelNotFoundError,

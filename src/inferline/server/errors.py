@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferline.backends.base import UnsupportedOperationError
-from inferline.engine.async_engine import EngineStoppedError
 from inferline.errors import (
     BackendUnavailableError,
+    EngineStoppedError,
     InferlineError,
     InvalidRequestError,
     LimitExceededError,
