@@ -20,7 +20,8 @@ from inferline.registry.bundle import BundleMetadata, build_bundle
 from inferline.registry.catalog import open_catalog
 from inferline.registry.rollout import RolloutController, RolloutError, RolloutStore
 from inferline.registry.signing import generate_key_pair, sign_bundle
-from inferline.router.router import Router, WorstCase
+from inferline.router.request import WorstCase
+from inferline.router.router import Router
 from inferline.server.rollout_admin import rollout_controller
 from inferline.testing.stub_upstream import start_stub
 from tests.router.test_router import answers, caller, deployment, make_router

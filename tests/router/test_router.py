@@ -22,9 +22,11 @@ from inferline.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
+from inferline.router.attempt import Routed
 from inferline.router.deployments import Deployment, DeploymentPool
 from inferline.router.limits import Limiter, Principal
-from inferline.router.router import Answer, Caller, Routed, Router, WorstCase
+from inferline.router.request import Answer, Caller, WorstCase
+from inferline.router.router import Router
 from inferline.types import Priority, UsageRecord
 
 
@@ -346,11 +348,11 @@ def test_canary_rolls_back_on_slower_p95_but_not_on_equal_figures() -> None:
     for _ in range(10):
         state.arms["v1"].record(0.1, False)
         state.arms["v2"].record(0.1, False)
-    router.judge_canary(state)
+    state.judge_canary()
     assert state.canary.status == "active"
     for _ in range(10):
         state.arms["v2"].record(0.5, False)
-    router.judge_canary(state)
+    state.judge_canary()
     assert state.canary.status == "rolled_back"
     assert "p95 latency" in state.canary.decisions[-1].reason
 

@@ -9,6 +9,7 @@ with a 400 instead of guessing from the type.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -64,6 +65,25 @@ class BackendStats:
     running: int
     estimated_wait_s: float
     """Rough time a new request would wait before it starts."""
+
+
+@dataclass
+class WaitMeter:
+    """How long a request waited on an upstream outside this process: from the moment its request was
+    sent to the arrival of the latest bytes read, the longest where several go at once. What inferline
+    itself added (x-inferline-overhead-ms) is the rest, our own client and decoding included."""
+
+    upstream_s: float = 0.0
+    measured: bool = False
+    """False where the backend has no upstream to wait on (local models are waiting time throughout)."""
+
+    def waited(self, sent_at: float, arrived_at: float) -> None:
+        self.upstream_s = max(self.upstream_s, arrived_at - sent_at)
+        self.measured = True
+
+
+wait_meter: ContextVar[WaitMeter | None] = ContextVar("inferline_wait_meter", default=None)
+"""The current attempt's meter; the router sets it, a backend that calls an upstream adds to it."""
 
 
 @runtime_checkable

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from inferline.backends.base import WaitMeter, wait_meter
+
 
 class HttpError(Exception):
     """The exchange failed below HTTP: no connection, a reset, a malformed answer, a stall."""
@@ -54,6 +56,9 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.sent_at = 0.0
+        self.arrived_at = 0.0
+        """perf_counter() when the request went out, and when the latest bytes of its answer came in."""
         self._reset()
 
     def _reset(self) -> None:
@@ -72,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.arrived_at = time.perf_counter()
         self.received_any = True
         try:
             self.parser.feed_data(data)
@@ -113,6 +119,7 @@ class _Connection(asyncio.Protocol):
             self._fail(ConnectionClosedError("closed the connection"))
             return
         self.transport.write(data)
+        self.sent_at = time.perf_counter()
 
     async def wait(self, timeout_s: float | None) -> None:
         """Until something new arrives (headers, body, the end) or the exchange fails."""
@@ -155,11 +162,16 @@ class _Connection(asyncio.Protocol):
 class Response:
     """Status and headers at once; the body read whole (`read`) or as lines (`lines`)."""
 
-    def __init__(self, pool: HttpPool, connection: _Connection) -> None:
-        self._pool, self._connection = pool, connection
+    def __init__(self, pool: HttpPool, connection: _Connection, meter: WaitMeter | None) -> None:
+        self._pool, self._connection, self._meter = pool, connection, meter
         self.status = connection.status
         self.headers = connection.headers
         self._released = False
+        self._waited()
+
+    def _waited(self) -> None:
+        if self._meter is not None:
+            self._meter.waited(self._connection.sent_at, self._connection.arrived_at)
 
     async def _next_chunk(self) -> bytes | None:
         connection = self._connection
@@ -168,6 +180,7 @@ class Response:
                 self._release()
                 return None
             await connection.wait(self._pool.read_timeout_s)
+            self._waited()
         return connection.chunks.popleft()
 
     async def read(self) -> bytes:
@@ -275,7 +288,7 @@ class HttpPool:
         connection.send(data)
         while not connection.headers_done:
             await connection.wait(None)
-        return Response(self, connection)
+        return Response(self, connection, wait_meter.get())
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         now = time.monotonic()

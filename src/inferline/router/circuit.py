@@ -1,8 +1,9 @@
 """A circuit breaker per deployment: closed → open after N failures in a window → half-open probe.
 
 Every path that sends a request to a deployment (the policy's pick, a fallback, a retry, a cascade
-stage, a degradation target) asks `allow()` first, so no path can skip an open breaker. In half-open
-exactly one probe is in flight; its outcome closes the breaker or opens it for another cooldown.
+stage, a degradation target) asks `enter()` first, so no path can skip an open breaker. In half-open
+exactly one probe is in flight; its outcome closes the breaker or opens it for another cooldown, and
+only the attempt that holds the probe may release it.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self.opened_at + self.config.cooldown_s - self.clock())
 
-    def allow(self) -> bool:
-        """May a request go to this deployment now? In half-open, only the one probe may."""
+    def enter(self) -> bool | None:
+        """Let a request through: None when the circuit refuses it; otherwise whether it is the half-open
+        probe, which its attempt must end with record_success, record_failure or release_probe."""
         state = self.state
         if state == "closed":
-            return True
+            return False
         if state == "half_open" and not self.probe_in_flight:
             self.probe_in_flight = True
             return True
-        return False
+        return None
 
     def record_success(self) -> None:
         self.failures.clear()

@@ -5,9 +5,11 @@ deployments, admission (degrade to the route's smaller target, or 429, when the 
 over the caller's class budget), then attempts: skip deployments whose circuit is open, hold the
 worst-case cost against every budget above the caller, take a concurrency slot, and call. A failed
 attempt (unreachable, timed out, overloaded) falls back to the next deployment, up to the route's
-max_attempts; a cascade stage whose answer is not confident escalates to the next stage. The caller
-gets a `Routed` whose `complete()` it calls once when the answer has been delivered: that frees the
-slot, bills the tokens, feeds the canary and per-arm figures, and emits the UsageRecord.
+max_attempts; a cascade stage whose answer is not confident escalates to the next stage. Each try is
+an `Attempt` (attempt.py) that owns its hold, slot, breaker probe and span and gives them back on its
+one exit. The caller gets a `Routed` whose `complete()` it calls once when the answer has been
+delivered: that closes the answering attempt and hands the outcome to the `UsageRecorder`, which bills
+the tokens, feeds the canary and per-arm figures, and emits the UsageRecord.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -26,61 +27,26 @@ from opentelemetry.trace import Span
 from inferline.config import CascadeConfig, RouteConfig, ServerConfig
 from inferline.errors import (
     BackendUnavailableError,
-    EngineStoppedError,
-    InvalidRequestError,
     LimitExceededError,
     ModelNotFoundError,
     ModelNotReadyError,
     QueueFullError,
 )
 from inferline.router import policies
-from inferline.router.arm_stats import ArmStats
-from inferline.router.canary import Canary
+from inferline.router.attempt import BUSY, UNAVAILABLE, Attempt, Delivered, Routed
 from inferline.router.deployments import Deployment, DeploymentPool
-from inferline.router.limits import Admission, Limiter, Principal
+from inferline.router.limits import Admission, Limiter
+from inferline.router.recorder import UsageRecorder
+from inferline.router.request import Answer, Caller, WorstCase
+from inferline.router.route_state import RouteState
 from inferline.telemetry import tracing
-from inferline.types import Priority, UsageRecord
+from inferline.types import UsageRecord
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_UNAVAILABLE = (BackendUnavailableError, EngineStoppedError)
-"""Failures that say nothing about the request: count against the breaker, fall back."""
-_BUSY = (QueueFullError,)
-"""The deployment is full: fall back, but it is not broken."""
-
-
-@dataclass(frozen=True)
-class Caller:
-    request_id: str
-    principal: Principal
-    priority: Priority
-    user: str | None = None
-    """The body's `user` field; sticky splits key on it."""
-
-
-@dataclass(frozen=True)
-class WorstCase:
-    """The most tokens a request can use, priced before it runs so budgets can never be overrun."""
-
-    prompt_tokens: int
-    completion_tokens: int | None
-    """Per completion; None: as many as the deployment allows."""
-    completions: int = 1
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a cascade stage produced, for the confidence check."""
-
-    text: str
-    mean_logprob: float | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-Attempt = Callable[[Deployment, bool], Awaitable[T]]
+Call = Callable[[Deployment, bool], Awaitable[T]]
 """Run the request on this deployment; the flag is False for a cascade stage that may be escalated
 (its answer must be complete, not a stream). Raises to fail over."""
 
@@ -98,140 +64,6 @@ def escalation_reason(config: CascadeConfig, answer: Answer) -> str | None:
     return None
 
 
-def _decision(run: _Run[Any], routed: Routed[Any] | None) -> dict[str, Any]:
-    """The route span's attributes: what the router chose for the request, and what it tried first."""
-    attributes: dict[str, Any] = {
-        "inferline.route.attempts": len(run.failed) + len(run.escalated) + (routed is not None)
-    }
-    if run.failed:
-        attributes["inferline.route.fallbacks"] = run.failed
-    if run.skipped:
-        attributes["inferline.route.skipped"] = [d.name for d in run.skipped]
-    if routed is not None:
-        attributes["inferline.route.deployment"] = routed.deployment.name
-        if routed.degraded:
-            attributes["inferline.route.degraded"] = True
-        if routed.stage is not None:
-            attributes["inferline.route.cascade_stage"] = routed.stage
-    return attributes
-
-
-class RouteState:
-    def __init__(self, config: RouteConfig, implicit: bool = False) -> None:
-        self.config = config
-        self.implicit = implicit
-        self.weights = dict(config.weights)
-        window = config.canary.window if config.canary is not None else 200
-        self.arms: dict[str, ArmStats] = {name: ArmStats(window) for name in config.members()}
-        self.canary = Canary(config.name, config.canary) if config.canary is not None else None
-
-    def snapshot(self, pool: DeploymentPool) -> dict[str, Any]:
-        arms = {}
-        for name, stats in self.arms.items():
-            deployment = pool.by_name[name]
-            arms[name] = {
-                **stats.snapshot(),
-                "weight": self.weights.get(name),
-                "circuit": deployment.breaker.state,
-                "ready": deployment.ready,
-                "in_flight": deployment.in_flight,
-                "waiting": deployment.waiting,
-                "estimated_wait_s": round(deployment.estimated_wait_s(), 4),
-                "estimated_first_token_s": round(deployment.estimated_first_result_s(), 4),
-            }
-        return {
-            "policy": self.config.policy,
-            "arms": arms,
-            "canary": self.canary.snapshot() if self.canary is not None else None,
-            "degrade_to": self.config.degrade_to,
-            "fallbacks": self.config.fallbacks,
-        }
-
-
-class Routed(Generic[T]):
-    """A request's answer in progress on the deployment that took it."""
-
-    def __init__(
-        self,
-        router: Router,
-        state: RouteState,
-        caller: Caller,
-        admission: Admission,
-        deployment: Deployment,
-        value: T,
-        exits: AsyncExitStack,
-        attempt_started: float,
-        first_result_s: float,
-    ) -> None:
-        self.router, self.state, self.caller, self.admission = router, state, caller, admission
-        self.deployment, self.value, self._exits = deployment, value, exits
-        self.attempt_started, self.first_result_s = attempt_started, first_result_s
-        self.backend_s = 0.0
-        """Time spent waiting on deployments (every attempt, up to each one's answer or first token)."""
-        self.stage: int | None = None
-        """Cascade: the 1-based stage that answered."""
-        self.degraded = False
-        self.escalated: list[tuple[Deployment, Answer]] = []
-        """Cascade stages that answered but were escalated; their tokens are billed too."""
-        self.mean_logprob: float | None = None
-        """The answer's mean token log-probability, when computed; set before `complete()`."""
-        self.route_span: Span | None = None
-        self.backend_span: Span | None = None
-        """Traced requests: the spans that end when the answer has been delivered."""
-        self._done = False
-
-    @property
-    def headers(self) -> dict[str, str]:
-        headers = {**self.deployment.headers, "x-inferline-route": self.state.config.name}
-        if self.stage is not None:
-            headers["x-inferline-cascade-stage"] = str(self.stage)
-        if self.degraded:
-            headers["x-inferline-degraded"] = "true"
-        return headers
-
-    async def complete(self, prompt_tokens: int, completion_tokens: int, outcome: str = "ok") -> None:
-        """Once, when the answer has been delivered (or failed, or the client left)."""
-        if self._done:
-            return
-        self._done = True
-        latency_s = time.perf_counter() - self.attempt_started
-        error = outcome == "error"
-        self.state.arms[self.deployment.name].record(latency_s, error)
-        self.deployment.stats.record(latency_s, error)
-        if error:
-            self.deployment.breaker.record_failure()
-        await self._exits.aclose()
-        if self.backend_span is not None:
-            tracing.end_backend_span(self.backend_span, prompt_tokens, completion_tokens, outcome)
-            tracing.end_span(self.route_span, error="error" if error else None)
-        cost = self.deployment.config.cost_usd(prompt_tokens, completion_tokens)
-        tokens = prompt_tokens + completion_tokens
-        for stage, answer in self.escalated:
-            cost += stage.config.cost_usd(answer.prompt_tokens, answer.completion_tokens)
-            tokens += answer.prompt_tokens + answer.completion_tokens
-        await self.router.limiter.finish(self.admission, tokens, cost)
-        self.router.judge_canary(self.state)
-        self.router.emit(
-            UsageRecord(
-                request_id=self.caller.request_id,
-                tenant=self.caller.principal.tenant,
-                route=self.state.config.name,
-                deployment=self.deployment.name,
-                model_version=self.deployment.config.version,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                ttft_s=self.first_result_s,
-                latency_s=latency_s,
-                outcome=outcome,
-                cost=cost,
-                policy=self.state.config.policy,
-                cascade_stage=self.stage,
-                degraded=self.degraded,
-                mean_logprob=self.mean_logprob,
-            )
-        )
-
-
 @dataclass
 class _Run(Generic[T]):
     """One request's way through its candidates."""
@@ -239,14 +71,32 @@ class _Run(Generic[T]):
     state: RouteState
     caller: Caller
     admission: Admission
-    attempt: Attempt[T]
+    call: Call[T]
     worst_case: WorstCase
     judge: Callable[[T], Answer] | None
+    degraded: bool = False
     backend_s: float = 0.0
     escalated: list[tuple[Deployment, Answer]] = field(default_factory=list)
     last_error: Exception | None = None
     skipped: list[Deployment] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+
+    def decision(self, answered: Deployment | None, stage: int | None) -> dict[str, Any]:
+        """The route span's attributes: what the router chose for the request, and what it tried first."""
+        attributes: dict[str, Any] = {
+            "inferline.route.attempts": len(self.failed) + len(self.escalated) + (answered is not None)
+        }
+        if self.failed:
+            attributes["inferline.route.fallbacks"] = self.failed
+        if self.skipped:
+            attributes["inferline.route.skipped"] = [d.name for d in self.skipped]
+        if answered is not None:
+            attributes["inferline.route.deployment"] = answered.name
+            if self.degraded:
+                attributes["inferline.route.degraded"] = True
+            if stage is not None:
+                attributes["inferline.route.cascade_stage"] = stage
+        return attributes
 
 
 class Router:
@@ -254,13 +104,18 @@ class Router:
         self.config = config
         self.pool = pool
         self.limiter = limiter
+        self.recorder = UsageRecorder(limiter)
         self.rng = random.Random(seed)
         self.routes: dict[str, RouteState] = {r.name: RouteState(r) for r in config.routes}
         for name, deployment in pool.by_name.items():
             if name not in self.routes:
                 fixed = RouteConfig(name=name, policy="fixed", deployments=[deployment.name])
                 self.routes[name] = RouteState(fixed, implicit=True)
-        self.listeners: list[Callable[[UsageRecord], None]] = []
+
+    @property
+    def listeners(self) -> list[Callable[[UsageRecord], None]]:
+        """Called with every request's UsageRecord."""
+        return self.recorder.listeners
 
     def resolve(self, name: str) -> RouteState:
         state = self.routes.get(name)
@@ -278,25 +133,13 @@ class Router:
             )
             raise ModelNotReadyError(f"model {name!r} cannot serve yet: {states}")
 
-    def emit(self, record: UsageRecord) -> None:
-        for listener in self.listeners:
-            try:
-                listener(record)
-            except Exception:
-                logger.exception("usage listener failed")
-
-    def judge_canary(self, state: RouteState) -> None:
-        if state.canary is not None:
-            config = state.canary.config
-            state.canary.judge(state.arms[config.baseline], state.arms[config.candidate])
-
     # ---- the request path ---------------------------------------------------------------------
 
     async def run(
         self,
         name: str,
         caller: Caller,
-        attempt: Attempt[T],
+        call: Call[T],
         worst_case: WorstCase,
         judge: Callable[[T], Answer] | None = None,
     ) -> Routed[T]:
@@ -304,26 +147,19 @@ class Router:
         try:
             admission = await self.limiter.acquire(caller.principal)
         except LimitExceededError as error:  # a quota: metered as a rejection like every refusal
-            self._emit_failure(state, caller, 0.0, error)
+            await self.recorder.refused(state, caller, None, 0.0, error)
             raise
-        run = _Run(state, caller, admission, attempt, worst_case, judge)
+        run = _Run(state, caller, admission, call, worst_case, judge)
         route = state.config
         span = tracing.start_span(f"route {route.name}", {"inferline.route.policy": route.policy})
         try:
             with tracing.use_span(span):
-                names, degraded = self._plan(state, caller)
-                routed = await self._attempts(run, names)
+                names, run.degraded = self._plan(state, caller)
+                return await self._attempts(run, names, span)
         except BaseException as error:
-            await self.limiter.finish(admission, 0, 0.0)
-            self._emit_failure(state, caller, run.backend_s, error)
-            if span is not None:
-                tracing.end_span(span, _decision(run, None), error)
+            await self.recorder.refused(state, caller, admission, run.backend_s, error)
+            tracing.end_span(span, run.decision(None, None), error)
             raise
-        routed.degraded = degraded
-        if span is not None:
-            span.set_attributes(_decision(run, routed))
-            routed.route_span = span
-        return routed
 
     def _plan(self, state: RouteState, caller: Caller) -> tuple[list[str], bool]:
         """The candidates in order, and whether the route degraded to its smaller target."""
@@ -367,7 +203,7 @@ class Router:
             retry_after_s=max(1.0, wait_s - budget_s),
         )
 
-    async def _attempts(self, run: _Run[T], names: list[str]) -> Routed[T]:
+    async def _attempts(self, run: _Run[T], names: list[str], span: Span | None) -> Routed[T]:
         route = run.state.config
         cascade = route.policy == "cascade" and run.judge is not None
         tried = 0
@@ -375,86 +211,96 @@ class Router:
             deployment = self.pool.by_name[name]
             if tried >= route.max_attempts:
                 break
-            if not deployment.ready or not deployment.breaker.allow():
+            probe = deployment.breaker.enter() if deployment.ready else None
+            if probe is None:
                 run.skipped.append(deployment)
                 # Counted against the arm: a canary whose circuit is open is failing, not idle.
                 run.state.arms[deployment.name].record(0.0, True)
-                self.judge_canary(run.state)
+                run.state.judge_canary()
                 continue
             tried += 1
             final = not cascade or index == len(names) - 1 or names[index + 1] not in route.deployments
-            routed = await self._try(run, deployment, final)
-            if routed is None:
-                continue
-            routed.stage = route.deployments.index(name) + 1 if route.policy == "cascade" else None
-            return routed
+            stage = route.deployments.index(name) + 1 if route.policy == "cascade" else None
+            routed = await self._try(run, deployment, probe, final, stage, span)
+            if routed is not None:
+                return routed
         raise self._exhausted(run)
 
-    async def _try(self, run: _Run[T], deployment: Deployment, final: bool) -> Routed[T] | None:
+    async def _try(
+        self,
+        run: _Run[T],
+        deployment: Deployment,
+        probe: bool,
+        final: bool,
+        stage: int | None,
+        route_span: Span | None,
+    ) -> Routed[T] | None:
         """One attempt; None when it failed over or was escalated."""
-        exits = AsyncExitStack()
         hold = self._worst_cost(deployment, run.worst_case) + sum(
             d.config.cost_usd(a.prompt_tokens, a.completion_tokens) for d, a in run.escalated
         )
-        await self.limiter.hold_budget(run.admission, hold)
-        started = time.perf_counter()
-        span = tracing.start_backend_span(deployment.config, run.state.config.name)
-        try:
-            await exits.enter_async_context(deployment.slot())
-            with tracing.use_span(span):
-                value = await run.attempt(deployment, final)
-        except (*_UNAVAILABLE, *_BUSY) as error:
-            tracing.end_span(span, error=error)
-            elapsed_s = time.perf_counter() - started
-            run.backend_s += elapsed_s
-            await self._failed(run, deployment, exits, error, elapsed_s)
-            return None
-        except BaseException as error:
-            tracing.end_span(span, error=error)
-            deployment.breaker.release_probe()
-            await exits.aclose()
-            await self.limiter.release_budget(run.admission)
-            raise
-        first_result_s = time.perf_counter() - started
-        run.backend_s += first_result_s
-        deployment.breaker.record_success()
-        deployment.stats.record_first_result(first_result_s)
-        if not final and run.judge is not None:
-            answer = run.judge(value)
-            reason = escalation_reason(run.state.config.cascade, answer)
-            if reason is not None:
-                logger.info(
-                    "request %s: cascade stage %s escalated: %s",
-                    run.caller.request_id,
-                    deployment.name,
-                    reason,
-                )
-                run.state.arms[deployment.name].record(first_result_s, False)
-                run.escalated.append((deployment, answer))
-                tracing.end_span(span, {"inferline.cascade.escalated": reason})
-                await exits.aclose()
-                await self.limiter.release_budget(run.admission)
+        attempt = Attempt(deployment, run.state.config.name, self.limiter, run.admission, hold, probe)
+        async with attempt:
+            try:
+                with tracing.use_span(attempt.span):
+                    value = await run.call(deployment, final)
+            except (*UNAVAILABLE, *BUSY) as error:
+                run.backend_s += attempt.backend_s
+                self._failed(run, attempt, error)
+                await attempt.close(error)
                 return None
-        routed = Routed(
-            self, run.state, run.caller, run.admission, deployment, value, exits, started, first_result_s
-        )
-        routed.backend_s = run.backend_s
-        routed.escalated = run.escalated
-        routed.backend_span = span
-        return routed
+            first_result_s = attempt.answered()
+            run.backend_s += attempt.backend_s
+            if not final and run.judge is not None:
+                answer = run.judge(value)
+                reason = escalation_reason(run.state.config.cascade, answer)
+                if reason is not None:
+                    logger.info(
+                        "request %s: cascade stage %s escalated: %s",
+                        run.caller.request_id,
+                        deployment.name,
+                        reason,
+                    )
+                    run.state.arms[deployment.name].record(first_result_s, False)
+                    run.escalated.append((deployment, answer))
+                    await attempt.close(attributes={"inferline.cascade.escalated": reason})
+                    return None
+            attempt.keep()
+        return self._routed(run, attempt, value, stage, route_span)
 
-    async def _failed(
-        self, run: _Run[T], deployment: Deployment, exits: AsyncExitStack, error: Exception, elapsed_s: float
-    ) -> None:
-        if isinstance(error, _UNAVAILABLE):
-            deployment.breaker.record_failure()
-        else:
-            deployment.breaker.release_probe()
-        run.state.arms[deployment.name].record(elapsed_s, True)
-        deployment.stats.record(elapsed_s, True)
-        self.judge_canary(run.state)
-        await exits.aclose()
-        await self.limiter.release_budget(run.admission)
+    def _routed(
+        self, run: _Run[T], attempt: Attempt, value: T, stage: int | None, route_span: Span | None
+    ) -> Routed[T]:
+        """The answer, with the one way to end it: close the attempt, then bill and record."""
+        state, escalated, degraded = run.state, list(run.escalated), run.degraded
+        if route_span is not None:
+            route_span.set_attributes(run.decision(attempt.deployment, stage))
+
+        async def finish(delivered: Delivered) -> None:
+            if attempt.closed:
+                return
+            outcome = delivered.outcome
+            attributes = tracing.delivery_attributes(
+                delivered.prompt_tokens, delivered.completion_tokens, outcome
+            )
+            try:
+                await attempt.close("error" if outcome == "error" else None, attributes)
+            finally:
+                tracing.end_span(route_span, error="error" if outcome == "error" else None)
+                await self.recorder.delivered(
+                    state, run.caller, run.admission, attempt, delivered, escalated, stage, degraded
+                )
+
+        headers = {**attempt.deployment.headers, "x-inferline-route": state.config.name}
+        if stage is not None:
+            headers["x-inferline-cascade-stage"] = str(stage)
+        if degraded:
+            headers["x-inferline-degraded"] = "true"
+        return Routed(value, attempt.deployment, headers, run.backend_s, stage, degraded, finish)
+
+    def _failed(self, run: _Run[T], attempt: Attempt, error: Exception) -> None:
+        deployment = attempt.deployment
+        self.recorder.failed_attempt(run.state, deployment, time.perf_counter() - attempt.started)
         run.last_error = error
         run.failed.append(deployment.name)
         logger.warning(
@@ -489,28 +335,6 @@ class Router:
         if each is None:
             each = deployment.backend.metadata.max_model_len or deployment.config.max_output_tokens
         return deployment.config.cost_usd(worst.prompt_tokens, each * worst.completions)
-
-    def _emit_failure(
-        self, state: RouteState, caller: Caller, latency_s: float, error: BaseException
-    ) -> None:
-        rejected = (QueueFullError, InvalidRequestError, LimitExceededError, ModelNotFoundError)
-        outcome = "rejected" if isinstance(error, rejected) else "error"
-        self.emit(
-            UsageRecord(
-                request_id=caller.request_id,
-                tenant=caller.principal.tenant,
-                route=state.config.name,
-                deployment="",
-                model_version="",
-                prompt_tokens=0,
-                completion_tokens=0,
-                ttft_s=None,
-                latency_s=latency_s,
-                outcome=outcome,
-                policy=state.config.policy,
-                error_type=type(error).__name__,
-            )
-        )
 
     # ---- admin --------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferline.router.router import Router, RouteState
+from inferline.router.route_state import RouteState
+from inferline.router.router import Router
 from inferline.server.errors import HTTPError
 
 

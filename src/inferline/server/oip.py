@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, Response
 from inferline.backends.base import ModelMetadata
 from inferline.errors import InvalidRequestError
 from inferline.router.deployments import Deployment, DeploymentPool
-from inferline.router.router import Caller, Router, WorstCase
+from inferline.router.request import Caller, WorstCase
+from inferline.router.router import Router
 from inferline.server.auth import Tenant
 
 _DTYPES: dict[str, np.dtype[Any]] = {

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from inferline.router.router import Caller, Routed, Router
+from inferline.router.attempt import Routed
+from inferline.router.request import Caller
+from inferline.router.router import Router
 from inferline.server.auth import Tenant
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferline.server.openai_serving import OpenAIServing
@@ -17,7 +20,7 @@ from inferline.types import Priority
 
 
 def model_response(
-    request: Request, routed: Routed[Any], result: dict[str, Any] | AsyncIterator[bytes]
+    request: Request, routed: Routed[Any], result: dict[str, Any] | AsyncGenerator[bytes, None]
 ) -> Response:
     elapsed_s = time.perf_counter() - request.scope["state"]["started"]
     # What inferline itself added: everything so far except waiting on deployments.
@@ -25,8 +28,18 @@ def model_response(
     headers = {**routed.headers, "x-inferline-overhead-ms": f"{overhead_ms:.3f}"}
     if isinstance(result, dict):
         return JSONResponse(result, headers=headers)
+
+    async def settle() -> None:
+        # Runs after the response, a client that left included: closing the stream runs its own ending
+        # (which bills what it sent); a stream the client never let start ends here as aborted.
+        await result.aclose()
+        await routed.complete(0, 0, "aborted")
+
     return StreamingResponse(
-        result, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+        result,
+        media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache"},
+        background=BackgroundTask(settle),
     )
 
 

@@ -22,8 +22,10 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from inferline.backends.base import EmbeddingResult
+from inferline.router.attempt import Routed
 from inferline.router.deployments import Deployment
-from inferline.router.router import Answer, Caller, Routed, Router, WorstCase
+from inferline.router.request import Answer, Caller, WorstCase
+from inferline.router.router import Router
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
 from inferline.server.openai_protocol import (
     ChatCompletionRequest,
@@ -161,15 +163,14 @@ class OpenAIServing:
             choice.finish_reason = delta.finish_reason or choice.finish_reason
             usage.add(delta)
             confidence.add(delta)
-        routed.mean_logprob = confidence.mean
-        await routed.complete(usage.prompt, usage.completion)
+        await routed.complete(usage.prompt, usage.completion, mean_logprob=confidence.mean)
         return choices, usage
 
     # ---- chat -----------------------------------------------------------------------------------
 
     async def chat(
         self, body: ChatCompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
-    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncIterator[bytes]]:
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
@@ -211,7 +212,7 @@ class OpenAIServing:
 
     def _chat_stream(
         self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         head = envelope("chat.completion.chunk", response_id, body.model)
         roles = [
             sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}]})
@@ -239,7 +240,7 @@ class OpenAIServing:
         preamble: list[bytes],
         routed: Routed[Generation],
         choice_for: Callable[[int, Delta], dict[str, Any] | None],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         usage, confidence = _Usage(), _Confidence()
@@ -263,14 +264,13 @@ class OpenAIServing:
                 yield sse(openai_error_body(to_http_error(error)))
             yield sse("[DONE]")
         finally:
-            routed.mean_logprob = confidence.mean
-            await routed.complete(usage.prompt, usage.completion, outcome)
+            await routed.complete(usage.prompt, usage.completion, outcome, confidence.mean)
 
     # ---- completions ----------------------------------------------------------------------------
 
     async def completion(
         self, body: CompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
-    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncIterator[bytes]]:
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         prompts = body.prompts()
         if not prompts:
             raise HTTPError(
@@ -315,7 +315,7 @@ class OpenAIServing:
 
     def _completion_stream(
         self, body: CompletionRequest, response_id: str, routed: Routed[Generation]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         head = envelope("text_completion", response_id, body.model)
         offsets: dict[int, int] = {}
 

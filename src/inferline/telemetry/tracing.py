@@ -225,15 +225,15 @@ def end_span(
     span.end()
 
 
-def end_backend_span(span: Span, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-    """End an attempt that answered, once its answer has been delivered (or failed, or was left)."""
+def delivery_attributes(prompt_tokens: int, completion_tokens: int, outcome: str) -> dict[str, Any]:
+    """A backend span's closing attributes once its answer has been delivered (or failed, or was left)."""
     attributes: dict[str, Any] = {
         "gen_ai.usage.input_tokens": prompt_tokens,
         "gen_ai.usage.output_tokens": completion_tokens,
     }
     if outcome != "ok":  # "aborted": the client left; "error": the answer failed after it started
         attributes["inferline.outcome"] = outcome
-    end_span(span, attributes, "error" if outcome == "error" else None)
+    return attributes
 
 
 def trace_request(request: Request) -> Request:
