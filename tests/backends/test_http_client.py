@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from inferline.backends.http_client import (
     ConnectError,
@@ -222,5 +231,157 @@ def test_connection_cap_queues_the_next_request_until_one_frees() -> None:
             await response.aclose()
             await pool.aclose()
         assert server.connections == 1
+
+    run(work)
+
+
+class ForwardProxy:
+    """An HTTP proxy on loopback: forwards absolute-form requests and tunnels CONNECT, recording each
+    request line and Proxy-Authorization it got."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ForwardProxy:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://user:s%40cret@127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, *headers = head.decode("latin-1").split("\r\n")
+        auth = next((h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("proxy-auth")), None)
+        self.requests.append((line, auth))
+        method, target, _ = line.split(" ")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            parts = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port)
+            kept = [h for h in headers if h and not h.lower().startswith("proxy-")]
+            up_writer.write(f"{method} {parts.path} HTTP/1.1\r\n".encode() + "\r\n".join(kept).encode())
+            up_writer.write(b"\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_plain_http_goes_through_the_environment_proxy_with_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def work() -> None:
+        async with Server() as upstream, ForwardProxy() as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            pool = HttpPool(upstream.url)
+            response = await pool.post("chat/completions", b'{"a": 1}')
+            assert await response.read() == b'{"a": 1}'
+            await pool.aclose()
+            port = upstream.url.split(":")[2].split("/")[0]
+            expected = f"POST http://127.0.0.1:{port}/v1/chat/completions HTTP/1.1"
+            assert proxy.requests == [(expected, "Basic dXNlcjpzQGNyZXQ=")]  # user:s@cret
+            assert b"proxy-authorization" not in upstream.heads[0].lower()
+
+    run(work)
+
+
+def test_https_goes_through_a_connect_tunnel_and_no_proxy_exempts_hosts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+
+    async def work() -> None:
+        async with Server() as upstream, ForwardProxy() as proxy:
+            upstream.server.close()  # type: ignore[union-attr]  (re-opened with TLS below)
+            tls_server = await asyncio.start_server(lambda r, w: upstream.echo(r, w), "127.0.0.1", 0, ssl=tls)
+            port = tls_server.sockets[0].getsockname()[1]
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            pool = HttpPool(f"https://127.0.0.1:{port}/v1")
+            assert pool.ssl is not None
+            pool.ssl.load_verify_locations(cert_file)
+            response = await pool.post("embeddings", b"{}")
+            assert await response.read() == b"{}"
+            await pool.aclose()
+            assert proxy.requests == [(f"CONNECT 127.0.0.1:{port} HTTP/1.1", "Basic dXNlcjpzQGNyZXQ=")]
+            assert upstream.heads[0].startswith(b"POST /v1/embeddings HTTP/1.1")  # the proxy saw only TLS
+
+            monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+            direct = HttpPool(f"https://127.0.0.1:{port}/v1")
+            assert direct.proxy is None
+            direct.ssl.load_verify_locations(cert_file)  # type: ignore[union-attr]
+            assert await (await direct.post("embeddings", b"[]")).read() == b"[]"
+            await direct.aclose()
+            assert len(proxy.requests) == 1
+            tls_server.close()
+
+    run(work)
+
+
+def test_a_proxy_that_refuses_connect_is_a_connect_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def work() -> None:
+        async with Server(refuse) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url.removesuffix("/v1"))
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            pool = HttpPool("https://upstream.invalid/v1")
+            with pytest.raises(ConnectError, match="through the proxy .* refused CONNECT .* 403"):
+                await pool.post("embeddings", b"{}")
 
     run(work)

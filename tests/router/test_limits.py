@@ -26,6 +26,7 @@ from inferline.config import (
     TenantConfig,
 )
 from inferline.errors import LimitExceededError
+from inferline.router.limit_store import DEFAULT_LEASE_S
 from inferline.router.limits import PERIOD_GRACE_S, Admission, Limiter, Principal
 
 ALPHA = Principal("alpha")
@@ -543,4 +544,46 @@ def test_redis_records_expire_once_their_period_is_over(empty_redis: str) -> Non
     assert 0 < ttls["inferline:quota:tenant:alpha:rpm"] <= 61  # a bucket expires once it is full again
     assert 0 < ttls["inferline:quota:tenant:alpha:tpm"] <= 61
     assert 0 < ttls["inferline:quota:tenant:alpha:in_flight"] <= 3600
-    assert len(ttls) == 6
+    # The hold's lease lives beside its record, and goes with it.
+    assert ttls[f"inferline:budget:tenant:beta:hour:{int(clock.now)}:holds"] == hour
+    assert len(ttls) == 7
+
+
+def test_a_replica_that_dies_mid_request_frees_its_total_budget_hold_after_the_lease(
+    empty_redis: str,
+) -> None:
+    cfg = config(QuotaConfig(max_concurrent=1), BudgetConfig(limit_usd=1, period="total"))
+    clock = FakeClock()
+
+    async def main() -> None:
+        one, two = replicas(cfg, empty_redis, clock)
+        async with opened(two):
+            await one.hold_budget(await one.acquire(ALPHA), 0.75)
+            await one.close()  # the replica dies: it never finishes or releases
+            clock.advance(DEFAULT_LEASE_S - 1)
+            assert (await refused(two.acquire(ALPHA))).limit == "max_concurrent"
+            assert (await two.snapshot())["tenant:alpha"]["budget"]["held_usd"] == 0.75
+            clock.advance(1)  # the lease is over: the slot and the hold lapse together
+            admission = await two.acquire(ALPHA)
+            await two.hold_budget(admission, 1.0)  # the whole budget again
+            await two.finish(admission, tokens=0, cost_usd=0.5)
+            budget = (await two.snapshot())["tenant:alpha"]["budget"]
+            assert (budget["spent_usd"], budget["held_usd"]) == (0.5, 0.0)
+
+    asyncio.run(main())
+
+
+def test_a_request_that_outlives_its_lease_is_still_charged_once(make_limiter: MakeLimiter) -> None:
+    clock = FakeClock()
+
+    async def main() -> None:
+        cfg = config(budget=BudgetConfig(limit_usd=1, period="total"))
+        async with opened(make_limiter(cfg, clock)) as limiter:
+            admission = await limiter.acquire(ALPHA)
+            await limiter.hold_budget(admission, 0.5)
+            clock.advance(DEFAULT_LEASE_S + 1)
+            await limiter.finish(admission, tokens=0, cost_usd=0.25)  # its hold had lapsed already
+            budget = (await limiter.snapshot())["tenant:alpha"]["budget"]
+            assert (budget["spent_usd"], budget["held_usd"]) == (0.25, 0.0)
+
+    asyncio.run(main())

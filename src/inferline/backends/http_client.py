@@ -15,17 +15,26 @@ parsing and the chunked decoding:
 
 Timeouts are the caller's (asyncio.timeout around a request) plus `read_timeout_s`, which bounds
 each wait for more of the body so that a stalled stream fails instead of hanging.
+
+Proxies are taken from the environment as curl and httpx take them (`HTTP_PROXY`, `HTTPS_PROXY`,
+`NO_PROXY`, through the standard library's reading of them): a plain-HTTP upstream is asked through
+the proxy in absolute form; an HTTPS upstream through a CONNECT tunnel, with TLS to the upstream
+inside it, so the proxy never sees the request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import socket
 import ssl
 import time
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -46,6 +55,33 @@ class ConnectionClosedError(HttpError):
 
 class ReadTimeoutError(HttpError):
     """No more of the answer arrived within `read_timeout_s`."""
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    authorization: str | None
+    """The Proxy-Authorization header's value, from the proxy URL's user:password."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Proxy:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"proxy must be http://[user:password@]host[:port]; got {url!r}")
+        authorization = None
+        if parts.username is not None:
+            user_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(user_password.encode()).decode()
+        return cls(parts.hostname, parts.port or 80, authorization)
+
+
+def proxy_from_environment(scheme: str, host: str) -> Proxy | None:
+    """The proxy the environment names for this scheme, unless NO_PROXY exempts the host."""
+    url = urllib.request.getproxies_environment().get(scheme)
+    if not url or urllib.request.proxy_bypass_environment(host):
+        return None
+    return Proxy.from_url(url)
 
 
 class _Connection(asyncio.Protocol):
@@ -224,7 +260,9 @@ class HttpPool:
         keepalive_expiry_s: float = 4.0,
         read_timeout_s: float | None = None,
         connect_timeout_s: float = 10.0,
+        proxy: Proxy | None = None,
     ) -> None:
+        """`proxy`: default, the one the environment names for the upstream (see the module's note)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port][/path]; got {base_url!r}")
@@ -234,7 +272,14 @@ class HttpPool:
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
         default_port = self.port == (443 if self.ssl else 80)
         authority = self.host if default_port else f"{self.host}:{self.port}"
+        self.proxy = proxy if proxy is not None else proxy_from_environment(parts.scheme, self.host)
         fixed = {"host": authority, "user-agent": "inferline", **(headers or {})}
+        # Plain HTTP through a proxy: the request line carries the whole URL, and the proxy our credentials.
+        self._target_prefix = self.prefix
+        if self.proxy is not None and self.ssl is None:
+            self._target_prefix = f"http://{authority}{self.prefix}"
+            if self.proxy.authorization is not None:
+                fixed["proxy-authorization"] = self.proxy.authorization
         self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self.keepalive_expiry_s = keepalive_expiry_s
         self.read_timeout_s = read_timeout_s
@@ -251,7 +296,7 @@ class HttpPool:
         """POST `body` (JSON) to base_url/path; returns once the answer's headers have arrived."""
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()).encode("latin-1")
         head = (
-            f"POST {self.prefix}/{path} HTTP/1.1\r\n".encode("latin-1")
+            f"POST {self._target_prefix}/{path} HTTP/1.1\r\n".encode("latin-1")
             + self._fixed_headers
             + extra
             + b"content-type: application/json\r\ncontent-length: "
@@ -301,15 +346,58 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        via = "" if self.proxy is None else f" through the proxy {self.proxy.host}:{self.proxy.port}"
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, connection = await loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl)
+                if self.proxy is None:
+                    _, connection = await loop.create_connection(
+                        _Connection, self.host, self.port, ssl=self.ssl
+                    )
+                elif self.ssl is None:
+                    _, connection = await loop.create_connection(
+                        _Connection, self.proxy.host, self.proxy.port
+                    )
+                else:
+                    tunnel = await self._tunnel(self.proxy)
+                    _, connection = await loop.create_connection(
+                        _Connection, sock=tunnel, ssl=self.ssl, server_hostname=self.host
+                    )
         except TimeoutError:
-            raise ConnectError(f"did not accept the connection within {self.connect_timeout_s:g} s") from None
+            raise ConnectError(
+                f"did not accept the connection{via} within {self.connect_timeout_s:g} s"
+            ) from None
         except OSError as error:
-            raise ConnectError(f"refused the connection or could not be reached ({error})") from error
+            raise ConnectError(f"refused the connection or could not be reached{via} ({error})") from error
         self._open.add(connection)
         return connection
+
+    async def _tunnel(self, proxy: Proxy) -> socket.socket:
+        """A socket to the upstream through the proxy's CONNECT; TLS goes on top of it."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+        family, kind, protocol, _, address = infos[0]
+        sock = socket.socket(family, kind, protocol)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+            target = f"{self.host}:{self.port}"
+            request = f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n"
+            if proxy.authorization is not None:
+                request += f"proxy-authorization: {proxy.authorization}\r\n"
+            await loop.sock_sendall(sock, (request + "\r\n").encode("latin-1"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = await loop.sock_recv(sock, 4096)
+                if not chunk or len(answer) > 65536:
+                    raise OSError("the proxy closed the connection during CONNECT")
+                answer += chunk
+            status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+            if status_line.split(" ")[1:2] != ["200"]:
+                raise OSError(f"the proxy refused CONNECT {target}: {status_line}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def release(self, connection: _Connection) -> None:
         """Called once per response: the slot frees, and the connection idles if it can be reused."""

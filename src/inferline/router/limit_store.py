@@ -7,8 +7,10 @@ keeps the two stores alike and lets tests drive time; replicas' clocks only need
 
 Token buckets are (level, updated_at) and refill continuously at capacity per minute; a missing bucket
 is full, so it may expire once it would have refilled. Concurrency is the set of admission ids in flight,
-scored by when they began; entries older than `concurrency_lease_s` are dropped, so a replica that dies
-with requests in flight frees their slots eventually. Money is integer micro-dollars.
+scored by when they began. Budget holds are leases too: each is kept under its admission id with the
+moment it lapses, and `held` is the sum of the live ones. Slots and holds older than `lease_s` are
+dropped, so a replica that dies with requests in flight frees their slots and their budget eventually,
+a `total` budget (which never expires) included. Money is integer micro-dollars.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 PREFIX = "inferline:"
-DEFAULT_CONCURRENCY_LEASE_S = 3600.0
+DEFAULT_LEASE_S = 3600.0
+"""How long a request's concurrency slot and budget hold outlive a replica that died holding them."""
 READY_WITHIN_S = 1e-6
 """A bucket this close to one whole token counts as holding it: epoch seconds as floats carry about
 0.2 µs of rounding, which would otherwise refuse a caller who waited exactly retry_after_s."""
@@ -64,7 +67,6 @@ class BudgetRefusal:
 @dataclass(frozen=True)
 class SettleLine:
     key: str  # as in BudgetLine
-    release_micros: int  # hold to drop; applied only while the record exists (its period not long over)
     spend_micros: int  # cost to add to spent
     ttl_s: float | None
 
@@ -88,11 +90,16 @@ class LimitStore(Protocol):
         """Free the concurrency slot and debit the tokens used (the token bucket may go into debt)."""
         ...
 
-    async def hold(self, lines: list[BudgetLine], amount_micros: int, now: float) -> BudgetRefusal | None:
-        """Add amount to every line's held if spent + held + amount <= limit on all of them, else none."""
+    async def hold(
+        self, lines: list[BudgetLine], hold_id: str, amount_micros: int, now: float
+    ) -> BudgetRefusal | None:
+        """Hold amount on every line, as a lease named hold_id, if spent + held + amount <= limit on all
+        of them; otherwise hold nothing and say which line refused."""
         ...
 
-    async def settle(self, lines: list[SettleLine], now: float) -> None: ...
+    async def settle(self, lines: list[SettleLine], release_hold: str | None, now: float) -> None:
+        """Drop the hold named release_hold from each line (if it has not lapsed) and add the spend."""
+        ...
 
     async def read_quotas(self, spec: QuotaSpec, now: float) -> QuotaLevels: ...
 
@@ -106,11 +113,12 @@ class LimitStore(Protocol):
 class MemoryLimitStore:
     """One process's limits. Nothing here awaits, so each call is atomic under asyncio."""
 
-    def __init__(self, concurrency_lease_s: float = DEFAULT_CONCURRENCY_LEASE_S) -> None:
-        self.concurrency_lease_s = concurrency_lease_s
+    def __init__(self, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.lease_s = lease_s
         self.buckets: dict[str, tuple[float, float]] = {}  # key -> (level, updated_at)
         self.in_flight: dict[str, dict[str, float]] = {}  # scope -> admission id -> start time
         self.budgets: dict[str, list[float]] = {}  # key -> [spent, held, expires_at (inf: never)]
+        self.holds: dict[str, dict[str, tuple[int, float]]] = {}  # key -> hold id -> (amount, lapses_at)
 
     def _level(self, key: str, capacity: int, now: float) -> float:
         level, updated_at = self.buckets.get(key, (float(capacity), now))
@@ -118,7 +126,7 @@ class MemoryLimitStore:
 
     def _slots(self, scope: str, now: float) -> dict[str, float]:
         slots = self.in_flight.setdefault(scope, {})
-        for admission_id in [a for a, start in slots.items() if start <= now - self.concurrency_lease_s]:
+        for admission_id in [a for a, start in slots.items() if start <= now - self.lease_s]:
             del slots[admission_id]
         return slots
 
@@ -154,9 +162,15 @@ class MemoryLimitStore:
 
     def _record(self, key: str, now: float) -> list[float] | None:
         record = self.budgets.get(key)
-        if record is not None and record[2] <= now:
-            del self.budgets[key]
+        if record is None:
             return None
+        if record[2] <= now:
+            del self.budgets[key]
+            self.holds.pop(key, None)
+            return None
+        holds = self.holds.get(key, {})
+        for hold_id in [h for h, (_, lapses_at) in holds.items() if lapses_at <= now]:
+            record[1] -= holds.pop(hold_id)[0]
         return record
 
     def _touch(self, key: str, ttl_s: float | None, now: float) -> list[float]:
@@ -165,27 +179,33 @@ class MemoryLimitStore:
             # A new period began: forget the records of periods long over.
             for old in [k for k, r in self.budgets.items() if r[2] <= now]:
                 del self.budgets[old]
+                self.holds.pop(old, None)
             record = self.budgets[key] = [0, 0, float("inf")]
         if ttl_s is not None:
             record[2] = now + ttl_s
         return record
 
-    async def hold(self, lines: list[BudgetLine], amount_micros: int, now: float) -> BudgetRefusal | None:
+    async def hold(
+        self, lines: list[BudgetLine], hold_id: str, amount_micros: int, now: float
+    ) -> BudgetRefusal | None:
         for index, line in enumerate(lines):
             spent, held, _ = self._record(line.key, now) or (0, 0, 0)
             if spent + held + amount_micros > line.limit_micros:
                 return BudgetRefusal(index, int(spent), int(held))
         for line in lines:
             self._touch(line.key, line.ttl_s, now)[1] += amount_micros
+            self.holds.setdefault(line.key, {})[hold_id] = (amount_micros, now + self.lease_s)
         return None
 
-    async def settle(self, lines: list[SettleLine], now: float) -> None:
+    async def settle(self, lines: list[SettleLine], release_hold: str | None, now: float) -> None:
         for line in lines:
-            if line.release_micros and self._record(line.key, now) is None:
+            record = self._record(line.key, now)
+            held = self.holds.get(line.key, {}).pop(release_hold, None) if release_hold else None
+            if record is None and not line.spend_micros:
                 continue
             record = self._touch(line.key, line.ttl_s, now)
             record[0] += line.spend_micros
-            record[1] -= line.release_micros
+            record[1] -= held[0] if held is not None else 0
 
     async def read_quotas(self, spec: QuotaSpec, now: float) -> QuotaLevels:
         rpm, tpm, slots = spec.requests_per_minute, spec.tokens_per_minute, spec.max_concurrent
@@ -266,35 +286,83 @@ return 0
 """
 )
 
-# KEYS: budget records. ARGV: amount, then per key its limit and ttl_ms (0: never expires).
-_HOLD_LUA = """
-local amount = tonumber(ARGV[1])
+# A budget record is a hash (spent, held, and each live hold's amount as `hold:<id>`) beside a sorted
+# set `<key>:holds` of hold ids scored by when they lapse. Lapsed holds leave `held` before each use.
+_BUDGET_LUA = """
+local function drop_lapsed(key, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', key .. ':holds', '-inf', now)
+  for _, id in ipairs(lapsed) do
+    local amount = redis.call('HGET', key, 'hold:' .. id)
+    if amount then
+      redis.call('HINCRBY', key, 'held', -tonumber(amount))
+      redis.call('HDEL', key, 'hold:' .. id)
+    end
+  end
+  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', key .. ':holds', '-inf', now) end
+end
+local function expire(key, ttl_ms)
+  if ttl_ms > 0 then
+    redis.call('PEXPIRE', key, ttl_ms)
+    redis.call('PEXPIRE', key .. ':holds', ttl_ms)
+  end
+end
+"""
+
+# KEYS: budget records. ARGV: now, hold id, amount, lease_s, then per key its limit and ttl_ms (0: never).
+_HOLD_LUA = (
+    _BUDGET_LUA
+    + """
+local now, id, amount = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local lapses_at = now + tonumber(ARGV[4])
 for i, key in ipairs(KEYS) do
+  drop_lapsed(key, now)
   local state = redis.call('HMGET', key, 'spent', 'held')
   local spent, held = tonumber(state[1] or '0'), tonumber(state[2] or '0')
-  if spent + held + amount > tonumber(ARGV[2 * i]) then return {i - 1, spent, held} end
+  if spent + held + amount > tonumber(ARGV[3 + 2 * i]) then return {i - 1, spent, held} end
 end
 for i, key in ipairs(KEYS) do
   redis.call('HINCRBY', key, 'held', amount)
-  local ttl_ms = tonumber(ARGV[2 * i + 1])
-  if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
+  redis.call('HSET', key, 'hold:' .. id, amount)
+  redis.call('ZADD', key .. ':holds', string.format('%.17g', lapses_at), id)
+  expire(key, tonumber(ARGV[4 + 2 * i]))
 end
 return {}
 """
+)
 
-# KEYS: budget records. ARGV: per key release, spend, ttl_ms (0: never expires).
-_SETTLE_LUA = """
+# KEYS: budget records. ARGV: now, hold id to release ('' for none), then per key spend and ttl_ms.
+_SETTLE_LUA = (
+    _BUDGET_LUA
+    + """
+local now, id = tonumber(ARGV[1]), ARGV[2]
 for i, key in ipairs(KEYS) do
-  local release, spend = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  local ttl_ms = tonumber(ARGV[3 * i])
-  if release == 0 or redis.call('EXISTS', key) == 1 then
-    if release ~= 0 then redis.call('HINCRBY', key, 'held', -release) end
-    if spend ~= 0 then redis.call('HINCRBY', key, 'spent', spend) end
-    if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
+  local spend, ttl_ms = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  drop_lapsed(key, now)
+  if id ~= '' and redis.call('ZREM', key .. ':holds', id) == 1 then
+    redis.call('HINCRBY', key, 'held', -tonumber(redis.call('HGET', key, 'hold:' .. id)))
+    redis.call('HDEL', key, 'hold:' .. id)
   end
+  if spend ~= 0 then redis.call('HINCRBY', key, 'spent', spend) end
+  if redis.call('EXISTS', key) == 1 then expire(key, ttl_ms) end
 end
 return 0
 """
+)
+
+# KEYS: budget records. ARGV: now. Returns spent, held of each.
+_READ_BUDGETS_LUA = (
+    _BUDGET_LUA
+    + """
+local now, result = tonumber(ARGV[1]), {}
+for _, key in ipairs(KEYS) do
+  drop_lapsed(key, now)
+  local state = redis.call('HMGET', key, 'spent', 'held')
+  table.insert(result, state[1] or '0')
+  table.insert(result, state[2] or '0')
+end
+return result
+"""
+)
 
 
 def _ttl_ms(ttl_s: float | None) -> int:
@@ -304,13 +372,14 @@ def _ttl_ms(ttl_s: float | None) -> int:
 class RedisLimitStore:
     """Limits shared by every replica using one Redis; each check-and-update is one Lua script."""
 
-    def __init__(self, client: Redis, concurrency_lease_s: float = DEFAULT_CONCURRENCY_LEASE_S) -> None:
+    def __init__(self, client: Redis, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.client = client
-        self.concurrency_lease_s = concurrency_lease_s
+        self.lease_s = lease_s
         self._take_quotas = client.register_script(_TAKE_QUOTAS_LUA)
         self._end_quotas = client.register_script(_END_QUOTAS_LUA)
         self._hold = client.register_script(_HOLD_LUA)
         self._settle = client.register_script(_SETTLE_LUA)
+        self._read_budgets = client.register_script(_READ_BUDGETS_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisLimitStore:
@@ -322,7 +391,7 @@ class RedisLimitStore:
 
     async def take_quotas(self, spec: QuotaSpec, admission_id: str, now: float) -> QuotaRefusal | None:
         args: list[str | int] = [repr(now), spec.requests_per_minute or 0, spec.tokens_per_minute or 0]
-        args += [spec.max_concurrent or 0, admission_id, repr(self.concurrency_lease_s), repr(READY_WITHIN_S)]
+        args += [spec.max_concurrent or 0, admission_id, repr(self.lease_s), repr(READY_WITHIN_S)]
         reply: Any = await self._take_quotas(keys=self._quota_keys(spec.scope), args=args)
         if not reply:
             return None
@@ -335,8 +404,10 @@ class RedisLimitStore:
             keys=keys, args=[repr(now), spec.tokens_per_minute or 0, num_tokens, admission_id]
         )
 
-    async def hold(self, lines: list[BudgetLine], amount_micros: int, now: float) -> BudgetRefusal | None:
-        args: list[int] = [amount_micros]
+    async def hold(
+        self, lines: list[BudgetLine], hold_id: str, amount_micros: int, now: float
+    ) -> BudgetRefusal | None:
+        args: list[str | int] = [repr(now), hold_id, amount_micros, repr(self.lease_s)]
         for line in lines:
             args += [line.limit_micros, _ttl_ms(line.ttl_s)]
         reply: Any = await self._hold(keys=[PREFIX + line.key for line in lines], args=args)
@@ -345,10 +416,10 @@ class RedisLimitStore:
         index, spent, held = reply
         return BudgetRefusal(int(index), int(spent), int(held))
 
-    async def settle(self, lines: list[SettleLine], now: float) -> None:
-        args: list[int] = []
+    async def settle(self, lines: list[SettleLine], release_hold: str | None, now: float) -> None:
+        args: list[str | int] = [repr(now), release_hold or ""]
         for line in lines:
-            args += [line.release_micros, line.spend_micros, _ttl_ms(line.ttl_s)]
+            args += [line.spend_micros, _ttl_ms(line.ttl_s)]
         await self._settle(keys=[PREFIX + line.key for line in lines], args=args)
 
     async def read_quotas(self, spec: QuotaSpec, now: float) -> QuotaLevels:
@@ -356,7 +427,7 @@ class RedisLimitStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hmget(rpm_key, ["level", "ts"])
             pipe.hmget(tpm_key, ["level", "ts"])
-            pipe.zcount(slots_key, f"({now - self.concurrency_lease_s!r}", "+inf")
+            pipe.zcount(slots_key, f"({now - self.lease_s!r}", "+inf")
             rpm_state, tpm_state, num_slots = await pipe.execute()
 
         def level(state: list[str | None], capacity: int | None) -> float | None:
@@ -373,11 +444,10 @@ class RedisLimitStore:
         )
 
     async def read_budgets(self, keys: list[str], now: float) -> list[tuple[int, int]]:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(PREFIX + key, ["spent", "held"])
-            states = await pipe.execute()
-        return [(int(spent or 0), int(held or 0)) for spent, held in states]
+        if not keys:
+            return []
+        flat: Any = await self._read_budgets(keys=[PREFIX + key for key in keys], args=[repr(now)])
+        return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def close(self) -> None:
         await self.client.aclose()

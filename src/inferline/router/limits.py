@@ -78,17 +78,12 @@ class Admission:
     principal: Principal
 
 
-@dataclass(frozen=True)
-class _Hold:
-    lines: list[BudgetLine]  # the budget records (scope and period) held on
-    amount_micros: int
-
-
 @dataclass
 class _Open:
     """An admission not finished yet. The lock keeps its hold, release and finish in order."""
 
-    hold: _Hold | None = None
+    hold: list[BudgetLine] | None = None
+    """The budget records (scope and period) the admission holds on, while it holds."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -257,20 +252,20 @@ class Limiter:
             scopes = self._budget_scopes(admission.principal)
             lines = [_budget_line(scope, budget, now) for scope, budget in scopes]
             if lines:
-                refusal = await self.store.hold(lines, amount, now)
+                refusal = await self.store.hold(lines, admission.id, amount, now)
                 if refusal is not None:
                     scope, budget = scopes[refusal.index]
                     raise _budget_error(scope, budget, refusal, amount, now)
-            state.hold = _Hold(lines, amount)
+            state.hold = lines
 
     async def release_budget(self, admission: Admission) -> None:
         """Drop the admission's budget hold, if it has one."""
         state = self._state(admission)
         async with state.lock:
             hold, state.hold = state.hold, None
-            if hold is not None and hold.lines:
-                lines = [SettleLine(line.key, hold.amount_micros, 0, line.ttl_s) for line in hold.lines]
-                await self.store.settle(lines, self.clock())
+            if hold:
+                lines = [SettleLine(line.key, 0, line.ttl_s) for line in hold]
+                await self.store.settle(lines, admission.id, self.clock())
 
     async def finish(self, admission: Admission, tokens: int, cost_usd: float) -> None:
         """Free the concurrency slot, debit `tokens`, and charge `cost_usd` in place of the hold.
@@ -286,17 +281,17 @@ class Limiter:
             spec = self.quotas.get(admission.principal.tenant)
             if spec is not None:
                 await self.store.end_quotas(spec, admission.id, tokens, now)
+            release = admission.id if state.hold is not None else None
             if state.hold is not None:
-                hold = state.hold
-                lines = [SettleLine(ln.key, hold.amount_micros, cost, ln.ttl_s) for ln in hold.lines]
+                lines = [SettleLine(line.key, cost, line.ttl_s) for line in state.hold]
             elif cost:
                 scopes = self._budget_scopes(admission.principal)
                 current = [_budget_line(scope, budget, now) for scope, budget in scopes]
-                lines = [SettleLine(line.key, 0, cost, line.ttl_s) for line in current]
+                lines = [SettleLine(line.key, cost, line.ttl_s) for line in current]
             else:
                 lines = []
             if lines:
-                await self.store.settle(lines, now)
+                await self.store.settle(lines, release, now)
 
     async def snapshot(self) -> dict[str, Any]:
         """Per scope, its quotas' current levels and its budget's state, for the admin API."""
