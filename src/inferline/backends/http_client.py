@@ -225,15 +225,16 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def lines(self) -> AsyncIterator[str]:
-        """The body split at newlines, without the line ends (SSE framing)."""
+    async def line_batches(self) -> AsyncIterator[list[str]]:
+        """The body split at newlines (SSE framing), without the line ends: each batch holds the whole
+        lines that arrived together, so a reader can pass on at once what came at once."""
         pending = b""
         while (chunk := await self._next_chunk()) is not None:
             *whole, pending = (pending + chunk).split(b"\n")
-            for line in whole:
-                yield line.rstrip(b"\r").decode()
+            if whole:
+                yield [line.rstrip(b"\r").decode() for line in whole]
         if pending:
-            yield pending.rstrip(b"\r").decode()
+            yield [pending.rstrip(b"\r").decode()]
 
     def _release(self) -> None:
         if not self._released:

@@ -129,16 +129,16 @@ class RemoteBackend:
             try:
                 async with asyncio.timeout(self.deployment.timeout_s):
                     response = await self._post(client, path, body, headers)
-                    lines = response.lines()
-                    first = await _first_deltas(lines, decoder)
+                    batches = response.line_batches()
+                    first = await _first_deltas(batches, decoder)
             except TimeoutError:
                 raise self._unavailable(
                     url, f"sent no token within {self.deployment.timeout_s:g} s"
                 ) from None
             for delta in first:
                 yield delta
-            async for line in lines:
-                for delta in decoder.feed(line):
+            async for batch in batches:
+                for delta in merge_deltas([d for line in batch for d in decoder.feed(line)]):
                     yield delta
             final = decoder.finish()
             if final is not None:
@@ -365,14 +365,44 @@ class StreamDecoder:
         return Delta(self.request_id, 0, "", [], usage=usage)
 
 
-async def _first_deltas(lines: AsyncIterator[str], decoder: StreamDecoder) -> list[Delta]:
-    """Read until the first chunk that yields Deltas (a role-only chunk yields none)."""
-    async for line in lines:
-        deltas = decoder.feed(line)
+async def _first_deltas(batches: AsyncIterator[list[str]], decoder: StreamDecoder) -> list[Delta]:
+    """Read until the first lines that yield Deltas (a role-only chunk yields none)."""
+    async for batch in batches:
+        deltas = merge_deltas([d for line in batch for d in decoder.feed(line)])
         if deltas:
             return deltas
     final = decoder.finish()
     return [final] if final is not None else []
+
+
+def merge_deltas(deltas: list[Delta]) -> list[Delta]:
+    """Deltas that arrived together, each completion's run of them made one: a client is sent one SSE
+    chunk per completion per read instead of one per upstream token (as vLLM's stream_interval does),
+    which is where a burst of tokens spent its time passing through. Usage stays a delta of its own."""
+    merged: list[Delta] = []
+    for delta in deltas:
+        last = merged[-1] if merged else None
+        if (
+            last is None
+            or last.index != delta.index
+            or last.finish_reason is not None
+            or last.usage is not None
+            or delta.usage is not None
+        ):
+            merged.append(delta)
+            continue
+        merged[-1] = Delta(
+            last.request_id,
+            last.index,
+            last.text + delta.text,
+            [],
+            None
+            if last.logprobs is None and delta.logprobs is None
+            else [*(last.logprobs or []), *(delta.logprobs or [])],
+            delta.finish_reason,
+            delta.stop_reason,
+        )
+    return merged
 
 
 def parse_usage(usage: dict[str, Any]) -> Usage:

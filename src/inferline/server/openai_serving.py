@@ -245,24 +245,27 @@ class OpenAIServing:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         usage, confidence = _Usage(), _Confidence()
         outcome = "aborted"  # unless the loop below finishes: the client left mid-stream
+        # Frames that are ready together go out in one write (each write is a pass through the ASGI
+        # stack and a system call): the role frames with the first chunk, the usage chunk with [DONE].
+        pending = b"".join(preamble)
         try:
-            for frame in preamble:
-                yield frame
             try:
                 async for prompt_index, delta in _chain(routed.value.firsts, routed.value.rest):
                     usage.add(delta)
                     confidence.add(delta)
                     choice = choice_for(prompt_index, delta)
                     if choice is not None:
-                        yield sse({**head, "choices": [choice]})
+                        yield pending + sse({**head, "choices": [choice]})
+                        pending = b""
                 outcome = "ok"
+                ending = pending
                 if include_usage:
                     totals = usage_dict(usage.prompt, usage.completion, usage.cached)
-                    yield sse({**head, "choices": [], "usage": totals})
+                    ending += sse({**head, "choices": [], "usage": totals})
             except Exception as error:  # after the 200: the error travels as a data frame
                 outcome = "error"
-                yield sse(openai_error_body(to_http_error(error)))
-            yield sse("[DONE]")
+                ending = pending + sse(openai_error_body(to_http_error(error)))
+            yield ending + sse("[DONE]")
         finally:
             await routed.complete(usage.prompt, usage.completion, outcome, confidence.mean)
 
