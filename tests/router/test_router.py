@@ -224,6 +224,26 @@ def test_cascade_escalates_when_the_cheap_answer_is_not_good_enough(answer: Answ
         assert records[-1].cost == pytest.approx(5 * 1.0 + 10 * 2.0)
 
 
+def test_a_cascade_answered_by_its_fallback_has_no_stage() -> None:
+    config = {
+        "deployments": [*CASCADE["deployments"], deployment("backup")],
+        "routes": [{**CASCADE["routes"][0], "fallbacks": ["backup"]}],
+    }
+    router, records = make_router(config)
+    judge = lambda value: Answer("fine", -0.1, 10, 10)  # noqa: E731
+
+    async def go() -> Routed[str]:
+        routed = await router.run("auto", caller(), answers({"small", "large"}), WorstCase(10, 10), judge)
+        await routed.complete(10, 10)
+        return routed
+
+    routed = asyncio.run(go())
+    assert routed.value == "backup"
+    assert routed.stage is None
+    assert "x-inferline-cascade-stage" not in routed.headers
+    assert (records[-1].deployment, records[-1].cascade_stage, records[-1].outcome) == ("backup", None, "ok")
+
+
 def test_fallback_on_failure_is_bounded_by_max_attempts() -> None:
     config = {
         "deployments": [deployment(n) for n in "abcd"],

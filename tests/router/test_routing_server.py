@@ -265,3 +265,28 @@ def content(response: httpx.Response, stream: bool) -> str:
         return str(response.json()["choices"][0]["message"]["content"])
     chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
     return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+
+
+def test_a_client_leaving_mid_stream_frees_the_deployments_slot(
+    front: ServerProcess, stubs: dict[str, StubProcess]
+) -> None:
+    stubs["slow"].set_faults(token_delay_s=0.3)
+    try:
+        body = {"model": "slow-only", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.stream(
+            "POST",
+            f"{front.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {API_KEY}"},
+        ) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()  # kept: a dropped line iterator closes the response
+            assert "chat.completion.chunk" in next(lines)
+            assert admin_routes(front)["slow-only"]["arms"]["slow"]["in_flight"] == 1
+        deadline = time.monotonic() + 10
+        while admin_routes(front)["slow-only"]["arms"]["slow"]["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admin_routes(front)["slow-only"]["arms"]["slow"]["in_flight"] == 0
+    finally:
+        stubs["slow"].set_faults()
+    assert chat(front, "slow-only").status_code == 200  # its one slot (max_concurrency 1) is free again

@@ -220,7 +220,11 @@ class Router:
                 continue
             tried += 1
             final = not cascade or index == len(names) - 1 or names[index + 1] not in route.deployments
-            stage = route.deployments.index(name) + 1 if route.policy == "cascade" else None
+            stage = (
+                route.deployments.index(name) + 1
+                if name in route.deployments and route.policy == "cascade"
+                else None
+            )
             routed = await self._try(run, deployment, probe, final, stage, span)
             if routed is not None:
                 return routed
