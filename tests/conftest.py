@@ -8,6 +8,7 @@ from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.models.store import resolve
 from inferline.runners.embedding import EmbeddingRunner
+from tests.postgres import postgres, postgres_url  # noqa: F401  (a real PostgreSQL, started on first use)
 
 
 @pytest.fixture(scope="session", autouse=True)

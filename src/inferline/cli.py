@@ -135,8 +135,9 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
+    from inferline.db import database_url
     from inferline.models.store import inferline_home
-    from inferline.telemetry.usage_store import UsageStore, database_url, parse_group_by, parse_since
+    from inferline.telemetry.usage_store import UsageStore, parse_group_by, parse_since
 
     configured = args.database_url
     if args.config is not None:

@@ -1,13 +1,11 @@
 """Metric arithmetic on hand-made timings: every figure checked against a number worked out by hand."""
 
-import numpy as np
 import pytest
 
 from inferline.bench.metrics import (
     SLO,
     Distribution,
     compute_metrics,
-    percentile,
     pooled_itl_s,
     request_tpot_s,
 )
@@ -25,30 +23,7 @@ def failed(message: str) -> RequestRecord:
     return RequestRecord(0.0, 0.1, [], 0, None, message)
 
 
-# ---- percentiles -------------------------------------------------------------------------------
-
-
-def test_percentile_interpolates_linearly_between_closest_ranks() -> None:
-    values = [10.0, 20.0, 30.0, 40.0]  # ranks 0..3
-    assert percentile(values, 0) == 10.0
-    assert percentile(values, 100) == 40.0
-    assert percentile(values, 50) == 25.0  # rank 1.5: halfway between 20 and 30
-    assert percentile(values, 99) == pytest.approx(39.7)  # rank 2.97
-    assert percentile([40.0, 10.0, 30.0, 20.0], 50) == 25.0  # order does not matter
-    assert percentile([7.0], 99) == 7.0
-
-
-def test_percentile_matches_numpys_default_method() -> None:
-    values = np.random.default_rng(0).exponential(size=101).tolist()
-    for q in (1, 50, 90, 95, 99, 99.9):
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-
-
-def test_percentile_refuses_empty_input_and_bad_q() -> None:
-    with pytest.raises(ValueError, match="no values"):
-        percentile([], 50)
-    with pytest.raises(ValueError, match="0, 100"):
-        percentile([1.0], 101)
+# ---- distributions (their percentiles are inferline.stats.percentile: tests/test_stats.py) ------------
 
 
 def test_distribution_of_values_and_of_nothing() -> None:

@@ -143,8 +143,9 @@ def test_alias_errors_say_what_to_do(catalog: Catalog, keys: KeyPair, tmp_path: 
 
 
 def test_an_unreachable_database_is_an_actionable_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(RegistryError, match="cannot open the registry database .*check --database-url"):
-        Catalog(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}", tmp_path / "registry")
+        Catalog(f"sqlite:///{tmp_path / 'a-file' / 'x.db'}", tmp_path / "registry")
 
 
 def test_the_catalog_opens_the_database_as_metering_does(tmp_path: Path) -> None:

@@ -328,7 +328,9 @@ def test_a_transient_database_error_is_retried_and_the_transition_is_stored(
     with FailingWrites(times=1) as failing:
         assert controller.act("ab", "pause").status == "paused"
     assert failing.times == 0  # the fault did happen
-    assert "storing its state (paused) failed: disk I/O error; trying again (2 of 3)" in caplog.text
+    assert (
+        "storing its state (paused) failed: Exception: disk I/O error; trying again (2 of 3)" in caplog.text
+    )
     assert stored(tmp_path) == "paused"  # a restart resumes paused
 
 

@@ -15,8 +15,8 @@ from sqlalchemy import event, select
 from inferline.telemetry.metering import UsageWriter
 from inferline.telemetry.usage_store import UsageStore, usage_records
 from inferline.types import UsageRecord
+from tests.postgres import PostgresServer
 from tests.server.conftest import free_port
-from tests.telemetry.conftest import PostgresServer
 from tests.telemetry.records import usage_record
 
 

@@ -60,9 +60,9 @@ def test_buckets_count_rates_tokens_and_latency_percentiles() -> None:
     assert body["errors_per_s"] == [1 / 2]
     assert body["completion_tokens_per_s"] == [50 / 2]
     assert body["prompt_tokens_per_s"] == [33 / 2]
-    # Nearest rank over the ten answered requests: 10..100 ms.
-    assert body["ttft_ms"]["p50"] == [pytest.approx(50)]
-    assert body["ttft_ms"]["p95"] == [pytest.approx(100)]
+    # Interpolated (stats.percentile) over the ten answered requests, 10..100 ms: ranks 4.5 and 8.55.
+    assert body["ttft_ms"]["p50"] == [pytest.approx(55)]
+    assert body["ttft_ms"]["p95"] == [pytest.approx(95.5)]
     # TPOT: (latency - ttft) / (tokens - 1) = 0.4 / 4 s for every one of them.
     assert body["tpot_ms"]["p50"] == [pytest.approx(100)]
 
@@ -131,12 +131,12 @@ def test_the_reservoir_keeps_a_bounded_uniform_sample() -> None:
         reservoir.add(float(value))
     assert len(reservoir.values) == 100
     assert reservoir.num_seen == 10_000
-    p50, p95 = reservoir.quantiles((0.5, 0.95))
+    p50, p95 = reservoir.percentiles((50, 95))
     assert p50 is not None
     assert p95 is not None
     assert 3_500 < p50 < 6_500
     assert p95 > 8_000
-    assert Reservoir(4, random.Random(0)).quantiles((0.5,)) == [None]
+    assert Reservoir(4, random.Random(0)).percentiles((50,)) == [None]
 
 
 def test_an_interval_longer_than_the_window_is_refused() -> None:

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
+from inferline.db import database_url
 from inferline.errors import InvalidRequestError
+from inferline.stats import percentile
 from inferline.telemetry.usage_store import (
     UsageRow,
     UsageStore,
-    database_url,
     parse_group_by,
     parse_since,
-    percentile_cont,
     usage_records,
 )
 from inferline.types import UsageRecord
@@ -162,7 +162,7 @@ def test_p95_of_twenty_requests_interpolates_like_percentile_cont(store: UsageSt
     assert row.p95_latency_ms == 19.05
     assert row.p95_ttft_ms == 4.763  # 4.7625 ms, kept to the microsecond
     assert row.cost_usd == 2.5
-    assert percentile_cont([float(i) for i in range(1, 21)], 0.95) == pytest.approx(19.05)
+    assert percentile([float(i) for i in range(1, 21)], 95) == pytest.approx(19.05)
 
 
 def test_sqlite_and_postgresql_give_the_same_summaries(

@@ -25,24 +25,7 @@ from dataclasses import dataclass
 
 from inferline.bench.record import RequestRecord
 from inferline.errors import InvalidRequestError
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (q in [0, 100]) by linear interpolation between closest ranks.
-
-    On the sorted values v[0..n-1] the rank is r = q/100 * (n - 1); the result is
-    v[floor(r)] + (r - floor(r)) * (v[floor(r) + 1] - v[floor(r)]). This is NumPy's default method
-    (Hyndman and Fan's type 7), the one `vllm bench serve` uses through np.percentile, so figures compare.
-    """
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be in [0, 100]; got {q}")
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
+from inferline.stats import percentile
 
 
 @dataclass(frozen=True)

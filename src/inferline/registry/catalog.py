@@ -37,11 +37,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from inferline.db import create_schema, database_url, describe_error, display_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.bundle import VERSION_PATTERN, read_bundle
 from inferline.registry.signing import signature_sha256, verify_bundle
-from inferline.telemetry.usage_store import database_url, open_engine
 
 REGISTRY_DIR = "registry"
 
@@ -124,17 +124,17 @@ class Catalog:
     """Versions and aliases in the database `url`, bundles under `root` (`$INFERLINE_HOME/registry`)."""
 
     def __init__(self, url: str, root: Path) -> None:
-        self.url = url
         self.root = root
-        # The default SQLite file lives in $INFERLINE_HOME, the parent of `root`: both exist from here on.
         root.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = open_engine(url, "--database-url")
+        self.url = display_url(self._engine.url)
+        """The database's URL with any password hidden."""
         try:
-            self._engine: Engine = open_engine(url, "--database-url")
-            metadata.create_all(self._engine)
-        except SQLAlchemyError as error:
-            cause = getattr(error, "orig", None) or error
+            create_schema(self._engine, metadata)
+        except (SQLAlchemyError, OSError) as error:
             raise RegistryError(
-                f"cannot open the registry database {url} ({cause}): check --database-url"
+                f"cannot open the registry database {self.url} ({describe_error(error, self._engine.url)}): "
+                "check --database-url"
             ) from None
 
     def close(self) -> None:

@@ -34,11 +34,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
+from inferline.db import create_schema, database_url, describe_error, display_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
-from inferline.telemetry.usage_store import database_url, describe_error, open_engine
 
 RecordKind = Literal["usage", "flagged", "state"]
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
@@ -149,23 +149,23 @@ def parse_batch(body: bytes) -> TelemetryBatch:
 
 def open_dataset(configured_url: str | None = None) -> Dataset:
     """The dataset in the registry database (`configured_url`, else inferline.db in $INFERLINE_HOME)."""
-    home = inferline_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return Dataset(database_url(configured_url, home))
+    return Dataset(database_url(configured_url, inferline_home()))
 
 
 class Dataset:
     """`store` uploads and read them back (`records`, `dropped_counts`) in the database at `url`."""
 
     def __init__(self, url: str) -> None:
+        self._engine: Engine = open_engine(url, "--database-url")
+        self.url = display_url(self._engine.url)
+        """The database's URL with any password hidden."""
         try:
-            self._engine: Engine = open_engine(url, "--database-url")
-            metadata.create_all(self._engine)
-        except (SQLAlchemyError, ArgumentError) as error:
+            create_schema(self._engine, metadata)
+        except (SQLAlchemyError, OSError) as error:
             raise DatasetError(
-                f"cannot open the registry database {url} ({describe_error(error)}): check --database-url"
+                f"cannot open the registry database {self.url} ({describe_error(error, self._engine.url)}): "
+                "check --database-url"
             ) from None
-        self.url = self._engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -204,7 +204,8 @@ class Dataset:
                 self._record_drops(connection, batch.device_id, batch.num_dropped, now)
         except SQLAlchemyError as error:
             raise DatasetError(
-                f"cannot store telemetry in {self.url} ({describe_error(error)}): the device will retry"
+                f"cannot store telemetry in {self.url} ({describe_error(error, self._engine.url)}): "
+                "the device will retry"
             ) from None
         return StoreResult(num_stored=len(new_rows), num_duplicates=len(batch.records) - len(new_rows))
 
@@ -234,7 +235,9 @@ class Dataset:
             with self._engine.connect() as connection:
                 rows = connection.execute(query).mappings().all()
         except SQLAlchemyError as error:
-            raise DatasetError(f"cannot read telemetry from {self.url} ({describe_error(error)})") from None
+            raise DatasetError(
+                f"cannot read telemetry from {self.url} ({describe_error(error, self._engine.url)})"
+            ) from None
         for row in rows:
             yield DatasetRecord(
                 device_id=row["device_id"],

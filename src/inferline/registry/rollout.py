@@ -16,20 +16,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text, delete, insert
 from sqlalchemy import select as sql_select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateTable
 
 from inferline.config import CanaryConfig, RolloutPlanConfig
+from inferline.db import create_schema, describe_error, display_url, open_engine
 from inferline.errors import InferlineError
 from inferline.registry.catalog import RegistryError, VersionRecord, open_catalog
 from inferline.registry.serving import RegistrySource, parse_registry_source
-from inferline.telemetry.usage_store import open_engine
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +124,11 @@ class RolloutStore:
     not be missing from the table that a restarted server resumes from."""
 
     def __init__(self, url: str, max_attempts: int = 3, retry_delay_s: float = 0.05) -> None:
-        self.url = url
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
-        self._engine = open_engine(url)
+        self._engine = open_engine(url, "telemetry.database_url")
+        self.url = display_url(self._engine.url)
+        """The database's URL with any password hidden."""
         self._ready = False
         self._lock = threading.Lock()
 
@@ -164,7 +162,7 @@ class RolloutStore:
                     "rollout on route %s: storing its state (%s) failed: %s; trying again (%d of %d)",
                     state.route,
                     state.status,
-                    getattr(error, "orig", None) or error,
+                    describe_error(error, self._engine.url),
                     attempt + 1,
                     self.max_attempts,
                 )
@@ -177,22 +175,16 @@ class RolloutStore:
         with self._lock:
             if self._ready:
                 return
-            database = make_url(self.url).database
-            if self._engine.dialect.name == "sqlite" and database:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
             try:
-                # IF NOT EXISTS: another replica or the CLI may create it at the same moment.
-                with self._engine.begin() as connection:
-                    connection.execute(CreateTable(rollouts, if_not_exists=True))
-            except SQLAlchemyError as error:
+                create_schema(self._engine, metadata)
+            except (SQLAlchemyError, OSError) as error:
                 raise self._error("create", error) from None
             self._ready = True
 
-    def _error(self, verb: str, error: SQLAlchemyError) -> RolloutError:
-        cause = getattr(error, "orig", None) or error
-        shown = make_url(self.url).render_as_string(hide_password=True)
+    def _error(self, verb: str, error: SQLAlchemyError | OSError) -> RolloutError:
         return RolloutError(
-            f"cannot {verb} the rollouts table in {shown} ({cause}): check telemetry.database_url"
+            f"cannot {verb} the rollouts table in {self.url} ({describe_error(error, self._engine.url)}): "
+            "check telemetry.database_url"
         )
 
 

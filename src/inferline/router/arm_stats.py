@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from inferline.stats import percentile
+
 
 @dataclass
 class Outcome:
@@ -50,12 +52,9 @@ class ArmStats:
 
     @property
     def p95_latency_s(self) -> float:
-        """95th percentile (nearest rank) of recent successful requests' latency; 0 with none."""
-        latencies = sorted(o.latency_s for o in self.recent if not o.error)
-        if not latencies:
-            return 0.0
-        rank = max(0, -(-95 * len(latencies) // 100) - 1)
-        return latencies[rank]
+        """95th percentile (stats.percentile) of recent successful requests' latency; 0 with none."""
+        latencies = [o.latency_s for o in self.recent if not o.error]
+        return percentile(latencies, 95) if latencies else 0.0
 
     def snapshot(self) -> dict[str, float | int | None]:
         return {

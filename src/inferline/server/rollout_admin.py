@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict
 
 from inferline.config import ServerConfig
+from inferline.db import database_url
 from inferline.models.store import inferline_home
 from inferline.registry.rollout import RolloutController, RolloutError, RolloutStore, RolloutTarget
 from inferline.router.router import Router
 from inferline.server.errors import HTTPError
-from inferline.telemetry.usage_store import database_url
 
 
 class RolloutUpdate(BaseModel):

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CollectorRegistry
 
 from inferline.config import TelemetryConfig
+from inferline.db import database_url
 from inferline.models.store import inferline_home
 from inferline.server.auth import Authenticator
 from inferline.server.errors import HTTPError
@@ -21,7 +22,6 @@ from inferline.telemetry.metering import UsageWriter
 from inferline.telemetry.usage_store import (
     UsageDatabaseError,
     UsageStore,
-    database_url,
     parse_group_by,
     parse_since,
 )

@@ -18,7 +18,8 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from inferline.config import TelemetryConfig
-from inferline.telemetry.usage_store import UsageStore, describe_error
+from inferline.db import describe_error
+from inferline.telemetry.usage_store import UsageStore
 from inferline.types import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class UsageWriter:
                 "usage database %s cannot be written (%s); keeping up to %d usage records in memory "
                 "(telemetry.buffer_max_records) and retrying; requests are not affected",
                 self.store.url,
-                describe_error(error),
+                describe_error(error, self.store.engine.url),
                 self.buffer_max_records,
             )
         self.database_up.set(0)

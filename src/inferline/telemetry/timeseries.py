@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferline.stats import percentile
 from inferline.types import UsageRecord
 
 _FAILED = ("error", "rejected")
@@ -60,14 +61,13 @@ class Reservoir:
         if slot < self.capacity:
             self.values[slot] = value
 
-    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
-        """Nearest-rank quantiles; None for each when nothing was added."""
+    def percentiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        """The q-th percentiles (q in [0, 100], stats.percentile); None for each when nothing was added."""
         if not self.values:
             return [None] * len(qs)
         if self._sorted is None:
             self._sorted = sorted(self.values)
-        ordered = self._sorted
-        return [ordered[max(0, math.ceil(q * len(ordered)) - 1)] for q in qs]
+        return [percentile(self._sorted, q, presorted=True) for q in qs]
 
 
 @dataclass
@@ -176,8 +176,8 @@ class RecentSeries:
         None marks "no value" (no request finished, or the deployment was not sampled)."""
         buckets = self.sealed()
         per_s = 1.0 / self.interval_s
-        ttft = [b.ttft_s.quantiles((0.5, 0.95)) for b in buckets]
-        tpot = [b.tpot_s.quantiles((0.5, 0.95)) for b in buckets]
+        ttft = [b.ttft_s.percentiles((50, 95)) for b in buckets]
+        tpot = [b.tpot_s.percentiles((50, 95)) for b in buckets]
         return {
             "interval_s": self.interval_s,
             "window_s": self.window_s,

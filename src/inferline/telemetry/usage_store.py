@@ -1,20 +1,18 @@
 """The usage database: one row per finished request, and the showback summaries read from it.
 
-Design note: SQLAlchemy Core over one `usage_records` table, the same on SQLite (the default, a file in
-$INFERLINE_HOME) and PostgreSQL. Summaries aggregate in the database; the one thing the two dialects do
-not share is a percentile aggregate, so PostgreSQL uses its own `percentile_cont` and SQLite gets an
-aggregate of the same definition (linear interpolation between the two nearest ranks) registered on each
-connection. SQLite runs in WAL mode so `inferline usage` can read while the server writes.
+Design note: SQLAlchemy Core over one `usage_records` table in inferline's database (db.py: SQLite in
+$INFERLINE_HOME by default, PostgreSQL by URL). Summaries aggregate in the database; the one thing the two
+dialects do not share is a percentile aggregate, so PostgreSQL uses its own `percentile_cont` and SQLite
+gets `inferline_p95`, registered on each connection, which is `stats.percentile`: the same definition, so
+both databases give the same figure.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
@@ -29,26 +27,22 @@ from sqlalchemy import (
     String,
     Table,
     case,
-    create_engine,
     desc,
     event,
     func,
     insert,
-    inspect,
     select,
-    text,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.exc import SQLAlchemyError
 
+from inferline.db import create_schema, describe_error, display_url, open_engine
 from inferline.errors import InferlineError, InvalidRequestError
+from inferline.stats import percentile
 from inferline.types import UsageRecord
 
 GroupBy = Literal["tenant", "route", "deployment", "model"]
 GROUP_BY: tuple[str, ...] = get_args(GroupBy)
-P95 = 0.95
-DATABASE_FILE = "inferline.db"
+P95 = 95
 
 metadata = MetaData()
 
@@ -72,7 +66,7 @@ usage_records = Table(
     Column("degraded", Boolean, nullable=False),
     Column("error_type", String(128), nullable=False),
     Column("finished_at", Double, nullable=False),
-    # Columns added after the first release are nullable: ensure_schema adds them to older tables.
+    # Columns added after the first release are nullable: create_schema adds them to older tables.
     Column("mean_logprob", Double, nullable=True),
     # Every summary filters on a time window, and a tenant's own view on the tenant too.
     Index("ix_usage_records_finished_at", "finished_at"),
@@ -112,11 +106,6 @@ class UsageRow:
     """Requests refused by admission, quotas or validation (outcome "rejected")."""
 
 
-def database_url(configured: str | None, home: Path) -> str:
-    """`telemetry.database_url`, else the SQLite file inferline.db in `home` ($INFERLINE_HOME)."""
-    return configured if configured is not None else f"sqlite:///{home / DATABASE_FILE}"
-
-
 def parse_group_by(text: str) -> GroupBy:
     if text not in GROUP_BY:
         raise InvalidRequestError(f"by={text!r} is not a grouping: use one of {', '.join(GROUP_BY)}", "by")
@@ -144,17 +133,6 @@ def parse_since(text: str, now: float) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def percentile_cont(values: list[float], fraction: float) -> float | None:
-    """PostgreSQL's percentile_cont: linear interpolation at rank fraction * (n - 1); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, len(ordered) - 1)
-    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
-
-
 class _P95Aggregate:
     """SQLite aggregate `inferline_p95(x)`; NULLs are skipped as percentile_cont skips them."""
 
@@ -166,35 +144,7 @@ class _P95Aggregate:
             self.values.append(value)
 
     def finalize(self) -> float | None:
-        return percentile_cont(self.values, P95)
-
-
-def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
-    # Writers (the server, the registry) and readers (the CLI) share the file.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
-
-
-def open_engine(url: str, setting: str = "telemetry.database_url") -> Engine:
-    """An engine on inferline's one database (usage, registry, rollouts): SQLite in WAL mode, or
-    PostgreSQL through psycopg, the driver inferline installs. `setting` is named in errors."""
-    expected = "SQLite (sqlite:///FILE) or PostgreSQL (postgresql+psycopg://USER@HOST/DB)"
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise InvalidRequestError(f"{setting} is not a database URL: give {expected}", setting) from None
-    dialect = parsed.get_backend_name()
-    if dialect not in ("sqlite", "postgresql"):
-        raise InvalidRequestError(f"{setting} {parsed.render_as_string()!r}: use {expected}", setting)
-    if parsed.drivername == "postgresql":  # whatever SQLAlchemy's default driver is
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    # Connections are checked before use, so a restarted PostgreSQL costs one failed call at most.
-    connect_args = {"connect_timeout": 5} if dialect == "postgresql" else {}
-    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-    if dialect == "sqlite":
-        event.listen(engine, "connect", _enable_wal)
-    return engine
+        return percentile(self.values, P95) if self.values else None
 
 
 def _add_p95(dbapi_connection: Any, _record: Any) -> None:
@@ -206,10 +156,8 @@ class UsageStore:
     be built while its database is still unreachable (its callers retry)."""
 
     def __init__(self, url: str) -> None:
-        self.engine: Engine = open_engine(url)
+        self.engine: Engine = open_engine(url, "telemetry.database_url")
         self.dialect = self.engine.dialect.name
-        database = self.engine.url.database
-        self._sqlite_file = Path(database) if self.dialect == "sqlite" and database else None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _add_p95)
         self._schema_ready = False
@@ -218,43 +166,15 @@ class UsageStore:
     @property
     def url(self) -> str:
         """The URL with any password hidden, for logs and errors."""
-        return self.engine.url.render_as_string(hide_password=True)
+        return display_url(self.engine.url)
 
     def ensure_schema(self) -> None:
-        """Create the table and its indexes unless they exist; several processes may race to do it."""
-        if self._schema_ready:
-            return
+        """Create the table and its indexes unless they exist (once per store; other processes may be
+        creating them at the same moment)."""
         with self._schema_lock:
-            if self._schema_ready:
-                return
-            if self._sqlite_file is not None:
-                self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-            # IF NOT EXISTS rather than create_all's look-then-create, which loses races with the CLI
-            # or another replica creating the same table.
-            with self.engine.begin() as connection:
-                connection.execute(CreateTable(usage_records, if_not_exists=True))
-                for index in usage_records.indexes:
-                    connection.execute(CreateIndex(index, if_not_exists=True))
-            self._add_new_columns()
-            self._schema_ready = True
-
-    def _add_new_columns(self) -> None:
-        """Give a table an older inferline created the columns added since; another process adding the
-        same column at the same moment is not an error."""
-        present = self._column_names()
-        for column in usage_records.columns:
-            if column.name in present:
-                continue
-            kind = column.type.compile(self.engine.dialect)
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(text(f"ALTER TABLE usage_records ADD COLUMN {column.name} {kind}"))
-            except SQLAlchemyError:
-                if column.name not in self._column_names():
-                    raise
-
-    def _column_names(self) -> set[str]:
-        return {column["name"] for column in inspect(self.engine).get_columns(usage_records.name)}
+            if not self._schema_ready:
+                create_schema(self.engine, metadata)
+                self._schema_ready = True
 
     def insert_many(self, records: list[UsageRecord]) -> None:
         """All of them in one transaction: once this returns they are on disk."""
@@ -293,24 +213,17 @@ class UsageStore:
                 result = connection.execute(query).all()
         except (SQLAlchemyError, OSError) as error:
             raise UsageDatabaseError(
-                f"cannot read the usage database {self.url}: {describe_error(error)}"
+                f"cannot read the usage database {self.url}: {describe_error(error, self.engine.url)}"
             ) from error
         return [_row(by, row._mapping) for row in result]
 
     def _p95(self, column: Column[float]) -> ColumnElement[float]:
         if self.dialect == "postgresql":
-            return func.percentile_cont(P95).within_group(column.asc())
+            return func.percentile_cont(P95 / 100).within_group(column.asc())
         return func.inferline_p95(column, type_=Double)
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def describe_error(error: BaseException) -> str:
-    """The driver's own message, on one line (SQLAlchemy's wrapper adds the statement and parameters)."""
-    cause = getattr(error, "orig", None) or error
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def _ms(seconds: float | None) -> float | None:

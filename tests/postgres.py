@@ -1,4 +1,5 @@
-"""A real PostgreSQL server for the usage database's tests, started from Debian's binaries on loopback.
+"""A real PostgreSQL server for the database's tests (db, usage, metering), started from Debian's binaries on
+loopback; tests/conftest.py shares its fixtures with every test.
 
 CI installs the `postgresql` package (scripts/install.sh --test), so a server that cannot start fails
 the tests instead of skipping them. PostgreSQL refuses to run as root: as root, the server runs as
