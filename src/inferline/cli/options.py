@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from inferline.errors import InferlineError, InvalidRequestError
 
-Owner = type[BaseModel] | type[Any]
+Owner = type[Any]
 """A pydantic model or a dataclass whose fields the options fill."""
 
 
