@@ -1,10 +1,22 @@
 """The `inferline` command, run as a user would: a real process."""
 
+import argparse
 import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from inferline.bench.config import OfflineBenchConfig, ServeBenchConfig
+from inferline.cli import build_parser
+from inferline.cli.bench import offline_bench_config, serve_bench_config
+from inferline.cli.edge import agent_config
+from inferline.cli.options import given
+from inferline.config import EngineConfig, ServerConfig
+from inferline.edge.config import AgentConfig
 
 BIN = Path(sys.executable).with_name("inferline")
 
@@ -22,6 +34,69 @@ def test_chat_answers_with_the_default_model() -> None:
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
     assert "tok/s" in done.stderr
+
+
+def subparser(*path: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = commands.choices[name]
+    return parser
+
+
+# Every command whose options fill a config model, with the least command line it accepts.
+EDGE_REQUIRED = ["--registry", "http://r", "--device-id", "d", "--model", "m", "--trusted-root", "root.json"]
+EDGE_REQUIRED += ["--pubkey", "key.pem", "--home", "home"]
+CONFIGURED = {
+    ("bench", "serve"): (ServeBenchConfig, ["--model", "m"]),
+    ("bench", "offline"): (OfflineBenchConfig, []),
+    ("chat",): (EngineConfig, ["hi"]),
+    ("serve",): (ServerConfig, []),
+    ("edge",): (AgentConfig, EDGE_REQUIRED),
+}
+
+
+@pytest.mark.parametrize("path", list(CONFIGURED), ids=" ".join)
+def test_options_that_fill_a_config_model_leave_its_defaults_to_it(path: tuple[str, ...]) -> None:
+    model, _ = CONFIGURED[path]
+    fields = model.model_fields if issubclass(model, BaseModel) else AgentConfig.__dataclass_fields__
+    shadowing = {
+        action.dest: action.default
+        for action in subparser(*path)._actions
+        if action.dest in fields and action.default is not None
+    }
+    assert shadowing == {}, f"argparse defaults shadow {model.__name__}'s: give them default None"
+
+
+def test_the_least_command_line_builds_each_model_with_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFERLINE_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    parse = build_parser().parse_args
+    assert serve_bench_config(parse(["bench", "serve", "--model", "m"])) == ServeBenchConfig(model="m")
+    assert offline_bench_config(parse(["bench", "offline"])) == OfflineBenchConfig()
+    assert given(parse(["chat", "hi"]), EngineConfig) == {}
+    assert given(parse(["serve"]), ServerConfig) == {}
+    assert agent_config(parse(["edge", *EDGE_REQUIRED])) == AgentConfig(
+        registry_url="http://r",
+        device_id="d",
+        labels={},
+        model="m",
+        trusted_root=Path("root.json"),
+        public_key=Path("key.pem"),
+        home=Path("home"),
+    )
+
+
+def test_values_given_win_over_the_model_defaults() -> None:
+    args = build_parser().parse_args(["bench", "offline", "--repeats", "5", "--batch-sizes", "2,4"])
+    assert offline_bench_config(args) == OfflineBenchConfig(repeats=5, batch_sizes=[2, 4])
+
+
+def test_help_shows_the_defaults_the_models_hold() -> None:
+    offline = subparser("bench", "offline").format_help()
+    assert f"(default {OfflineBenchConfig.model_fields['repeats'].default})" in offline
+    assert "(default 1,8,32)" in " ".join(offline.split())
+    assert f"(default {AgentConfig.poll_s})" in subparser("edge").format_help()
 
 
 def test_models_list_shows_the_default_model(tmp_path: Path) -> None:

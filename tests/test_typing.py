@@ -19,7 +19,7 @@ def test_mypy_passes() -> None:
             "src/inferline/telemetry",
             "src/inferline/edge",
             "src/inferline/registry",
-            "src/inferline/cli.py",
+            "src/inferline/cli",
         ],
         cwd=ROOT,
         capture_output=True,

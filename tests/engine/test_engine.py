@@ -239,3 +239,16 @@ def test_two_tenants_flooding_one_class_get_equal_shares(default_model: LoadedMo
             tokens[delta.request_id[0]] += len(delta.token_ids)
     fair_share = (tokens["a"] + tokens["b"]) / 2
     assert abs(tokens["a"] - fair_share) <= 0.2 * fair_share, tokens
+
+
+def test_chat_hands_each_delta_to_on_delta_as_it_comes(default_model: LoadedModel) -> None:
+    llm = LLM(loaded=default_model, kv_cache_bytes=64 << 20)
+    conversations = [[{"role": "user", "content": "What is rain?"}], [{"role": "user", "content": "Hi"}]]
+    seen: list[tuple[str, str]] = []
+    outputs = llm.chat(
+        conversations, GREEDY, on_delta=lambda delta: seen.append((delta.request_id, delta.text))
+    )
+    for output in outputs:
+        pieces = [text for request_id, text in seen if request_id == output.request_id]
+        assert len(pieces) > 1  # streamed, not handed over at the end
+        assert "".join(pieces) == output.outputs[0].text

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inferline.bench.metrics import SLO
-from inferline.errors import InvalidRequestError
 
 PositiveInt = Annotated[int, Field(ge=1, le=1_000_000)]
 PositiveRate = Annotated[float, Field(gt=0)]
-
-# Fields whose command-line option is not simply --field-name.
-OPTION_NAMES = {"timeout_s": "--timeout", "json_path": "--json", "plot_path": "--plot"}
 
 
 class LoadPoint(BaseModel):
@@ -105,14 +101,3 @@ class OfflineBenchConfig(BaseModel):
     repeats: int = Field(3, ge=1, le=100, description="Timed runs per batch size; the median is reported.")
     seed: int = Field(0, ge=0, description="Seed of the random prompt ids.")
     json_path: Path | None = Field(None, description="Write every figure to this JSON file.")
-
-
-def build_config(cls: type[BaseModel], options: dict[str, Any]) -> Any:
-    """Validate command-line options; a bad value is an error naming its option, never a traceback."""
-    try:
-        return cls.model_validate({k: v for k, v in options.items() if v is not None})
-    except ValidationError as error:
-        first = error.errors()[0]
-        field_name = str(first["loc"][0]) if first["loc"] else "options"
-        option = OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
-        raise InvalidRequestError(f"{option}: {first['msg']}", field_name) from None

@@ -22,12 +22,12 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from inferline.edge.cases import GENERATION_PATHS, low_confidence_case, note_usage, watched
+from inferline.edge.config import AgentConfig
 from inferline.edge.install import Installer, InstallError, write_json_atomic
 from inferline.edge.local_model import AppFactory, HealthCheckError, LocalModel, ModelSpec
 from inferline.edge.outbox import Outbox, OutboxError, OutboxWriter, Uploader
@@ -40,9 +40,6 @@ from inferline.types import UsageRecord
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-DEFAULT_LOW_CONFIDENCE = -2.5
-"""Mean token log-probability under which an answer is flagged: on average each token had a probability
-under e^-2.5 ≈ 8 %, which small models reach when they ramble or guess."""
 # Failures that condemn one version (recorded as rejected) rather than the registry or the device.
 _VERSION_FAILURES = (
     UpdateRejectedError,
@@ -51,25 +48,6 @@ _VERSION_FAILURES = (
     InstallError,
     HealthCheckError,
 )
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """The `inferline edge` command line."""
-
-    registry_url: str  # the registry's TUF repository, e.g. http://registry:8081
-    device_id: str  # how this device names itself in its state
-    labels: dict[str, str]  # rollout selectors, e.g. {"ring": "canary"}
-    model: str  # the model name to follow and to serve
-    trusted_root: Path  # the registry's root.json shipped with the device
-    public_key: Path  # the publisher's bundle-signing public key (PEM)
-    home: Path  # models, pointer, state, TUF cache and usage database
-    host: str = "127.0.0.1"
-    port: int = 8000
-    poll_s: float = 30.0  # seconds between registry checks (and telemetry uploads)
-    outbox_max_records: int = 100_000  # telemetry kept on disk while the registry is unreachable
-    # Flag an answer (with its prompt) whose sampled tokens' mean log-probability is below this; None: never.
-    low_confidence_mean_logprob: float | None = DEFAULT_LOW_CONFIDENCE
 
 
 @dataclass
@@ -355,35 +333,6 @@ class EdgeAgent:
         del state["device_id"]  # every upload names its device
         version = self.state.current_version or "none"
         self.writer.submit({"kind": "state", **state, "model_version": version, "ts": time.time()})
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`ring=canary,site=lab` as a dict; an InferlineError names the malformed pair."""
-    labels: dict[str, str] = {}
-    for pair in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise InferlineError(
-                f"--labels: {pair!r} is not KEY=VALUE; write e.g. --labels ring=canary,site=lab"
-            )
-        labels[key] = value
-    return labels
-
-
-def parse_low_confidence(text: str) -> float | None:
-    """`--low-confidence-mean-logprob`: a log-probability (≤ 0), or `off`."""
-    if text.strip().lower() == "off":
-        return None
-    try:
-        threshold = float(text)
-    except ValueError:
-        threshold = float("nan")
-    if not threshold <= 0:  # NaN too
-        raise InferlineError(
-            f"--low-confidence-mean-logprob {text!r}: give a mean token log-probability ≤ 0 under which an "
-            f"answer is flagged (e.g. {DEFAULT_LOW_CONFIDENCE}; 0 flags nearly every answer), or off"
-        )
-    return threshold
 
 
 def run_agent(config: AgentConfig, app_factory: AppFactory) -> int:

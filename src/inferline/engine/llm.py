@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -67,8 +67,10 @@ class LLM:
         *,
         priority: Priority = Priority.CONVERSATIONAL,
         tenant: str = "default",
+        on_delta: Callable[[Delta], None] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids) in one continuous batch; outputs keep input order."""
+        """Generate for every prompt (text or token ids) in one continuous batch; outputs keep input order.
+        `on_delta` sees each delta as the engine produces it (`inferline chat` streams the text with it)."""
         prompt_list: list[Prompt]
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
@@ -90,6 +92,8 @@ class LLM:
             while self.engine.has_unfinished():
                 for delta in self.engine.step():
                     outputs[delta.request_id].add(delta)
+                    if on_delta is not None:
+                        on_delta(delta)
         finally:
             for request_id in list(outputs):
                 self.engine.abort(request_id)

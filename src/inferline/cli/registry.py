@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from inferline.cli.options import key_values
 from inferline.errors import InferlineError
 
 
@@ -175,13 +176,6 @@ def _registry_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not key or not sep or not value:
-        raise argparse.ArgumentTypeError(f"--label {text!r}: write KEY=VALUE, e.g. ring=canary")
-    return key, value
-
-
 def _repo_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -205,12 +199,13 @@ def _repo_publish(args: argparse.Namespace) -> int:
     name, ref = _split_ref(args.ref, version_required=True)
     with open_catalog(args.database_url) as catalog:
         record = catalog.resolve(name, str(ref))
+    labels = key_values(args.label, "--label", "ring=canary")
     repo = TufRepository(Path(args.repo), Path(args.keys))
     with tempfile.TemporaryDirectory() as tmp:
         archive = make_bundle_archive(record.path, Path(tmp) / "bundle.tar")
-        target = repo.add_target(name, record.version, archive, dict(args.label))
+        target = repo.add_target(name, record.version, archive, labels)
     repo.publish()
-    rings = ", ".join(f"{k}={v}" for k, v in args.label) or "every device"
+    rings = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every device"
     print(f"published {target} (for {rings}); targets version {repo.targets.signed.version}")
     return 0
 
@@ -221,10 +216,11 @@ def _repo_relabel(args: argparse.Namespace) -> int:
     from inferline.registry.tuf_repo import TufRepository
 
     name, version = _split_ref(args.ref, version_required=True)
+    labels = key_values(args.label, "--label", "ring=fleet")
     repo = TufRepository(Path(args.repo), Path(args.keys))
-    target = repo.relabel(name, str(version), dict(args.label))
+    target = repo.relabel(name, str(version), labels)
     repo.publish()
-    rings = ", ".join(f"{k}={v}" for k, v in args.label) or "every device"
+    rings = ", ".join(f"{k}={v}" for k, v in labels.items()) or "every device"
     print(f"{target} is now for {rings}; targets version {repo.targets.signed.version}")
     return 0
 
@@ -311,18 +307,14 @@ def _add_repository_parsers(sub: Any, database: argparse.ArgumentParser) -> None
         "publish", parents=[database, repo, keys], help="publish a stored version to the update repository"
     )
     publish.add_argument("ref", metavar="NAME:VERSION", help="a version or alias, e.g. support-bot:prod")
-    publish.add_argument(
-        "--label", type=_parse_label, action="append", default=[], help="devices it is for, e.g. ring=canary"
-    )
+    publish.add_argument("--label", action="append", default=[], help="devices it is for, e.g. ring=canary")
     publish.set_defaults(handler=_repo_publish)
 
     relabel = sub.add_parser(
         "relabel", parents=[repo, keys], help="widen a published version to the next ring (no --label: all)"
     )
     relabel.add_argument("ref", metavar="NAME:VERSION")
-    relabel.add_argument(
-        "--label", type=_parse_label, action="append", default=[], help="devices it is for, e.g. ring=fleet"
-    )
+    relabel.add_argument("--label", action="append", default=[], help="devices it is for, e.g. ring=fleet")
     relabel.set_defaults(handler=_repo_relabel)
 
     refresh = sub.add_parser(
