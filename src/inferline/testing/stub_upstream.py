@@ -11,15 +11,13 @@ with `ignore_eos`). Prompt tokens are the prompt's words.
 Faults are set while it runs: `POST /stub/faults` with any of Faults' fields (the rest reset to their
 defaults; `{}` clears every fault) and `GET /stub/stats` for what it has seen.
 
-It is raw ASGI on uvicorn with no validation framework on the hot path: it stands in for a model
-server when the router's own overhead is measured in microseconds. Stream frames are built from
-pre-encoded pieces, and a stream with no delay goes out in one write.
+This module is the server (routes, faults, the child process); the answers' OpenAI shapes are in
+`openai_shapes`, the raw ASGI input and output in `asgi`. A stream with no delay goes out in one write.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import random
@@ -27,14 +25,15 @@ import select
 import socket
 import subprocess
 import sys
-import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from inferline.testing.asgi import header, lifespan, read_body, respond, send_body, sse, start, wait_or_leave
+from inferline.testing.openai_shapes import BadRequestError, Plan, Reply, embeddings, error_body
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -121,21 +120,6 @@ class StubStats:
     """The W3C `traceparent` header of the last POST to /v1/* (None when it had none)."""
 
 
-@dataclass
-class _Plan:
-    """One generation request, decoded."""
-
-    chat: bool
-    model: str
-    n: int
-    num_tokens: int
-    finish_reason: str
-    num_prompt_tokens: int
-    logprobs: int | None
-    stream: bool
-    include_usage: bool
-
-
 class StubUpstream:
     """The ASGI app. `reply` is split into words, the tokens; `num_tokens` defaults to their count."""
 
@@ -147,19 +131,13 @@ class StubUpstream:
         api_key: str | None = None,
         embedding_dim: int = 8,
     ) -> None:
-        words = reply.split() or ["ok"]
-        self.num_tokens = num_tokens or len(words)
-        self.first_token = words[0]
-        self.tokens = [" " + w for w in words]
-        self._token_json = [json.dumps(t) for t in self.tokens]
-        self._first_json = json.dumps(self.first_token)
+        self.reply = Reply(reply, num_tokens)
         self.model = model
         self.api_key = api_key
         self.embedding_dim = embedding_dim
         self.faults = Faults()
         self.rng = random.Random(0)
         self.stats = StubStats()
-        self._num_ids = 0
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._generate,
             ("POST", "/v1/completions"): self._generate,
@@ -171,19 +149,13 @@ class StubUpstream:
             ("GET", "/stub/stats"): self._get_stats,
         }
 
-    def token(self, i: int) -> str:
-        return self.first_token if i == 0 else self.tokens[i % len(self.tokens)]
-
-    def _token_json_at(self, i: int) -> str:
-        return self._first_json if i == 0 else self._token_json[i % len(self.tokens)]
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None:
-            await _respond(send, 404, _error(f"no route {scope['method']} {scope['path']}", 404))
+            await respond(send, 404, error_body(f"no route {scope['method']} {scope['path']}", 404))
             return
         await handler(scope, receive, send)
 
@@ -194,9 +166,9 @@ class StubUpstream:
         if body is None:
             return
         try:
-            plan = self._plan(scope["path"] == "/v1/chat/completions", body)
-        except _BadRequestError as error:
-            await _respond(send, 400, _error(error.message, 400, error.param))
+            plan = self.reply.plan(scope["path"] == "/v1/chat/completions", body, self.faults.omit_usage)
+        except BadRequestError as error:
+            await respond(send, 400, error_body(error.message, 400, error.param))
             return
         self.stats.in_flight += 1
         try:
@@ -211,177 +183,69 @@ class StubUpstream:
         """Count, authenticate, parse, wait delay_s and roll for an injected error; None if answered."""
         self.stats.requests += 1
         self.stats.by_path[scope["path"]] = self.stats.by_path.get(scope["path"], 0) + 1
-        self.stats.last_traceparent = _header(scope, b"traceparent")
-        raw = await _read_body(receive)
-        if self.api_key is not None and _header(scope, b"authorization") != f"Bearer {self.api_key}":
-            await _respond(send, 401, _error("invalid API key", 401, type_="authentication_error"))
+        self.stats.last_traceparent = header(scope, b"traceparent")
+        raw = await read_body(receive)
+        if self.api_key is not None and header(scope, b"authorization") != f"Bearer {self.api_key}":
+            await respond(send, 401, error_body("invalid API key", 401, type_="authentication_error"))
             return None
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            await _respond(send, 400, _error("request body must be a JSON object", 400))
+            await respond(send, 400, error_body("request body must be a JSON object", 400))
             return None
         faults = self.faults
-        if faults.delay_s and await _wait_or_leave(receive, faults.delay_s):
+        if faults.delay_s and await wait_or_leave(receive, faults.delay_s):
             self.stats.aborted += 1
             return None
         if faults.error_rate and self.rng.random() < faults.error_rate:
             self.stats.failed += 1
             headers = [] if faults.retry_after_s is None else [(b"retry-after", b"%g" % faults.retry_after_s)]
             message = f"stub upstream: injected error {faults.status}"
-            await _respond(send, faults.status, _error(message, faults.status), headers)
+            await respond(send, faults.status, error_body(message, faults.status), headers)
             return None
         return body
 
-    def _plan(self, chat: bool, body: dict[str, Any]) -> _Plan:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise _BadRequestError("field 'model' is required", "model")
-        n, max_tokens = body.get("n") or 1, body.get("max_tokens", body.get("max_completion_tokens"))
-        if not isinstance(n, int) or not 1 <= n <= 128:
-            raise _BadRequestError(f"n must be an integer in [1, 128]; got {n!r}", "n")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise _BadRequestError(f"max_tokens must be an integer >= 1; got {max_tokens!r}", "max_tokens")
-        num_tokens, finish_reason = self.num_tokens, "stop"
-        if max_tokens is not None and (max_tokens < num_tokens or body.get("ignore_eos")):
-            num_tokens, finish_reason = max_tokens, "length"
-        options = body.get("stream_options") or {}
-        return _Plan(
-            chat,
-            model,
-            n,
-            num_tokens,
-            finish_reason,
-            _prompt_words(body, chat),
-            _requested_logprobs(body, chat),
-            bool(body.get("stream")),
-            bool(options.get("include_usage")) and not self.faults.omit_usage,
-        )
-
-    async def _answer(self, plan: _Plan, receive: Receive, send: Send) -> None:
+    async def _answer(self, plan: Plan, receive: Receive, send: Send) -> None:
         faults = self.faults
         wait_s = faults.first_token_delay_s + faults.token_delay_s * plan.num_tokens
-        if wait_s and await _wait_or_leave(receive, wait_s):
+        if wait_s and await wait_or_leave(receive, wait_s):
             self.stats.aborted += 1
             return
-        text = "".join(self.token(i) for i in range(plan.num_tokens))
-        choices = []
-        for index in range(plan.n):
-            choice: dict[str, Any] = {"index": index, "finish_reason": plan.finish_reason, "logprobs": None}
-            if plan.chat:
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            if plan.logprobs is not None:
-                choice["logprobs"] = self._logprobs(plan, range(plan.num_tokens))
-            choices.append(choice)
-        response = self._envelope(plan, "chat.completion" if plan.chat else "text_completion")
-        response["choices"] = choices
-        response["usage"] = _usage(plan.num_prompt_tokens, plan.n * plan.num_tokens)
-        await _respond(send, 200, json.dumps(response).encode())
+        await respond(send, 200, self.reply.completion(plan))
         self.stats.completed += 1
 
-    async def _stream(self, plan: _Plan, receive: Receive, send: Send) -> None:
-        head = self._chunk_head(plan)
-        role = b'{"index":%d,"delta":{"role":"assistant","content":""}}]}'
-        preamble = [head + role % i for i in range(plan.n)] if plan.chat else []
-        tokens = [
-            self._token_frame(plan, head, i, index) for i in range(plan.num_tokens) for index in range(plan.n)
-        ]
-        tail = [
-            head
-            + b'{"index":%d,%s,"logprobs":null,"finish_reason":"%s"}]}'
-            % (index, b'"delta":{}' if plan.chat else b'"text":""', plan.finish_reason.encode())
-            for index in range(plan.n)
-        ]
-        if plan.include_usage:
-            usage = json.dumps(_usage(plan.num_prompt_tokens, plan.n * plan.num_tokens)).encode()
-            tail.append(head[: -len(b',"choices":[')] + b',"choices":[],"usage":%s}' % usage)
+    async def _stream(self, plan: Plan, receive: Receive, send: Send) -> None:
+        frames = self.reply.stream_frames(plan)
         faults = self.faults
         if not (faults.first_token_delay_s or faults.token_delay_s or faults.fail_after_chunks is not None):
-            await _respond(
-                send, 200, _sse([*preamble, *tokens, *tail, b"[DONE]"]), content_type=b"text/event-stream"
-            )
+            everything = sse([*frames.preamble, *frames.tokens, *frames.tail, b"[DONE]"])
+            await respond(send, 200, everything, content_type=b"text/event-stream")
             self.stats.completed += 1
             return
-        await _start(send, 200, b"text/event-stream")
-        await _body(send, _sse(preamble), more=True)
-        if faults.first_token_delay_s and await _wait_or_leave(receive, faults.first_token_delay_s):
+        await start(send, 200, b"text/event-stream")
+        await send_body(send, sse(frames.preamble), more=True)
+        if faults.first_token_delay_s and await wait_or_leave(receive, faults.first_token_delay_s):
             self.stats.aborted += 1
             return
-        for i, frame in enumerate(tokens):
+        for i, frame in enumerate(frames.tokens):
             if i == faults.fail_after_chunks:
                 await self._fail_stream(send)
                 return
-            if i and faults.token_delay_s and await _wait_or_leave(receive, faults.token_delay_s):
+            if i and faults.token_delay_s and await wait_or_leave(receive, faults.token_delay_s):
                 self.stats.aborted += 1
                 return
-            await _body(send, _sse([frame]), more=True)
-        await _body(send, _sse([*tail, b"[DONE]"]), more=False)
+            await send_body(send, sse([frame]), more=True)
+        await send_body(send, sse([*frames.tail, b"[DONE]"]), more=False)
         self.stats.completed += 1
 
     async def _fail_stream(self, send: Send) -> None:
         self.stats.failed += 1
         if self.faults.fail_mode == "drop":
             return  # uvicorn closes a connection whose response was left unfinished
-        error = _error("stub upstream: injected mid-stream failure", self.faults.status)
-        await _body(send, _sse([error, b"[DONE]"]), more=False)
-
-    def _envelope(self, plan: _Plan, object_type: str) -> dict[str, Any]:
-        self._num_ids += 1
-        prefix = "chatcmpl" if plan.chat else "cmpl"
-        return {
-            "id": f"{prefix}-stub-{self._num_ids}",
-            "object": object_type,
-            "created": int(time.time()),
-            "model": plan.model,
-        }
-
-    def _chunk_head(self, plan: _Plan) -> bytes:
-        envelope = self._envelope(plan, "chat.completion.chunk" if plan.chat else "text_completion")
-        return json.dumps(envelope, separators=(",", ":")).encode()[:-1] + b',"choices":['
-
-    def _token_frame(self, plan: _Plan, head: bytes, i: int, index: int) -> bytes:
-        text = self._token_json_at(i).encode()
-        logprobs = b"null" if plan.logprobs is None else json.dumps(self._logprobs(plan, [i])).encode()
-        if plan.chat:
-            return head + b'{"index":%d,"delta":{"content":%s},"logprobs":%s,"finish_reason":null}]}' % (
-                index,
-                text,
-                logprobs,
-            )
-        return head + b'{"index":%d,"text":%s,"logprobs":%s,"finish_reason":null}]}' % (index, text, logprobs)
-
-    def _logprobs(self, plan: _Plan, positions: range | list[int]) -> dict[str, Any]:
-        """The chosen token at -0.25, then k-1 alternatives `<altJ>` at -(J+1)."""
-        k = plan.logprobs or 0
-        tops = [
-            [(self.token(i), -0.25)] + [(f"<alt{j}>", -(j + 1.0)) for j in range(1, k)] for i in positions
-        ]
-        tokens = [self.token(i) for i in positions]
-        if plan.chat:
-            return {
-                "content": [
-                    {
-                        "token": t,
-                        "logprob": -0.25,
-                        "bytes": list(t.encode()),
-                        "top_logprobs": [
-                            {"token": a, "logprob": lp, "bytes": list(a.encode())} for a, lp in top[:k]
-                        ],
-                    }
-                    for t, top in zip(tokens, tops, strict=True)
-                ]
-            }
-        offsets = [sum(len(self.token(j)) for j in range(i)) for i in positions]
-        return {
-            "tokens": tokens,
-            "token_logprobs": [-0.25] * len(tokens),
-            "top_logprobs": [dict(top[:k]) for top in tops],
-            "text_offset": offsets,
-        }
+        error = error_body("stub upstream: injected mid-stream failure", self.faults.status)
+        await send_body(send, sse([error, b"[DONE]"]), more=False)
 
     # ---- the rest of the API ----------------------------------------------------------------
 
@@ -389,168 +253,35 @@ class StubUpstream:
         body = await self._admit(scope, receive, send)
         if body is None:
             return
-        texts = body.get("input")
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-            await _respond(
-                send, 400, _error("input must be a non-empty string or list of them", 400, "input")
-            )
+        try:
+            payload = embeddings(body, self.embedding_dim)
+        except BadRequestError as error:
+            await respond(send, 400, error_body(error.message, 400, error.param))
             return
-        data = [
-            {"object": "embedding", "index": i, "embedding": _embedding(text, self.embedding_dim)}
-            for i, text in enumerate(texts)
-        ]
-        num_tokens = sum(len(t.split()) for t in texts)
-        usage = {"prompt_tokens": num_tokens, "total_tokens": num_tokens}
-        payload = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
-        await _respond(send, 200, json.dumps(payload).encode())
+        await respond(send, 200, payload)
         self.stats.completed += 1
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         card = {"id": self.model, "object": "model", "created": 0, "owned_by": "stub"}
-        await _respond(send, 200, json.dumps({"object": "list", "data": [card]}).encode())
+        await respond(send, 200, json.dumps({"object": "list", "data": [card]}).encode())
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, b'{"status":"ok"}')
+        await respond(send, 200, b'{"status":"ok"}')
 
     async def _set_faults(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            faults = Faults.parse(json.loads(await _read_body(receive) or b"{}"))
+            faults = Faults.parse(json.loads(await read_body(receive) or b"{}"))
         except ValueError as error:
-            await _respond(send, 400, _error(str(error), 400))
+            await respond(send, 400, error_body(str(error), 400))
             return
         self.faults, self.rng = faults, random.Random(faults.seed)
         await self._get_faults(scope, receive, send)
 
     async def _get_faults(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, json.dumps(dataclasses.asdict(self.faults)).encode())
+        await respond(send, 200, json.dumps(dataclasses.asdict(self.faults)).encode())
 
     async def _get_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, json.dumps(dataclasses.asdict(self.stats)).encode())
-
-
-class _BadRequestError(Exception):
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.message, self.param = message, param
-
-
-def _prompt_words(body: dict[str, Any], chat: bool) -> int:
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _BadRequestError("messages must be a non-empty list", "messages")
-        return sum(_words(m.get("content")) for m in messages if isinstance(m, dict))
-    prompt = body.get("prompt")
-    if not prompt:
-        raise _BadRequestError("prompt must be a non-empty string or token list", "prompt")
-    return _words(prompt)
-
-
-def _words(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content.split())
-    if isinstance(content, list):  # token ids, several prompts, or content parts
-        return sum(
-            1 if isinstance(c, int) else _words(c.get("text") if isinstance(c, dict) else c) for c in content
-        )
-    return 0
-
-
-def _requested_logprobs(body: dict[str, Any], chat: bool) -> int | None:
-    if chat:
-        return int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
-    value = body.get("logprobs")
-    return None if value is None else int(value)
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def _embedding(text: str, dim: int) -> list[float]:
-    """Deterministic across processes (crc32, not hash()), different per text."""
-    seed = zlib.crc32(text.encode())
-    return [((seed * (j + 1) * 2654435761) % 2001) / 1000 - 1.0 for j in range(dim)]
-
-
-def _error(message: str, status: int, param: str | None = None, type_: str | None = None) -> bytes:
-    kind = type_ or ("invalid_request_error" if status < 500 else "server_error")
-    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _sse(frames: list[bytes]) -> bytes:
-    return b"".join(b"data: " + frame + b"\n\n" for frame in frames)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-async def _wait_or_leave(receive: Receive, seconds: float) -> bool:
-    """Sleep `seconds` unless the client disconnects first (the body is read, so the next message
-    can only be http.disconnect); True when it did."""
-    try:
-        message: Message = await asyncio.wait_for(receive(), seconds)
-    except TimeoutError:
-        return False
-    return message["type"] == "http.disconnect"
-
-
-async def _start(
-    send: Send, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type), *(headers or [])],
-        }
-    )
-
-
-async def _body(send: Send, data: bytes, more: bool) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": more})
-
-
-async def _respond(
-    send: Send,
-    status: int,
-    payload: bytes,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    content_type: bytes = b"application/json",
-) -> None:
-    length = [(b"content-length", b"%d" % len(payload))]
-    await _start(send, status, content_type, [*length, *(headers or [])])
-    await _body(send, payload, more=False)
+        await respond(send, 200, json.dumps(dataclasses.asdict(self.stats)).encode())
 
 
 # ---- the process ----------------------------------------------------------------------------------
