@@ -188,11 +188,6 @@ def test_premium_falls_back_when_the_hosted_model_is_down(cascade_example: Runni
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="router.py _attempts: a cascade answered by one of its fallbacks takes its stage number from "
-    "route.deployments.index(name), which raises ValueError for a fallback (500)",
-)
 def test_cascade_falls_back_when_the_hosted_model_is_down(cascade_example: RunningExample) -> None:
     hosted = cascade_example.stubs[9101]
     hosted.set_faults(error_rate=1)
@@ -201,6 +196,7 @@ def test_cascade_falls_back_when_the_hosted_model_is_down(cascade_example: Runni
     finally:
         hosted.set_faults()
     assert answered_by(escalated) == "backup@1"
+    assert "x-inferline-cascade-stage" not in escalated.headers  # a fallback is not a cascade stage
 
 
 # ---- quotas-budgets-degradation.yaml --------------------------------------------------------------

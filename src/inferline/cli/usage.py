@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from inferline.models.store import inferline_home
     from inferline.db import database_url
+    from inferline.models.store import inferline_home
     from inferline.telemetry.usage_store import UsageStore, parse_group_by, parse_since
 
     configured = args.database_url
