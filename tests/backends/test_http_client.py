@@ -246,25 +246,11 @@ def test_connection_cap_queues_the_next_request_until_one_frees() -> None:
 
 
 class ForwardProxy:
-    """An HTTP proxy on loopback: forwards absolute-form requests and tunnels CONNECT, recording each
-    request line and Proxy-Authorization it got."""
+    """An HTTP proxy's handler: forwards absolute-form requests and tunnels CONNECT, recording each
+    request line and Proxy-Authorization it got. Serve it with `Server(proxy.serve)`."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> ForwardProxy:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://user:s%40cret@127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -292,6 +278,11 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
             await writer.drain()
     finally:
         writer.close()
+
+
+def with_credentials(server: Server) -> str:
+    """The proxy's URL with user `user` and password `s@cret`."""
+    return server.url.removesuffix("/v1").replace("http://", "http://user:s%40cret@")
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -327,8 +318,9 @@ def test_plain_http_goes_through_the_environment_proxy_with_its_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def work() -> None:
-        async with Server() as upstream, ForwardProxy() as proxy:
-            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        proxy = ForwardProxy()
+        async with Server() as upstream, Server(proxy.serve) as proxy_server:
+            monkeypatch.setenv("HTTP_PROXY", with_credentials(proxy_server))
             monkeypatch.delenv("NO_PROXY", raising=False)
             monkeypatch.delenv("no_proxy", raising=False)
             pool = HttpPool(upstream.url)
@@ -351,11 +343,12 @@ def test_https_goes_through_a_connect_tunnel_and_no_proxy_exempts_hosts(
     tls.load_cert_chain(cert_file, key_file)
 
     async def work() -> None:
-        async with Server() as upstream, ForwardProxy() as proxy:
+        proxy = ForwardProxy()
+        async with Server() as upstream, Server(proxy.serve) as proxy_server:
             upstream.server.close()  # type: ignore[union-attr]  (re-opened with TLS below)
             tls_server = await asyncio.start_server(lambda r, w: upstream.echo(r, w), "127.0.0.1", 0, ssl=tls)
             port = tls_server.sockets[0].getsockname()[1]
-            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.setenv("HTTPS_PROXY", with_credentials(proxy_server))
             monkeypatch.delenv("NO_PROXY", raising=False)
             monkeypatch.delenv("no_proxy", raising=False)
             pool = HttpPool(f"https://127.0.0.1:{port}/v1")
