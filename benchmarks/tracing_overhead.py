@@ -38,12 +38,12 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from inferline.config import DeploymentConfig, TelemetryConfig, TracingConfig
+from inferline.config import RemoteDeploymentConfig, TelemetryConfig, TracingConfig
 from inferline.telemetry import tracing
 from inferline.telemetry.logs import ACCESS_LOGGER, AccessLog, JsonFormatter, record_usage
 from inferline.types import Request, SamplingParams, UsageRecord
 
-DEPLOYMENT = DeploymentConfig(name="stubbed", kind="remote", base_url="http://127.0.0.1:8001/v1")
+DEPLOYMENT = RemoteDeploymentConfig(name="stubbed", base_url="http://127.0.0.1:8001/v1")
 CLIENT_HEADERS = {b"traceparent": b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 """A client that sends a sampled trace context."""
 PATH = "/v1/chat/completions"

@@ -8,7 +8,7 @@ import pytest
 
 from inferline.backends.base import Backend, TensorSpec, UnsupportedOperationError
 from inferline.backends.embedding import EmbeddingBackend
-from inferline.config import DeploymentConfig
+from inferline.config import EmbeddingDeploymentConfig
 from inferline.errors import InvalidRequestError
 from inferline.runners.embedding import EmbeddingRunner
 from inferline.types import Request, SamplingParams
@@ -17,7 +17,7 @@ from inferline.types import Request, SamplingParams
 @pytest.fixture(scope="module")
 def backend() -> Iterator[EmbeddingBackend]:
     """The built-in model as the default config deploys it, with a longer delay so batches form."""
-    config = DeploymentConfig(
+    config = EmbeddingDeploymentConfig(
         name="all-minilm-l6-v2", kind="embedding", source="all-minilm-l6-v2", max_queue_delay_us=20_000
     )
     backend = EmbeddingBackend(config)
@@ -117,7 +117,7 @@ def test_concurrent_requests_share_forward_passes(backend: EmbeddingBackend) -> 
 
 
 def test_unload_stops_serving() -> None:
-    backend = EmbeddingBackend(DeploymentConfig(name="e", kind="embedding", source="all-minilm-l6-v2"))
+    backend = EmbeddingBackend(EmbeddingDeploymentConfig(name="e", source="all-minilm-l6-v2"))
     assert not backend.health()
     asyncio.run(backend.load())
     assert backend.health()

@@ -9,14 +9,14 @@ import pytest
 
 from inferline.backends.base import Backend, TensorSpec, UnsupportedOperationError
 from inferline.backends.onnx import OnnxBackend
-from inferline.config import DeploymentConfig
+from inferline.config import OnnxDeploymentConfig
 from inferline.errors import InvalidRequestError
 from inferline.types import Request, SamplingParams
 from tests.runners.onnx_models import linear, write_doubler, write_linear, write_masked
 
 
 def loaded(path: Path, **settings: int) -> OnnxBackend:
-    backend = OnnxBackend(DeploymentConfig(name=path.stem, kind="onnx", source=str(path), **settings))
+    backend = OnnxBackend(OnnxDeploymentConfig(name=path.stem, source=str(path), **settings))
     asyncio.run(backend.load())
     return backend
 
@@ -30,7 +30,7 @@ def linear_backend(tmp_path: Path) -> Iterator[OnnxBackend]:
 
 def test_protocol_metadata_and_lifecycle(tmp_path: Path) -> None:
     path = write_linear(tmp_path / "linear.onnx")
-    backend = OnnxBackend(DeploymentConfig(name="lin", kind="onnx", source=str(path), version="3"))
+    backend = OnnxBackend(OnnxDeploymentConfig(name="lin", source=str(path), version="3"))
     assert isinstance(backend, Backend)
     assert not backend.health()
     assert backend.stats().queue_depth == 0

@@ -15,7 +15,7 @@ import pytest
 
 from inferline.backends.base import Backend, UnsupportedOperationError
 from inferline.backends.remote import RemoteBackend, StreamDecoder, request_body
-from inferline.config import DeploymentConfig
+from inferline.config import RemoteDeploymentConfig
 from inferline.errors import BackendUnavailableError, InvalidRequestError, ModelLoadError
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from inferline.types import Delta, Request, SamplingParams, Usage
@@ -58,16 +58,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process.stop()
 
 
-def deployment(url: str, **fields: Any) -> DeploymentConfig:
-    defaults: dict[str, Any] = {"name": "remote", "kind": "remote", "base_url": f"{url}/v1"}
-    return DeploymentConfig(**{**defaults, **fields})
+def deployment(url: str, **fields: Any) -> RemoteDeploymentConfig:
+    defaults: dict[str, Any] = {"name": "remote", "base_url": f"{url}/v1"}
+    return RemoteDeploymentConfig(**{**defaults, **fields})
 
 
-def on_stub(stub: StubProcess, **fields: Any) -> DeploymentConfig:
+def on_stub(stub: StubProcess, **fields: Any) -> RemoteDeploymentConfig:
     return deployment(stub.url, api_key_env=KEY_ENV, **fields)
 
 
-def run(config: DeploymentConfig, work: Callable[[RemoteBackend], Awaitable[T]]) -> T:
+def run(config: RemoteDeploymentConfig, work: Callable[[RemoteBackend], Awaitable[T]]) -> T:
     """Load a RemoteBackend, run `work` with it, unload it."""
 
     async def main() -> T:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inferline.config import DeploymentConfig, RegistryServingConfig
+from inferline.config import LLMDeploymentConfig, RegistryServingConfig
 from inferline.registry.bundle import SIGNATURE_FILE
 from inferline.registry.serving import RegistrySourceError, RegistrySources
 from inferline.registry.signing import generate_key_pair
@@ -60,6 +60,7 @@ def test_verified_versions_serve_and_refused_ones_say_why(
             registry_deployment("stranger", "registry:stranger:1"),
         ]
     )
+    config["on_load_failure"] = "serve_rest"  # by default a refused deployment stops the server
     server = start_until_loaded(config, tmp_path)
     try:
         states = {d["name"]: d for d in admin_get(server, "/admin/deployments")["deployments"]}
@@ -74,8 +75,9 @@ def test_verified_versions_serve_and_refused_ones_say_why(
         assert str(served_registry.public_key) in states["stranger"]["error"]
 
         ready = httpx.get(f"{server.url}/ready", timeout=5)
-        assert ready.status_code == 503
+        assert ready.status_code == 200  # serve_rest: the deployments that loaded take traffic
         assert "changed since signing" in ready.json()["models"]["tampered"]
+        assert set(ready.json()["failed"]) == {"tampered", "unsigned", "stranger"}
 
         served = chat(server, "bot")
         assert served.status_code == 200, served.text
@@ -124,13 +126,14 @@ def test_a_registry_source_resolves_to_its_verified_bundle_through_the_telemetry
     """Without registry.database_url the catalog is the one telemetry.database_url names."""
     trusted = RegistryServingConfig(trusted_public_keys=[served_registry.public_key])
     sources = RegistrySources(trusted, telemetry_database_url=served_registry.database_url)
-    configured = DeploymentConfig(name="bot", kind="llm", source="registry:bot:prod")
+    configured = LLMDeploymentConfig(name="bot", source="registry:bot:prod")
 
     prepared = sources.prepare(configured)
 
-    assert (Path(prepared.local_source).parts[-2:], prepared.version) == (("bot", "1"), "1")
+    assert isinstance(prepared, LLMDeploymentConfig)
+    assert (Path(prepared.source).parts[-2:], prepared.version) == (("bot", "1"), "1")
     assert sources.resolve(configured, "2").version == "2"
-    local = DeploymentConfig(name="plain", kind="llm", source="default")
+    local = LLMDeploymentConfig(name="plain", source="default")
     assert sources.prepare(local) is local
 
 
@@ -147,4 +150,4 @@ def test_a_registry_source_that_cannot_be_served_says_how_to_fix_it(
     config = RegistryServingConfig(trusted_public_keys=[served_registry.public_key] if keys else [])
     sources = RegistrySources(config, telemetry_database_url=served_registry.database_url)
     with pytest.raises(RegistrySourceError, match=re.escape(expected)):
-        sources.prepare(DeploymentConfig(name="bot", kind="llm", source=source))
+        sources.prepare(LLMDeploymentConfig(name="bot", source=source))

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from inferline.config import DeploymentConfig, ServerConfig, TenantConfig
+from inferline.config import RemoteDeploymentConfig, ServerConfig, TenantConfig
 from inferline.server.app import create_app
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from tests.server.chromium import chromium
@@ -227,7 +227,7 @@ def test_page_is_open_without_admin_keys_and_says_no_traffic_yet(
 def test_data_is_shown_to_no_one_where_tenants_have_keys_but_there_is_no_admin_key() -> None:
     config = ServerConfig(
         tenants=[TenantConfig(name="alpha", api_keys=[TENANT_KEYS["alpha"]])],
-        deployments=[DeploymentConfig(name="up", kind="remote", base_url="http://127.0.0.1:9/v1")],
+        deployments=[RemoteDeploymentConfig(name="up", base_url="http://127.0.0.1:9/v1")],
     )
 
     async def get(key: str | None) -> httpx.Response:

@@ -173,9 +173,24 @@ def test_metrics_expose_request_counts_and_latency_histograms(server: ServerProc
     assert re.search(r'inferline_tenant_tokens_total\{kind="completion",tenant="[^"]+"\} [1-9]', text)
 
 
-def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) -> None:
+def test_a_model_that_fails_to_load_stops_the_server_with_the_cause_and_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.onnx"
+    broken = {"name": "broken", "kind": "onnx", "source": str(missing)}
+    config_path = write_config(tmp_path, {"deployments": [broken]})
+    done = subprocess.run(
+        [str(BIN), "serve", "--config", str(config_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    message = next(line for line in done.stderr.splitlines() if line.startswith("error: "))
+    assert f"deployment 'broken' (deployments[0], kind onnx, source '{missing}') failed to load" in message
+    assert str(missing) in message.split("failed to load: ")[1]  # the cause, as the runner gave it
+    assert "set `on_load_failure: serve_rest` in the config" in message
+
+
+def test_with_serve_rest_a_model_that_fails_to_load_is_listed_and_the_others_serve(tmp_path: Path) -> None:
     broken = {"name": "broken", "kind": "onnx", "source": str(tmp_path / "missing.onnx")}
-    config_path = write_config(tmp_path, {"deployments": [llm_deployment(), broken]})
+    config = {"deployments": [llm_deployment(), broken], "on_load_failure": "serve_rest"}
+    config_path = write_config(tmp_path, config)
     process = subprocess.Popen(
         [str(BIN), "serve", "--config", str(config_path)],
         stdout=subprocess.DEVNULL,
@@ -193,7 +208,11 @@ def test_a_model_that_fails_to_load_is_503_and_the_others_serve(tmp_path: Path) 
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        assert httpx.get(f"{url}/ready").status_code == 503
+        for path in ("/ready", "/v2/health/ready"):
+            ready = httpx.get(f"{url}{path}")
+            assert ready.status_code == 200, path  # serve_rest: what loaded takes traffic
+            assert list(ready.json()["failed"]) == ["broken"]
+            assert "missing.onnx" in ready.json()["failed"]["broken"]
         response = httpx.post(f"{url}/v2/models/broken/infer", json={"inputs": []})
         assert response.status_code == 503
         assert "failed to load" in response.json()["error"]

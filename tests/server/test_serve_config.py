@@ -4,8 +4,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from inferline.config import TenantConfig
+from inferline.config import LLMDeploymentConfig, RemoteDeploymentConfig, ServerConfig, TenantConfig
 from inferline.errors import InvalidRequestError
 from inferline.server.auth import Authenticator
 from inferline.server.serve import check_exposure, is_loopback, load_server_config
@@ -38,7 +39,13 @@ def test_command_line_values_override_the_file(tmp_path: Path) -> None:
             "deployments:\n  - {name: x, kind: llm, source: default, max_batch_size: 0}\n",
             "deployments.0.max_batch_size",
         ),
+        (
+            "deployments:\n  - {name: x, kind: embedding, source: default, max_batch_size: 0}\n",
+            "deployments.0.max_batch_size",
+        ),
         ("deployments:\n  - {name: x, kind: speech, source: default}\n", "deployments.0.kind"),
+        ("deployments:\n  - {name: x, source: default}\n", "deployments.0.kind"),
+        ("on_load_failure: ignore\n", "on_load_failure"),
         ("bogus: 1\n", "bogus"),
         ("- just\n- a list\n", "config"),
     ],
@@ -87,7 +94,22 @@ def test_keys_map_to_tenants_and_digests_work() -> None:
         ),
         (
             "deployments:\n  - name: a\n    kind: remote\n",
-            "c.yaml:2: deployments.0: Value error, a remote deployment needs base_url",
+            "c.yaml:2: deployments.0.base_url: a deployment of kind remote needs base_url",
+        ),
+        (
+            "deployments:\n  - {name: a, kind: llm, source: default}\n  - name: b\n    kind: remote\n"
+            "    base_url: 'http://h/v1'\n    engine: {max_num_seqs: 4}\n",
+            "c.yaml:6: deployments.1.engine: field 'engine' is not allowed in a deployment of kind remote; "
+            "it is a setting of kind llm",
+        ),
+        (
+            "deployments:\n  - name: a\n    kind: onnx\n    source: /m/a.onnx\n    base_ulr: 'http://h/v1'\n",
+            "c.yaml:5: deployments.0.base_ulr: field 'base_ulr' is not allowed in a deployment of kind onnx, "
+            "which takes: name, kind, aliases, version, timeout_s,",
+        ),
+        (
+            "deployments:\n  - name: a\n    kind: llm\n    source: default\n    engine: {model: other}\n",
+            "c.yaml:5: deployments.0.engine: Value error, engine.model is not read in a deployment",
         ),
         (
             "deployments:\n  - {name: a, kind: remote, base_url: 'http://h/v1'}\n"
@@ -107,3 +129,25 @@ def test_router_config_errors_name_file_line_and_field(tmp_path: Path, text: str
     with pytest.raises(InvalidRequestError) as error:
         load_server_config(str(path))
     assert where in str(error.value).replace(str(tmp_path) + "/", "")
+
+
+def test_each_kind_takes_only_its_own_fields() -> None:
+    """Kinds build from Python as from YAML: the kind is implied, another kind's field is refused."""
+    assert LLMDeploymentConfig(name="a", source="default").kind == "llm"
+    with pytest.raises(ValidationError, match="source"):
+        RemoteDeploymentConfig(name="r", base_url="http://h/v1", source="default")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="base_url"):
+        RemoteDeploymentConfig(name="r")  # type: ignore[call-arg]
+
+
+def test_every_server_config_checks_its_references_wherever_it_is_built() -> None:
+    """Not only `inferline serve`: a config built in Python is checked by its own validation."""
+    remote = RemoteDeploymentConfig(name="a", base_url="http://h/v1")
+    with pytest.raises(ValidationError) as error:
+        ServerConfig(deployments=[remote], tenants=[TenantConfig(name="t", api_keys=["k"], team="ghosts")])
+    (first,) = error.value.errors()
+    assert (first["loc"], first["msg"]) == (("tenants", 0, "team"), "team 'ghosts' is not defined in `teams`")
+    with pytest.raises(ValidationError, match=r"routes\.0\.deployments\.0\n.*'nope' is not defined"):
+        ServerConfig.model_validate(
+            {"deployments": [remote], "routes": [{"name": "r", "deployments": ["nope"]}]}
+        )

@@ -11,13 +11,13 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from inferline.backends.base import BackendStats, ModelMetadata, UnsupportedOperationError
-from inferline.config import DeploymentConfig
+from inferline.config import BatchedDeploymentBase
 from inferline.runners.batcher import DynamicBatcher
 from inferline.types import Delta, Request
 
 
 class BatchedBackend:
-    def __init__(self, deployment: DeploymentConfig, metadata: ModelMetadata) -> None:
+    def __init__(self, deployment: BatchedDeploymentBase, metadata: ModelMetadata) -> None:
         self.deployment = deployment
         self._metadata = metadata
         self._batcher: DynamicBatcher[Any, Any] | None = None

@@ -13,7 +13,7 @@ import numpy as np
 
 from inferline.backends.base import EmbeddingResult, ModelMetadata, TensorSpec
 from inferline.backends.batched import BatchedBackend
-from inferline.config import DeploymentConfig
+from inferline.config import EmbeddingDeploymentConfig
 from inferline.errors import InvalidRequestError
 from inferline.runners.embedding import EmbeddingOutput, EmbeddingRunner
 
@@ -24,7 +24,7 @@ EMBEDDING_OUTPUT = "embedding"
 
 
 class EmbeddingBackend(BatchedBackend):
-    def __init__(self, deployment: DeploymentConfig) -> None:
+    def __init__(self, deployment: EmbeddingDeploymentConfig) -> None:
         super().__init__(
             deployment,
             ModelMetadata(
@@ -38,7 +38,7 @@ class EmbeddingBackend(BatchedBackend):
         self.runner: EmbeddingRunner | None = None
 
     async def load(self) -> None:
-        self.runner = runner = await asyncio.to_thread(_load_runner, self.deployment.local_source)
+        self.runner = runner = await asyncio.to_thread(_load_runner, self.deployment.source)
         dim = runner.embedding_dim
         self._metadata.embedding_dim = dim
         self._metadata.outputs = [TensorSpec(EMBEDDING_OUTPUT, "FP32", [-1, dim])]

@@ -13,7 +13,7 @@ from inferline.backends.base import (
     ModelMetadata,
     UnsupportedOperationError,
 )
-from inferline.config import DeploymentConfig, EngineConfig
+from inferline.config import LLMDeploymentConfig
 from inferline.engine.async_engine import AsyncEngine
 from inferline.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from inferline.models.tokenizer import Tokenizer
@@ -22,10 +22,9 @@ from inferline.types import Delta, Request
 
 
 class LLMBackend:
-    def __init__(self, deployment: DeploymentConfig) -> None:
+    def __init__(self, deployment: LLMDeploymentConfig) -> None:
         self.deployment = deployment
-        engine_config = deployment.engine or EngineConfig()
-        self.engine_config = engine_config.model_copy(update={"model": deployment.local_source})
+        self.engine_config = deployment.engine.model_copy(update={"model": deployment.source})
         self.engine: AsyncEngine | None = None
         self._metadata = ModelMetadata(
             name=deployment.name, kind="llm", version=deployment.version, platform="inferline-llm"

@@ -15,7 +15,7 @@ import numpy as np
 
 from inferline.backends.base import EmbeddingResult, ModelMetadata, TensorSpec, UnsupportedOperationError
 from inferline.backends.batched import BatchedBackend
-from inferline.config import DeploymentConfig
+from inferline.config import OnnxDeploymentConfig
 from inferline.errors import InvalidRequestError
 from inferline.runners.onnx import OnnxRunner, TensorInfo
 
@@ -25,7 +25,7 @@ Tensors = dict[str, np.ndarray]
 
 
 class OnnxBackend(BatchedBackend):
-    def __init__(self, deployment: DeploymentConfig) -> None:
+    def __init__(self, deployment: OnnxDeploymentConfig) -> None:
         super().__init__(
             deployment,
             ModelMetadata(
@@ -35,7 +35,7 @@ class OnnxBackend(BatchedBackend):
         self.runner: OnnxRunner | None = None
 
     async def load(self) -> None:
-        self.runner = runner = await asyncio.to_thread(OnnxRunner, self.deployment.local_source)
+        self.runner = runner = await asyncio.to_thread(OnnxRunner, self.deployment.source)
         self._metadata.inputs = [_spec(info) for info in runner.inputs]
         self._metadata.outputs = [_spec(info) for info in runner.outputs]
         if not runner.batchable:

@@ -31,7 +31,7 @@ import numpy as np
 
 from inferline.backends.base import BackendStats, EmbeddingResult, ModelMetadata, UnsupportedOperationError
 from inferline.backends.http_client import HttpError, HttpPool, Response
-from inferline.config import DeploymentConfig
+from inferline.config import RemoteDeploymentConfig
 from inferline.errors import (
     BackendUnavailableError,
     InvalidRequestError,
@@ -53,9 +53,7 @@ KEEPALIVE_EXPIRY_S = 4.0
 
 
 class RemoteBackend:
-    def __init__(self, deployment: DeploymentConfig) -> None:
-        if deployment.base_url is None:
-            raise ModelLoadError(f"remote deployment {deployment.name!r} needs base_url")
+    def __init__(self, deployment: RemoteDeploymentConfig) -> None:
         self.deployment = deployment
         self.base_url = deployment.base_url.rstrip("/")
         self.upstream_model = deployment.upstream_model or deployment.name

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from starlette.applications import Starlette
 
-from inferline.config import DeploymentConfig, ServerConfig, TelemetryConfig
+from inferline.config import LLMDeploymentConfig, ServerConfig, TelemetryConfig
 from inferline.errors import InferlineError
 
 AppFactory = Callable[[ServerConfig], Starlette]
@@ -51,9 +51,7 @@ class LocalModel:
         self.load_timeout_s = load_timeout_s
         config = ServerConfig(
             deployments=[
-                DeploymentConfig(
-                    name=spec.name, kind="llm", source=str(spec.model_file), version=spec.version
-                )
+                LLMDeploymentConfig(name=spec.name, source=str(spec.model_file), version=spec.version)
             ],
             # Every answer's confidence in its usage record: the agent flags the unsure ones (cases.py).
             telemetry=TelemetryConfig(

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferline.config import DeploymentConfig, RegistryServingConfig
+from inferline.config import (
+    DeploymentConfig,
+    LocalDeploymentBase,
+    LocalDeploymentConfig,
+    RegistryServingConfig,
+)
 from inferline.errors import InferlineError
 from inferline.registry.bundle import read_bundle
 from inferline.registry.catalog import VersionRecord, open_catalog
@@ -58,10 +63,12 @@ class RegistrySources:
     def prepare(self, deployment: DeploymentConfig) -> DeploymentConfig:
         """`deployment` as it loads (blocking: reads the catalog and hashes the bundle). Other sources
         pass through unchanged."""
+        if not isinstance(deployment, LocalDeploymentBase):
+            return deployment
         source = parse_registry_source(deployment.source)
         return deployment if source is None else self.resolve(deployment, source.ref)
 
-    def resolve(self, deployment: DeploymentConfig, ref: str) -> DeploymentConfig:
+    def resolve(self, deployment: LocalDeploymentConfig, ref: str) -> LocalDeploymentConfig:
         """The version `ref` of the registry model `deployment` serves, verified against the trusted keys,
         as a deployment whose source is the bundle folder and whose version is the bundle's."""
         source = parse_registry_source(deployment.source)
@@ -82,7 +89,7 @@ class RegistrySources:
             update={"source": str(_model_path(deployment, record)), "version": record.version}
         )
 
-    def _verify(self, deployment: DeploymentConfig, record: VersionRecord) -> None:
+    def _verify(self, deployment: LocalDeploymentConfig, record: VersionRecord) -> None:
         """Accept the bundle if any trusted key verifies it; otherwise raise the most telling failure (a
         changed file says more than 'signed by another key')."""
         failures: list[BundleVerificationError] = []
@@ -110,7 +117,7 @@ class RegistrySources:
             )
 
 
-def _model_path(deployment: DeploymentConfig, record: VersionRecord) -> Path:
+def _model_path(deployment: LocalDeploymentConfig, record: VersionRecord) -> Path:
     """LLM and embedding models load from the bundle folder itself; an ONNX model from its one .onnx file."""
     if deployment.kind != "onnx":
         return record.path

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from inferline.backends.base import Backend
-from inferline.config import DeploymentConfig
-from inferline.errors import BackendUnavailableError, ModelNotFoundError, ModelNotReadyError
+from inferline.config import (
+    DeploymentConfig,
+    EmbeddingDeploymentConfig,
+    LLMDeploymentConfig,
+    RemoteDeploymentConfig,
+)
+from inferline.errors import BackendUnavailableError, InferlineError, ModelNotFoundError, ModelNotReadyError
 from inferline.router.arm_stats import ArmStats
 from inferline.router.circuit import CircuitBreaker
 
@@ -22,15 +27,15 @@ T = TypeVar("T")
 
 
 def build_backend(deployment: DeploymentConfig) -> Backend:
-    if deployment.kind == "llm":
+    if isinstance(deployment, LLMDeploymentConfig):
         from inferline.backends.llm import LLMBackend
 
         return LLMBackend(deployment)
-    if deployment.kind == "embedding":
+    if isinstance(deployment, EmbeddingDeploymentConfig):
         from inferline.backends.embedding import EmbeddingBackend
 
         return EmbeddingBackend(deployment)
-    if deployment.kind == "remote":
+    if isinstance(deployment, RemoteDeploymentConfig):
         from inferline.backends.remote import RemoteBackend
 
         return RemoteBackend(deployment)
@@ -149,6 +154,15 @@ class Deployment:
         }
 
     @property
+    def max_output_tokens(self) -> int:
+        """The most tokens one completion may produce here, for budget holds: the loaded model's context
+        length, else a remote's configured `max_output_tokens` (0 for a local model not loaded yet)."""
+        known = self.backend.metadata.max_model_len
+        if known:
+            return known
+        return self.config.max_output_tokens if isinstance(self.config, RemoteDeploymentConfig) else 0
+
+    @property
     def blended_price_per_1m(self) -> float:
         return self.config.price_input_per_1m + self.config.price_output_per_1m
 
@@ -247,12 +261,31 @@ class DeploymentPool:
             raise ModelNotReadyError(f"model {name!r} {reason}")
         return deployment
 
-    @property
-    def all_ready(self) -> bool:
-        return all(d.ready for d in self.deployments)
+    def is_ready(self, allow_failed: bool) -> bool:
+        """Whether this server should be sent traffic (GET /ready, /v2/health/ready).
 
-    async def load_all(self) -> None:
-        """Load every deployment; one that fails is reported and the others still serve."""
+        Strict by default, as Triton's --strict-readiness: ready once every deployment has loaded (a failed
+        one ends the process, on_load_failure: exit). With `allow_failed` (on_load_failure: serve_rest) the
+        operator has chosen to serve a partial set, so this is Triton's --exit-on-error=false with strict
+        readiness off: ready once loading is over and at least one deployment serves. Staying 503 there
+        would keep load balancers and Kubernetes from ever sending the traffic the server can answer."""
+        if not allow_failed:
+            return all(d.ready for d in self.deployments)
+        return not self.loading and any(d.ready for d in self.deployments)
+
+    @property
+    def loading(self) -> bool:
+        """Whether some deployment has neither loaded nor failed yet."""
+        return any(not d.ready and d.error is None for d in self.deployments)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Deployments that failed to load, by name, with the cause."""
+        return {d.name: d.error for d in self.deployments if not d.ready and d.error is not None}
+
+    async def load_all(self, on_failure: Callable[[], None] | None = None) -> None:
+        """Load every deployment; one that fails is reported (and `on_failure` called at once) and the
+        others still load."""
 
         async def load(deployment: Deployment) -> None:
             try:
@@ -267,7 +300,12 @@ class DeploymentPool:
                 logger.info("model %s ready", deployment.config.name)
             except Exception as error:
                 deployment.error = str(error)
-                logger.exception("model %s failed to load", deployment.config.name)
+                if isinstance(error, InferlineError):  # a cause the user can act on: its message says it all
+                    logger.error("model %s failed to load: %s", deployment.config.name, error)
+                else:
+                    logger.exception("model %s failed to load", deployment.config.name)
+                if on_failure is not None:
+                    on_failure()
 
         await asyncio.gather(*(load(d) for d in self.deployments))
 

@@ -337,7 +337,7 @@ class Router:
     def _worst_cost(self, deployment: Deployment, worst: WorstCase) -> float:
         each = worst.completion_tokens
         if each is None:
-            each = deployment.backend.metadata.max_model_len or deployment.config.max_output_tokens
+            each = deployment.max_output_tokens
         return deployment.config.cost_usd(worst.prompt_tokens, each * worst.completions)
 
     # ---- admin --------------------------------------------------------------------------------

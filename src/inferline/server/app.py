@@ -8,7 +8,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -140,8 +140,11 @@ class RequestContext:
             span.end(status, getattr(scope.get("route"), "path", None))
 
 
-def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> FastAPI:
-    config.check_references()
+def create_app(
+    config: ServerConfig, pool: DeploymentPool | None = None, stop: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app serving `config`. `stop` asks the HTTP server running it to shut down; with
+    `on_load_failure: exit` it is called as soon as a deployment fails to load."""
     sources = RegistrySources(config.registry, config.telemetry.database_url)
     pool = pool if pool is not None else DeploymentPool(config.deployments, prepare=sources.prepare)
     metrics = Metrics()
@@ -165,7 +168,9 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load in the background: the port answers /health at once and /ready when the models are warm.
-        loading = asyncio.create_task(pool.load_all())
+        loading = asyncio.create_task(
+            pool.load_all(on_failure=stop if config.on_load_failure == "exit" else None)
+        )
         sampling = asyncio.create_task(dashboard.sample_forever())
         metering.start()
         rollouts.start()  # before the first request: each planned canary resumes at its stored step
@@ -213,8 +218,9 @@ def create_app(config: ServerConfig, pool: DeploymentPool | None = None) -> Fast
     @app.get("/ready")
     async def ready() -> JSONResponse:
         states = {d.config.name: "ready" if d.ready else (d.error or "loading") for d in pool.deployments}
+        ready = pool.is_ready(allow_failed=config.on_load_failure == "serve_rest")
         return JSONResponse(
-            {"ready": pool.all_ready, "models": states}, status_code=200 if pool.all_ready else 503
+            {"ready": ready, "models": states, "failed": pool.failed}, status_code=200 if ready else 503
         )
 
     @app.get("/metrics")

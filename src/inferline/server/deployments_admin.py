@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferline.config import ServerConfig
+from inferline.config import LocalDeploymentBase, ServerConfig
 from inferline.errors import InferlineError
 from inferline.registry.catalog import RegistryError
 from inferline.registry.serving import RegistrySources, parse_registry_source
@@ -41,10 +41,11 @@ def deployments_admin_router(
     async def set_version(name: str, update: VersionUpdate) -> dict[str, Any]:
         deployment = pool.find(name)
         original = configured[deployment.name]
-        if parse_registry_source(original.source) is None:
+        if not isinstance(original, LocalDeploymentBase) or parse_registry_source(original.source) is None:
+            loads = original.source if isinstance(original, LocalDeploymentBase) else original.base_url
             raise HTTPError(
                 400,
-                f"deployment {deployment.name!r} loads {original.source!r}, not a registry model: give it "
+                f"deployment {deployment.name!r} loads {loads!r}, not a registry model: give it "
                 "`source: registry:NAME:VERSION_OR_ALIAS` in the server config to swap versions",
                 "invalid_request_error",
                 "version",
@@ -86,7 +87,7 @@ def _snapshot(deployment: Deployment) -> dict[str, Any]:
     return {
         "name": deployment.name,
         "version": deployment.config.version,
-        "source": deployment.config.source,
+        "source": deployment.config.source if isinstance(deployment.config, LocalDeploymentBase) else None,
         "state": state,
         "error": deployment.error,
         "in_flight": deployment.in_flight,

@@ -240,7 +240,8 @@ def oip_router(router: Router, tenant: Callable[..., Awaitable[Tenant]]) -> APIR
 
     @api.get("/health/ready")
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": pool.all_ready}, status_code=200 if pool.all_ready else 503)
+        ready = pool.is_ready(allow_failed=router.config.on_load_failure == "serve_rest")
+        return JSONResponse({"ready": ready, "failed": pool.failed}, status_code=200 if ready else 503)
 
     @api.get("/models/{name}/ready")
     @api.get("/models/{name}/versions/{version}/ready")

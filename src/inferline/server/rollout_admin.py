@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict
 
-from inferline.config import ServerConfig
+from inferline.config import LocalDeploymentBase, ServerConfig
 from inferline.db import database_url
 from inferline.models.store import inferline_home
 from inferline.registry.rollout import RolloutController, RolloutError, RolloutStore, RolloutTarget
@@ -24,7 +24,7 @@ class RolloutUpdate(BaseModel):
 
 def rollout_controller(config: ServerConfig, router: Router, catalog_url: str | None) -> RolloutController:
     """A controller over every configured route whose canary has a `rollout` plan."""
-    sources = {d.name: d.source for d in config.deployments}
+    sources = {d.name: d.source for d in config.deployments if isinstance(d, LocalDeploymentBase)}
     targets = []
     for name, state in router.routes.items():
         canary = state.canary

@@ -13,8 +13,8 @@ import uvicorn
 import yaml
 from pydantic import ValidationError
 
-from inferline.config import ConfigReferenceError, ServerConfig
-from inferline.errors import InvalidRequestError
+from inferline.config import LocalDeploymentBase, ServerConfig
+from inferline.errors import InferlineError, InvalidRequestError
 from inferline.server.app import create_app
 from inferline.telemetry.logs import configure_logging
 
@@ -47,14 +47,10 @@ def load_server_config(
             raise InvalidRequestError(f"config {path}: api_keys must be a list of keys", "api_keys")
         raw["api_keys"] = [*existing, *api_keys]
     try:
-        config = ServerConfig.model_validate(raw)
-        config.check_references()
+        return ServerConfig.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         raise _config_error(path, text, tuple(first["loc"]), first["msg"]) from None
-    except ConfigReferenceError as error:
-        raise _config_error(path, text, error.loc, error.message) from None
-    return config
 
 
 def _config_error(
@@ -113,7 +109,11 @@ def check_exposure(config: ServerConfig) -> None:
 def serve(config: ServerConfig) -> int:
     check_exposure(config)
     configure_logging(config.telemetry)
-    app = create_app(config)
+
+    def stop() -> None:
+        server.should_exit = True  # uvicorn's own stop: the lifespan's shutdown still runs
+
+    app = create_app(config, stop=stop)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -131,4 +131,28 @@ def serve(config: ServerConfig) -> int:
     # re-raise lands here instead of killing the process, which then exits 0 as a clean stop should.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
+    failed: dict[str, str] = app.state.router.pool.failed
+    if failed and config.on_load_failure == "exit":
+        raise InferlineError(_load_failure_message(config, failed))
     return 0
+
+
+def _load_failure_message(config: ServerConfig, failed: dict[str, str]) -> str:
+    """What failed to load, why, and the two ways on: fix it, or serve the other deployments."""
+    causes = []
+    for i, deployment in enumerate(config.deployments):
+        if deployment.name in failed:
+            where = (
+                f"source {deployment.source!r}"
+                if isinstance(deployment, LocalDeploymentBase)
+                else f"base_url {deployment.base_url!r}"
+            )
+            causes.append(
+                f"deployment {deployment.name!r} (deployments[{i}], kind {deployment.kind}, {where}) failed "
+                f"to load: {failed[deployment.name]}"
+            )
+    return (
+        f"{'; '.join(causes)}. Fix the cause (e.g. install the weights package it names, or point "
+        "`source` at the model's files), or set `on_load_failure: serve_rest` in the config to serve the "
+        "other deployments without it"
+    )

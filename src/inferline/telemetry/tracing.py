@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from inferline.config import DeploymentConfig, TracingConfig
+from inferline.config import DeploymentConfig, RemoteDeploymentConfig, TracingConfig
 from inferline.types import Delta, Request, Usage
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -170,21 +170,21 @@ def start_backend_span(deployment: DeploymentConfig, request_model: str) -> Span
     current = _current()
     if current is None:
         return None
-    remote = deployment.kind == "remote"
+    remote = deployment if isinstance(deployment, RemoteDeploymentConfig) else None
     attributes: dict[str, Any] = {
         # An OpenAI-compatible upstream is "openai" to the GenAI conventions unless it is known better.
-        "gen_ai.system": "openai" if remote else "inferline",
+        "gen_ai.system": "openai" if remote is not None else "inferline",
         "gen_ai.request.model": request_model,
-        "gen_ai.response.model": deployment.upstream_model or deployment.name,
+        "gen_ai.response.model": (remote.upstream_model if remote is not None else None) or deployment.name,
         "inferline.model_version": deployment.version,
     }
     if current.operation is not None:
         attributes["gen_ai.operation.name"] = current.operation
     if current.response_id is not None:
         attributes["gen_ai.response.id"] = current.response_id
-    if remote and deployment.base_url is not None:
-        attributes["server.address"], attributes["server.port"] = _server(deployment.base_url)
-    kind = SpanKind.CLIENT if remote else SpanKind.INTERNAL
+    if remote is not None:
+        attributes["server.address"], attributes["server.port"] = _server(remote.base_url)
+    kind = SpanKind.CLIENT if remote is not None else SpanKind.INTERNAL
     return current.tracer.start_span(f"backend {deployment.name}", kind=kind, attributes=attributes)
 
 
