@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from inferline.backends.base import Backend, UnsupportedOperationError
-from inferline.backends.remote import RemoteBackend, StreamDecoder, request_body
+from inferline.backends.openai_stream import StreamDecoder
+from inferline.backends.remote import RemoteBackend, request_body
 from inferline.config import RemoteDeploymentConfig
 from inferline.errors import BackendUnavailableError, InvalidRequestError, ModelLoadError
 from inferline.testing.stub_upstream import StubProcess, start_stub
