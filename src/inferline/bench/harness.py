@@ -49,12 +49,16 @@ def log_tail(log_path: Path, num_chars: int = LOG_TAIL_CHARS) -> str:
         return f"(no log: {error})"
 
 
-def _answers(url: str, headers: Mapping[str, str]) -> bool:
+def _probe(url: str, headers: Mapping[str, str]) -> str | None:
+    """None when GET `url` answers 200, else what it answered (inferline's /ready names each model's
+    state, and a model that failed to load says why there)."""
     try:
-        with _OPENER.open(urllib.request.Request(url, headers=dict(headers)), timeout=1) as reply:
-            return int(reply.status) == 200
-    except (urllib.error.URLError, OSError):  # refused, or an HTTP error such as 503 while warming up
-        return False
+        with _OPENER.open(urllib.request.Request(url, headers=dict(headers)), timeout=1):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"{error.code} {error.read()[:1000].decode(errors='replace')}"
+    except (urllib.error.URLError, OSError) as error:
+        return str(error)
 
 
 def wait_ready(
@@ -67,20 +71,22 @@ def wait_ready(
     """Return once GET `url` answers 200. If the process exits first, or `timeout_s` passes (then the
     process is killed), raise RuntimeError with the tail of its log."""
     deadline = time.monotonic() + timeout_s
+    answer: str | None = "none yet"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
                 f"{url}: the server exited with {process.returncode} before it was ready; "
                 f"the end of its log ({log_path}):\n{log_tail(log_path)}"
             )
-        if _answers(url, headers or {}):
+        answer = _probe(url, headers or {})
+        if answer is None:
             return
         time.sleep(0.1)
     process.kill()
     process.wait()
     raise RuntimeError(
-        f"{url}: the server was not ready in {timeout_s:g} s; the end of its log ({log_path}):\n"
-        f"{log_tail(log_path)}"
+        f"{url}: the server was not ready in {timeout_s:g} s; its last answer: {answer}\n"
+        f"the end of its log ({log_path}):\n{log_tail(log_path)}"
     )
 
 
