@@ -13,8 +13,8 @@ the same stub (`openai/stub` at the stub's /v1, master key set so its auth runs 
 2. Request rate: closed loop at each concurrency (one keep-alive connection per client) for a fixed
    window after a warm-up; requests/s answered 200 in the window, and every error counted.
 
-CPU sharing: nothing is pinned. The measured server, the stub and this client (benchmarks/
-loopback_load.py: raw asyncio protocol, ~0.1 ms CPU per request) share the machine's cores under
+CPU sharing: nothing is pinned. The measured server, the stub and this client (inferline.bench.
+loopback: raw asyncio protocol, ~0.1 ms CPU per request) share the machine's cores under
 the OS scheduler; the other proxy is started but idle (its CPU over each window is recorded, and is
 ~0). Each point records the CPU seconds every process used in its window, so the table shows what a
 request costs each of them and how busy the cores were. Each proxy runs as one process (LiteLLM's
