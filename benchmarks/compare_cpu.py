@@ -89,25 +89,9 @@ def bench(
     merged: dict[str, Any] | None = None
     for concurrency in concurrencies:
         part = out.with_suffix(f".c{concurrency}.json")
-        command = [
-            str(INFERLINE),
-            "bench",
-            "serve",
-            "--base-url",
-            url,
-            "--model",
-            args.model,
-            "--label",
-            label,
-        ]
-        command += [
-            "--input-len",
-            str(args.input_len),
-            "--output-len",
-            str(args.output_len),
-            "--len-jitter",
-            "0",
-        ]
+        command = [str(INFERLINE), "bench", "serve", "--base-url", url, "--model", args.model]
+        command += ["--label", label, "--input-len", str(args.input_len)]
+        command += ["--output-len", str(args.output_len), "--len-jitter", "0"]
         command += ["--ignore-eos", "--seed", "0", "--concurrency", str(concurrency), "--no-progress"]
         command += ["--num-prompts", str(max(8, 2 * concurrency)), "--json", str(part)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
