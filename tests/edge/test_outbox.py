@@ -3,7 +3,6 @@ registry is down or across a restart, nothing duplicated after a lost acknowledg
 oldest first and says how many."""
 
 import json
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from inferline.bench.harness import free_port
 from inferline.edge.outbox import Outbox, OutboxError, OutboxWriter, Uploader
 from inferline.registry.dataset import Dataset
 from inferline.registry.tuf_repo import TufRepository
@@ -47,12 +47,6 @@ def registry(repo_dir: Path, dataset: Dataset) -> Iterator[RepositoryServer]:
     server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _stored(dataset: Dataset) -> list[tuple[str, int, str]]:
     return [(r.device_id, r.payload["i"], r.model_version) for r in dataset.records()]
 
@@ -60,7 +54,7 @@ def _stored(dataset: Dataset) -> list[tuple[str, int, str]]:
 def test_records_queued_while_the_registry_is_down_survive_a_restart_and_all_arrive(
     tmp_path: Path, repo_dir: Path, dataset: Dataset
 ) -> None:
-    port = _free_port()
+    port = free_port()
     outbox = Outbox(tmp_path / "outbox.db", max_records=1000)
     uploader = Uploader(outbox, f"http://127.0.0.1:{port}", DEVICE, batch_size=7, interval_s=0.05)
     for i in range(20):

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from inferline.bench.harness import free_port
 from inferline.config import (
     ApiKeyConfig,
     BudgetConfig,
@@ -60,12 +61,6 @@ MakeLimiter = Callable[[ServerConfig, FakeClock], Limiter]
 # -- a real Redis server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
@@ -80,7 +75,7 @@ def redis_url() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run scripts/install.sh --test")
-    port = _free_port()
+    port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import yaml
 
+from inferline.bench.harness import free_port, wait_ready
+
 BIN = Path(sys.executable).with_name("inferline")
 API_KEY = "sk-test-alpha"
 OTHER_KEY = "sk-test-beta"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -68,18 +61,8 @@ def start_server(config: dict[str, Any], tmp_path: Path, ready_timeout_s: float 
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{server.log()}")
+    wait_ready(process, f"{server.url}/ready", log_path, ready_timeout_s)
+    return server
 
 
 def llm_deployment(**engine: Any) -> dict[str, Any]:

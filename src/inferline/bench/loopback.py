@@ -4,8 +4,8 @@ One asyncio Protocol per keep-alive HTTP/1.1 connection, one request in flight o
 request is pre-encoded bytes, and the reply is parsed only as far as the status line, the length
 (Content-Length or chunked, so SSE streams end at their last byte) and a few named headers. No
 per-request task, timer or header dict: on this machine it costs ~0.1 ms of CPU per request, where an
-httpx.AsyncClient costs ~5 ms. benchmarks/http_overhead.py's RawHTTPClient is the same idea
-but blocking and Content-Length only, so it can neither hold 64 connections nor read a stream.
+httpx.AsyncClient costs ~5 ms. benchmarks/router_overhead.py, telemetry_overhead.py and
+http_overhead.py drive servers with it.
 
 Also here: CPU seconds of other processes from /proc, so a run can say how the cores were shared.
 """
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -131,6 +133,18 @@ def post(path: str, body: bytes, headers: dict[str, str]) -> bytes:
     return "\r\n".join(lines).encode() + body
 
 
+def chat_request(model: str, api_key: str, stream: bool, max_tokens: int = 16) -> bytes:
+    """POST /v1/chat/completions with one short user message (streamed with usage when `stream`)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": max_tokens,
+    }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return post("/v1/chat/completions", json.dumps(body).encode(), {"Authorization": f"Bearer {api_key}"})
+
+
 @dataclass
 class Sequential:
     latencies_s: list[float] = field(default_factory=list)
@@ -183,6 +197,18 @@ class ClosedLoop:
     def requests_per_s(self) -> float:
         return self.num_ok / self.duration_s
 
+    def record(self, reply: Reply, elapsed_s: float) -> None:
+        if reply.status == 200:
+            self.num_ok += 1
+            self.latencies_s.append(elapsed_s)
+        else:
+            self.record_error(f"{reply.status}: {reply.body[:200]!r}")
+
+    def record_error(self, message: str) -> None:
+        self.num_errors += 1
+        if len(self.error_examples) < 3:
+            self.error_examples.append(message)
+
 
 async def closed_loop(
     port: int,
@@ -203,11 +229,6 @@ async def closed_loop(
         loop.call_later(warmup_s, meter.__enter__)
         loop.call_later(warmup_s + duration_s, meter.__exit__)
 
-    def record_error(message: str) -> None:
-        result.num_errors += 1
-        if len(result.error_examples) < 3:
-            result.error_examples.append(message)
-
     async def worker() -> None:
         connection = await connect(port)
         try:
@@ -218,13 +239,8 @@ async def closed_loop(
                     reply = Reply(0, {}, str(error).encode())
                     connection = await connect(port)
                 done = time.perf_counter()
-                if not window_start <= done <= window_end:
-                    continue
-                if reply.status == 200:
-                    result.num_ok += 1
-                    result.latencies_s.append(done - started)
-                else:
-                    record_error(f"{reply.status}: {reply.body[:200]!r}")
+                if window_start <= done <= window_end:
+                    result.record(reply, done - started)
         finally:
             connection.close()
 
@@ -232,10 +248,10 @@ async def closed_loop(
     _, stalled = await asyncio.wait(workers, timeout=warmup_s + duration_s + stall_s)
     for task in stalled:
         task.cancel()
-        record_error(f"no answer within {stall_s} s after the window closed")
+        result.record_error(f"no answer within {stall_s} s after the window closed")
     for task in workers:
         if task.done() and not task.cancelled() and task.exception() is not None:
-            record_error(f"worker failed: {task.exception()!r}")
+            result.record_error(f"worker failed: {task.exception()!r}")
     return result
 
 

@@ -1,0 +1,84 @@
+"""Every script in benchmarks/ imports, and its `--smoke` run ends well and prints its figures.
+
+A smoke run is the script's smallest run on the CPU: every code path, peers that are not installed
+skipped, results written to a temporary folder, never to benchmarks/results or RESULTS.md.
+"""
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+FIGURES = {
+    "compare_cpu.py": [r"\| 1 \| \d+\.\d \| \d+ \|"],
+    "engine_offline.py": [r"^ +1 \| +\d+\.\d"],
+    "gpu.py": [r"^ +2 \| +\d+\.\d +\| +\d+\.\d +\| +\d+\.\d"],
+    "http_overhead.py": [
+        r"overhead, httpx.AsyncClient +-?\d+\.\d\d",
+        r"inferline 1 client \d+\.\d, 32 clients \d",
+    ],
+    "quant_quality.py": [r"\| int8 \| \d+\.\d\d \| [+-]\d+\.\d%"],
+    "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
+    "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
+    "telemetry_overhead.py": [
+        r"^telemetry on +\d+\.\d{3}",
+        r"^telemetry off +\d+\.\d{3}",
+        r"usage rows written: on [1-9]",
+    ],
+    "tracing_overhead.py": [r"tracing sampled +\d+\.\d µs/request", r"access line.* \d+\.\d µs/request"],
+}
+"""What each script prints when it worked: rows of its result table, figures included (each line)."""
+TIMEOUT_S = 480
+
+
+def test_every_benchmark_has_a_smoke_check() -> None:
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == sorted(FIGURES)
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_benchmark_imports(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    module_name = f"benchmark_{name.removesuffix('.py')}"
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module_name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    assert callable(module.main)
+
+
+def kept_results() -> dict[Path, tuple[int, int]]:
+    """What a benchmark keeps: each file under benchmarks/results and RESULTS.md, by size and mtime."""
+    files = [BENCHMARKS / "RESULTS.md", *(BENCHMARKS / "results").rglob("*")]
+    return {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_benchmark_smoke_run_prints_its_figures(name: str, tmp_path: Path) -> None:
+    before = kept_results()
+    # Its own session, so a run that hangs is killed with the servers it started.
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / name), "--smoke"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"{name} --smoke ran past {TIMEOUT_S} s:\n{out[-3000:]}\n{err[-3000:]}")
+    assert process.returncode == 0, f"{name} --smoke exited with {process.returncode}:\n{err[-5000:]}"
+    missing = [pattern for pattern in FIGURES[name] if not re.search(pattern, out, re.MULTILINE)]
+    assert not missing, f"{name} --smoke printed no {missing}:\n{out[-5000:]}"
+    assert kept_results() == before
