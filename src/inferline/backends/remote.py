@@ -2,10 +2,10 @@
 
 Every generation is streamed (`stream: true`, `stream_options.include_usage`) over a pool of
 keep-alive HTTP/1.1 connections (backends/http_client.py), and the SSE lines are turned into Deltas
-as they arrive (backends/openai_stream.py). The split of failures is what the router needs: anything that another deployment
-might answer (unreachable, slow, 429/5xx, a misconfigured 401/403/404, a stream that breaks) is
-BackendUnavailableError; a request the upstream calls malformed (400/413/422) is
-InvalidRequestError, because every deployment would refuse it. The request's W3C `traceparent`
+as they arrive (backends/openai_stream.py). The split of failures is what the router needs: anything
+that another deployment might answer (unreachable, slow, 429/5xx, a misconfigured 401/403/404, a
+stream that breaks) is BackendUnavailableError; a request the upstream calls malformed (400/413/422)
+is InvalidRequestError, because every deployment would refuse it. The request's W3C `traceparent`
 goes upstream with it.
 
 `timeout_s` bounds the wait for the first token, response headers included; after that it bounds
