@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from inferline.router.attempt import Routed
@@ -16,6 +16,7 @@ from inferline.router.router import Router
 from inferline.server.auth import Tenant
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferline.server.openai_serving import OpenAIServing
+from inferline.server.streaming import EventStream, disconnect_watch
 from inferline.types import Priority
 
 
@@ -30,17 +31,12 @@ def model_response(
         return JSONResponse(result, headers=headers)
 
     async def settle() -> None:
-        # Runs after the response, a client that left included: closing the stream runs its own ending
+        # Runs after the stream, a client that left included: closing the stream runs its own ending
         # (which bills what it sent); a stream the client never let start ends here as aborted.
         await result.aclose()
         await routed.complete(0, 0, "aborted")
 
-    return StreamingResponse(
-        result,
-        media_type="text/event-stream",
-        headers={**headers, "cache-control": "no-cache"},
-        background=BackgroundTask(settle),
-    )
+    return EventStream(result, headers, background=BackgroundTask(settle))
 
 
 def caller(request: Request, tenant: Tenant, priority: str | None, user: str | None) -> Caller:
@@ -48,16 +44,6 @@ def caller(request: Request, tenant: Tenant, priority: str | None, user: str | N
     # A request may ask for a lower class than its tenant's, never a higher one.
     effective = tenant.priority if requested is None else min(requested, tenant.priority)
     return Caller(str(request.scope["state"]["request_id"]), tenant.principal, effective, user)
-
-
-def disconnect_watch(request: Request) -> Callable[[], Awaitable[None]]:
-    """Resolves when the client goes away (the body is already read, so the next message says so)."""
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return watch
 
 
 def model_card(name: str, root: str) -> dict[str, Any]:
@@ -84,7 +70,7 @@ def openai_router(
     @api.post("/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:
         routed, result = await serving.chat(
-            body, caller(request, who, body.priority, body.user), disconnect_watch(request)
+            body, caller(request, who, body.priority, body.user), disconnect_watch(request.receive)
         )
         return model_response(request, routed, result)
 
@@ -93,7 +79,7 @@ def openai_router(
         body: CompletionRequest, request: Request, who: Tenant = Depends(tenant)
     ) -> Response:
         routed, result = await serving.completion(
-            body, caller(request, who, body.priority, body.user), disconnect_watch(request)
+            body, caller(request, who, body.priority, body.user), disconnect_watch(request.receive)
         )
         return model_response(request, routed, result)
 

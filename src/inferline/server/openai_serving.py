@@ -17,7 +17,7 @@ import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from inferline.server.openai_protocol import (
     envelope,
     usage_dict,
 )
+from inferline.server.streaming import ClientDisconnectedError, Watch, until_disconnect
 from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
@@ -169,7 +170,7 @@ class OpenAIServing:
     # ---- chat -----------------------------------------------------------------------------------
 
     async def chat(
-        self, body: ChatCompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
+        self, body: ChatCompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         logprobs = body.requested_logprobs()
@@ -192,7 +193,7 @@ class OpenAIServing:
 
         prompt_bound = sum(len(m["content"].encode()) + CHAT_TEMPLATE_TOKENS for m in messages)
         worst_case = WorstCase(prompt_bound, max_tokens, body.n)
-        routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
+        routed = await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._chat_stream(body, response_id, routed)
@@ -272,7 +273,7 @@ class OpenAIServing:
     # ---- completions ----------------------------------------------------------------------------
 
     async def completion(
-        self, body: CompletionRequest, caller: Caller, watch: Callable[[], Awaitable[None]]
+        self, body: CompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         prompts = body.prompts()
         if not prompts:
@@ -298,7 +299,7 @@ class OpenAIServing:
 
         prompt_bound = sum(len(p.encode()) if isinstance(p, str) else len(p) for p in prompts)
         worst_case = WorstCase(prompt_bound, body.max_tokens, body.n * len(prompts))
-        routed = await _until_disconnect(self._route_generation(body, caller, build, worst_case), watch)
+        routed = await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
         response_id = f"cmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._completion_stream(body, response_id, routed)
@@ -432,29 +433,9 @@ async def _interleave(streams: list[AsyncIterator[Delta]], indices: list[int]) -
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _until_disconnect(work: Awaitable[T], watch: Callable[[], Awaitable[None]]) -> T:
-    """Run `work` unless the client disconnects first; then cancel it (aborting its engine requests).
-
-    `work` runs in this task and one watcher task cancels it on a disconnect: one task per request
-    rather than two and a wait. The watcher can only run while this task is suspended inside `work`
-    (nothing is awaited between `work` returning and the watcher's cancellation), so its
-    cancellation always lands inside `work`, whose own cleanup then runs as for any cancellation."""
-    current = cast("asyncio.Task[Any]", asyncio.current_task())
-    disconnected = False
-
-    async def watcher() -> None:
-        nonlocal disconnected
-        await watch()
-        disconnected = True
-        current.cancel()
-
-    watching = asyncio.create_task(watcher())
+async def _routed_unless_gone(work: Awaitable[T], watch: Watch) -> T:
+    """Route unless the client leaves first; then its engine or upstream requests are aborted."""
     try:
-        return await work
-    except asyncio.CancelledError:
-        if not disconnected:
-            raise
-        current.uncancel()
+        return await until_disconnect(work, watch)
+    except ClientDisconnectedError:
         raise HTTPError(499, "client closed the request", "client_closed_request") from None
-    finally:
-        watching.cancel()
