@@ -15,7 +15,7 @@ from inferline.router.request import Caller
 from inferline.router.router import Router
 from inferline.server.auth import Tenant
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from inferline.server.openai_serving import OpenAIServing
+from inferline.server.openai_serving import DONE, OpenAIServing
 from inferline.server.streaming import EventStream, disconnect_watch
 from inferline.types import Priority
 
@@ -36,7 +36,7 @@ def model_response(
         await result.aclose()
         await routed.complete(0, 0, "aborted")
 
-    return EventStream(result, headers, background=BackgroundTask(settle))
+    return EventStream(result, headers, DONE, background=BackgroundTask(settle))
 
 
 def caller(request: Request, tenant: Tenant, priority: str | None, user: str | None) -> Caller:

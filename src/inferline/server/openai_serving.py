@@ -99,6 +99,10 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+DONE = sse("[DONE]")
+"""Every stream's last event."""
+
+
 def _confidence(generation: Generation) -> Answer:
     """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
     usage, confidence = _Usage(), _Confidence()
@@ -266,7 +270,7 @@ class OpenAIServing:
             except Exception as error:  # after the 200: the error travels as a data frame
                 outcome = "error"
                 ending = pending + sse(openai_error_body(to_http_error(error)))
-            yield ending + sse("[DONE]")
+            yield ending + DONE
         finally:
             await routed.complete(usage.prompt, usage.completion, outcome, confidence.mean)
 

@@ -64,22 +64,29 @@ async def until_disconnect(work: Awaitable[T], watch: Watch) -> T:
 
 class EventStream(StreamingResponse):
     """A text/event-stream response streamed in the request's task; its `background` runs after the
-    stream however it ended (the client leaving included)."""
+    stream however it ended (the client leaving included). A chunk that ends with `last_event` ends
+    the response in the same write."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str], **kwargs: Any) -> None:
+    def __init__(
+        self, body: AsyncGenerator[bytes, None], headers: dict[str, str], last_event: bytes, **kwargs: Any
+    ) -> None:
         super().__init__(body, headers={**headers, "cache-control": "no-cache"}, **kwargs)
         self.stream = body
+        self.last_event = last_event
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def respond() -> None:
             await send(
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            ended = False
+            async for chunk in self.stream:  # to its end, so the stream's own ending runs here
+                ended = chunk.endswith(self.last_event)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
             await until_disconnect(respond(), disconnect_watch(receive))
