@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from inferline.asgi import lifespan, read_body, respond
 from inferline.edge.cases import GENERATION_PATHS, low_confidence_case, note_usage, watched
 from inferline.edge.config import AgentConfig
 from inferline.edge.install import Installer, InstallError, write_json_atomic
@@ -75,7 +76,7 @@ class EdgeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # the models' own lifespans are run by the agent
-            await _accept_lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] == "http" and scope["path"] == "/edge/state":
             await _send_json(send, 200, asdict(self.state))
@@ -113,12 +114,7 @@ class EdgeApp:
 
     async def _feedback(self, receive: Receive, send: Send) -> None:
         """A user's verdict on an answer ({"request_id", "rating", "comment"}): a flagged case upstream."""
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         try:
             feedback = json.loads(body or b"{}")
         except ValueError:
@@ -148,21 +144,8 @@ class EdgeApp:
         await _send_json(send, 202, {"queued": True})
 
 
-async def _accept_lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def _send_json(send: Send, status: int, body: object) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    await respond(send, status, json.dumps(body).encode())
 
 
 class EdgeAgent:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from starlette.types import Receive, Scope, Send
 
-from inferline.testing.asgi import header, lifespan, read_body, respond, send_body, sse, start, wait_or_leave
+from inferline.asgi import header, lifespan, read_body, respond, send_body, sse, start, wait_or_leave
 from inferline.testing.openai_shapes import BadRequestError, Plan, Reply, embeddings, error_body
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]

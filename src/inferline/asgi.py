@@ -1,5 +1,6 @@
-"""Raw ASGI input and output for the stub upstream: no framework on the hot path, so that it stands in
-for a model server when the router's own overhead is measured in microseconds."""
+"""Raw ASGI input and output for the small apps that run without a framework: the stub upstream (no
+framework on its hot path, so that it stands in for a model server when the router's own overhead is
+measured in microseconds) and the edge agent's front."""
 
 from __future__ import annotations
 
