@@ -8,10 +8,9 @@ import torch
 
 from inferline.config import EngineConfig
 from inferline.engine.async_engine import AsyncEngine
-from inferline.errors import EngineStoppedError
 from inferline.engine.core import EngineCore
 from inferline.engine.model_loader import LoadedModel
-from inferline.errors import InvalidRequestError
+from inferline.errors import EngineStoppedError, InvalidRequestError
 from inferline.types import Request, SamplingParams
 
 
