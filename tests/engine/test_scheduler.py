@@ -2,8 +2,10 @@
 
 from collections import Counter
 
-from inferline.engine.kv_cache import KVCacheManager
-from inferline.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
+import pytest
+
+from inferline.engine.kv_cache import KVCacheManager, hash_block
+from inferline.engine.scheduler import Proposal, ScheduledChunk, Scheduler, SchedulerLimits, SchedulerOutput
 from inferline.engine.sequence import Sequence
 from inferline.types import Priority, Request, SamplingParams
 
@@ -183,3 +185,147 @@ def test_idle_tenant_banks_no_credit() -> None:
         _, advanced = step(scheduler)
         first_tenants += [s.tenant for s in advanced if len(s.output_token_ids) == 1]
     assert first_tenants.count("a") >= 2
+
+
+# ---- speculative decoding: lookahead slots, proposals in the output, accepted tokens ---------------
+
+
+class ScriptedProposer:
+    """Proposes the next drafts it is given, cut to each chunk's lookahead; records what it was shown."""
+
+    def __init__(self) -> None:
+        self.drafts: list[int] = []
+        self.seen: list[list[ScheduledChunk]] = []
+
+    def propose(self, chunks: list[ScheduledChunk]) -> dict[str, Proposal]:
+        self.seen.append(chunks)
+        reserved = [c for c in chunks if c.num_lookahead_tokens]
+        return {c.seq_id: Proposal(self.drafts[: c.num_lookahead_tokens]) for c in reserved}
+
+
+def spec_scheduler(
+    num_blocks: int = 64, max_model_len: int = 256, budget: int = 64
+) -> tuple[Scheduler, ScriptedProposer]:
+    kv = KVCacheManager(num_blocks, 4, enable_prefix_caching=True)
+    limits = SchedulerLimits(8, budget, max_model_len, num_speculative_tokens=4)
+    proposer = ScriptedProposer()
+    return Scheduler(limits, kv, frozenset({EOS}), proposer), proposer
+
+
+def test_lookahead_stops_at_max_tokens_and_context_length() -> None:
+    scheduler, proposer = spec_scheduler(max_model_len=8)
+    proposer.drafts = [9, 10, 11, 12]
+    seq = add(scheduler, "a", prompt_len=3, max_tokens=4, first_token=5)
+    output = scheduler.schedule()
+    assert output.chunks[0].num_lookahead_tokens == 0, "a prompt chunk speculates nothing"
+    assert [c.num_lookahead_tokens for c in proposer.seen[0]] == [0]
+    scheduler.update(output, {seq.seq_id: [8]})
+    output = scheduler.schedule()
+    assert output.chunks[0].num_lookahead_tokens == 2, "max_tokens 4 leaves 3 tokens: 1 + 2 drafts"
+    assert output.chunks[0].token_ids == [8, 9, 10]
+    scheduler.update(output, {seq.seq_id: [9, 20]})
+    assert seq.output_token_ids == [8, 9, 20]
+    seq.request.sampling.max_tokens = 10
+    output = scheduler.schedule()
+    assert output.chunks[0].num_lookahead_tokens == 1, "max_model_len 8 leaves 2 tokens: 1 + 1 draft"
+
+
+def test_accepted_tokens_advance_the_cache_and_rejected_ones_are_never_hashed() -> None:
+    scheduler, proposer = spec_scheduler()
+    kv = scheduler.kv_cache
+    seq = add(scheduler, "a", prompt_len=3, max_tokens=16, first_token=5)
+    scheduler.update(scheduler.schedule(), {seq.seq_id: [8]})  # prompt + first token fill block 0
+    proposer.drafts = [30, 31, 32, 33]
+    output = scheduler.schedule()
+    chunk = output.chunks[0]
+    assert chunk.num_lookahead_tokens == 4
+    assert chunk.token_ids == [8, 30, 31, 32, 33]
+    # The target accepts 30 and rejects 31 in favour of 40.
+    scheduler.update(output, {seq.seq_id: [30, 40]})
+    assert seq.output_token_ids == [8, 30, 40]
+    assert seq.num_computed_tokens == 5  # 5, 6, 7, 8, 30: the rejected 31..33 do not count
+    assert kv.block_hashes[seq.seq_id] == [hash_block(None, [5, 6, 7, 8])]
+    assert kv.find_cached_prefix([5, 6, 7, 8, 30, 31, 32, 33, 1]).num_blocks == 1
+    assert scheduler.spec.num_drafted_tokens == 4
+    assert scheduler.spec.num_accepted_tokens == 1
+
+
+def test_eos_inside_accepted_drafts_cuts_the_rest() -> None:
+    scheduler, proposer = spec_scheduler()
+    seq = add(scheduler, "a", prompt_len=3, max_tokens=16, first_token=5)
+    scheduler.update(scheduler.schedule(), {seq.seq_id: [8]})
+    proposer.drafts = [9, EOS, 11]
+    output = scheduler.schedule()
+    advanced = scheduler.update(output, {seq.seq_id: [9, EOS, 11, 12]})
+    assert advanced == [(seq, 2)]
+    assert seq.output_token_ids == [8, 9, EOS]
+    assert seq.finish_reason == "stop"
+    assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
+
+
+def test_proposals_travel_in_the_scheduler_output() -> None:
+    scheduler, proposer = spec_scheduler(budget=16)
+    decoding = add(scheduler, "d", prompt_len=3, max_tokens=16, first_token=5)
+    step(scheduler)
+    add(scheduler, "p", prompt_len=20, first_token=40)
+    proposer.drafts = [30, 31, 32]
+    output = scheduler.schedule()
+    # The proposer saw the whole step as planned, the prefill chunk too, and no drafts yet.
+    planned = proposer.seen[-1]
+    assert [(c.seq_id, c.token_ids, c.num_lookahead_tokens) for c in planned] == [
+        ("d#0", [TOKEN], 4),
+        ("p#0", list(range(40, 51)), 0),
+    ]
+    decode, prefill = output.chunks
+    assert (decode.token_ids, decode.draft_token_ids) == ([TOKEN, 30, 31, 32], [30, 31, 32])
+    assert decode.draft_probs is None
+    assert (prefill.token_ids, prefill.draft_token_ids) == (list(range(40, 51)), [])
+    # The budget of 16 paid for the reserved lookahead (1 + 4), not for the 3 drafts proposed.
+    assert output.num_tokens == 1 + 3 + 11
+    scheduler.update(output, {decoding.seq_id: [30, 31, 32, 33]})
+    assert decoding.output_token_ids == [TOKEN, 30, 31, 32, 33]
+
+
+def test_no_proposal_leaves_a_plain_decode() -> None:
+    scheduler, proposer = spec_scheduler()
+    seq = add(scheduler, "a", prompt_len=3, max_tokens=16, first_token=5)
+    step(scheduler)
+    output = scheduler.schedule()
+    assert proposer.seen[-1][0].num_lookahead_tokens == 4
+    assert (output.chunks[0].token_ids, output.chunks[0].draft_token_ids) == ([TOKEN], [])
+    scheduler.update(output, {seq.seq_id: [TOKEN]})
+    assert scheduler.spec.num_verify_steps == 0
+
+
+def test_lookahead_that_does_not_fit_the_kv_pool_is_not_reserved() -> None:
+    # One block of 4 tokens: the prompt and first token fill it; a draft would need a second block.
+    scheduler, proposer = spec_scheduler(num_blocks=2)
+    add(scheduler, "a", prompt_len=3, max_tokens=16, first_token=5)
+    add(scheduler, "b", prompt_len=3, max_tokens=16, first_token=5)
+    step(scheduler)
+    proposer.drafts = [1, 2]
+    output = scheduler.schedule()
+    assert [c.num_lookahead_tokens for c in output.chunks] == [0, 0]
+    assert [c.draft_token_ids for c in output.chunks] == [[], []]
+    assert scheduler.num_preemptions == 0, "a guess is not worth preempting anyone for"
+
+
+class OverfillingProposer:
+    def propose(self, chunks: list[ScheduledChunk]) -> dict[str, Proposal]:
+        return {c.seq_id: Proposal([1, 2, 3]) for c in chunks if c.num_lookahead_tokens}
+
+
+def test_a_proposer_must_stay_within_the_reserved_slots() -> None:
+    limits = SchedulerLimits(8, 64, 256, num_speculative_tokens=4)
+    kv = KVCacheManager(64, 4, enable_prefix_caching=True)
+    scheduler = Scheduler(limits, kv, frozenset({EOS}), OverfillingProposer())
+    add(scheduler, "a", prompt_len=3, max_tokens=3, first_token=5)
+    step(scheduler)
+    with pytest.raises(ValueError, match="3 drafts for 1 reserved slots"):
+        scheduler.schedule()
+
+
+def test_speculation_without_a_proposer_is_refused() -> None:
+    limits = SchedulerLimits(8, 64, 256, num_speculative_tokens=4)
+    with pytest.raises(ValueError, match="num_speculative_tokens=4 needs a proposer"):
+        Scheduler(limits, KVCacheManager(64, 4, enable_prefix_caching=True), frozenset({EOS}))

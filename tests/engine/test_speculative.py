@@ -1,4 +1,6 @@
-"""Speculative decoding: n-gram and draft-model proposals, exact verification, scheduler bookkeeping."""
+"""Speculative decoding: n-gram and draft-model proposals, exact verification, end to end.
+
+The scheduler's side (lookahead, proposals in the output, accepted tokens) is in test_scheduler.py."""
 
 import asyncio
 import dataclasses
@@ -11,13 +13,13 @@ from inferline import LLM, SamplingParams
 from inferline.config import EngineConfig, SpeculativeConfig
 from inferline.engine.async_engine import AsyncEngine
 from inferline.engine.core import EngineCore
-from inferline.engine.kv_cache import KVCacheManager, hash_block
 from inferline.engine.memory import plan_kv_pool
 from inferline.engine.model_loader import LoadedModel
 from inferline.engine.sampler import Sampler
-from inferline.engine.scheduler import ScheduledChunk, Scheduler, SchedulerLimits
-from inferline.engine.sequence import Sequence
-from inferline.engine.speculative import NgramProposer, check_draft_vocab, verify_drafts
+from inferline.engine.scheduler import ScheduledChunk
+from inferline.engine.speculative.draft_model import check_draft_vocab
+from inferline.engine.speculative.ngram import NgramProposer
+from inferline.engine.speculative.verify import verify_drafts
 from inferline.errors import InvalidRequestError
 from inferline.types import Request
 
@@ -239,72 +241,6 @@ def test_greedy_verification_accepts_while_drafts_equal_the_argmax() -> None:
     sampler = Sampler(0, torch.device("cpu"))
     assert [t.token_id for t in verify_drafts(sampler, logits, hit)[0]] == [1, 2, 3]
     assert [t.token_id for t in verify_drafts(sampler, logits, miss)[0]] == [1, 2]
-
-
-# ---- scheduler bookkeeping --------------------------------------------------------------------------
-
-
-def spec_scheduler(num_blocks: int = 64, max_model_len: int = 256) -> Scheduler:
-    kv = KVCacheManager(num_blocks, 4, enable_prefix_caching=True)
-    limits = SchedulerLimits(8, 64, max_model_len, num_speculative_tokens=4)
-    return Scheduler(limits, kv, frozenset({EOS}))
-
-
-def add(scheduler: Scheduler, prompt: list[int], max_tokens: int = 16) -> Sequence:
-    seq = Sequence("a#0", Request("a", prompt, SamplingParams(max_tokens=max_tokens)), 0)
-    scheduler.add(seq)
-    return seq
-
-
-def test_lookahead_stops_at_max_tokens_and_context_length() -> None:
-    scheduler = spec_scheduler(max_model_len=8)
-    seq = add(scheduler, [5, 6, 7], max_tokens=4)
-    output = scheduler.schedule()
-    assert output.chunks[0].num_lookahead_tokens == 0, "a prompt chunk speculates nothing"
-    scheduler.update(output, {seq.seq_id: [8]})
-    output = scheduler.schedule()
-    assert output.chunks[0].num_lookahead_tokens == 2, "max_tokens 4 leaves 3 tokens: 1 + 2 drafts"
-    output.chunks[0].draft_token_ids = [9, 10]
-    output.chunks[0].token_ids = [8, 9, 10]
-    scheduler.update(output, {seq.seq_id: [9, 20]})
-    assert seq.output_token_ids == [8, 9, 20]
-    seq.request.sampling.max_tokens = 10
-    output = scheduler.schedule()
-    assert output.chunks[0].num_lookahead_tokens == 1, "max_model_len 8 leaves 2 tokens: 1 + 1 draft"
-
-
-def test_accepted_tokens_advance_the_cache_and_rejected_ones_are_never_hashed() -> None:
-    scheduler = spec_scheduler()
-    kv = scheduler.kv_cache
-    seq = add(scheduler, [5, 6, 7])
-    scheduler.update(scheduler.schedule(), {seq.seq_id: [8]})  # prompt + first token fill block 0
-    output = scheduler.schedule()
-    chunk = output.chunks[0]
-    assert chunk.num_lookahead_tokens == 4
-    chunk.draft_token_ids = [30, 31, 32, 33]
-    chunk.token_ids = [8, 30, 31, 32, 33]
-    # The target accepts 30 and rejects 31 in favour of 40.
-    scheduler.update(output, {seq.seq_id: [30, 40]})
-    assert seq.output_token_ids == [8, 30, 40]
-    assert seq.num_computed_tokens == 5  # 5, 6, 7, 8, 30: the rejected 31..33 do not count
-    assert kv.block_hashes[seq.seq_id] == [hash_block(None, [5, 6, 7, 8])]
-    assert kv.find_cached_prefix([5, 6, 7, 8, 30, 31, 32, 33, 1]).num_blocks == 1
-    assert scheduler.spec.num_drafted_tokens == 4
-    assert scheduler.spec.num_accepted_tokens == 1
-
-
-def test_eos_inside_accepted_drafts_cuts_the_rest() -> None:
-    scheduler = spec_scheduler()
-    seq = add(scheduler, [5, 6, 7])
-    scheduler.update(scheduler.schedule(), {seq.seq_id: [8]})
-    output = scheduler.schedule()
-    output.chunks[0].draft_token_ids = [9, EOS, 11]
-    output.chunks[0].token_ids = [8, 9, EOS, 11]
-    advanced = scheduler.update(output, {seq.seq_id: [9, EOS, 11, 12]})
-    assert advanced == [(seq, 2)]
-    assert seq.output_token_ids == [8, 9, EOS]
-    assert seq.finish_reason == "stop"
-    assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
 
 
 # ---- configuration ------------------------------------------------------------------------------

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from inferline.config import EngineConfig, SpeculativeConfig
+from inferline.config import EngineConfig
 from inferline.engine.kv_cache import KVCacheManager
 from inferline.engine.memory import plan_kv_pool
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.output import TextStream, to_token_logprob
 from inferline.engine.runner import ModelRunner, kv_cache_dtype
 from inferline.engine.sampler import SampledToken, Sampler
-from inferline.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
+from inferline.engine.scheduler import Proposer, Scheduler, SchedulerLimits
 from inferline.engine.sequence import Sequence
-from inferline.engine.speculative import DraftSampler, Proposer, build_proposer, check_draft_vocab
+from inferline.engine.speculative.draft_model import DraftModelProposer, load_draft_model
+from inferline.engine.speculative.ngram import NgramProposer
 from inferline.errors import InvalidRequestError
 from inferline.types import Delta, Priority, Request, Usage
 
@@ -65,7 +66,9 @@ class EngineCore:
         self.loaded = loaded if loaded is not None else load_model(config)
         self.tokenizer = self.loaded.tokenizer
         spec = config.speculative
-        draft = self._load_draft(spec) if spec is not None and spec.method == "draft" else None
+        draft = None
+        if spec is not None and spec.method == "draft":
+            draft = load_draft_model(spec, self.loaded, config)
         plan = plan_kv_pool(
             config,
             self.loaded.config,
@@ -84,7 +87,6 @@ class EngineCore:
             output_token_weight=config.tenant_output_token_weight,
             num_speculative_tokens=spec.num_speculative_tokens if spec is not None else 0,
         )
-        self.scheduler = Scheduler(limits, self.kv_cache, self.loaded.eos_token_ids)
         self.runner = ModelRunner(
             self.loaded.model,
             plan.num_blocks,
@@ -93,35 +95,16 @@ class EngineCore:
             config.single_stream_threads,
             config.cpu_decode_step,
         )
-        self.proposer: Proposer | None = None
-        if spec is not None:
-            draft_runner = None
-            if draft is not None:
-                sampler = DraftSampler(config.seed + 1, draft.device)
-                draft_runner = ModelRunner(
-                    draft.model,
-                    plan.num_blocks,
-                    config.block_size,
-                    sampler,
-                    cpu_decode_step=config.cpu_decode_step,
-                )
-            self.proposer = build_proposer(spec, draft_runner)
+        proposer: Proposer | None = None
+        if draft is not None:
+            proposer = DraftModelProposer(
+                draft, plan.num_blocks, config.block_size, config.seed, config.cpu_decode_step
+            )
+        elif spec is not None:
+            proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
+        self.scheduler = Scheduler(limits, self.kv_cache, self.loaded.eos_token_ids, proposer)
         self.requests: dict[str, _RequestState] = {}
         self.num_steps = 0
-
-    def _load_draft(self, spec: SpeculativeConfig) -> LoadedModel:
-        draft_model = spec.draft_model or "default"  # SpeculativeConfig requires it for method 'draft'
-        draft = load_model(
-            EngineConfig(
-                model=draft_model,
-                device=str(self.loaded.device),
-                # A quantized draft computes in its kernels' dtype, whatever the target's.
-                dtype=self.config.dtype if spec.draft_quantization == "none" else "auto",
-                quantization=spec.draft_quantization,
-            )
-        )
-        check_draft_vocab(self.loaded.config, draft.config, draft_model)
-        return draft
 
     # ---- requests in --------------------------------------------------------------------------
 
@@ -178,17 +161,12 @@ class EngineCore:
         output = self.scheduler.schedule()
         if output.is_empty:
             return []
-        sampled = self._execute(output)
+        sampled = self.runner.execute(output)
         advanced = self.scheduler.update(
             output, {seq_id: [s.token_id for s in tokens] for seq_id, tokens in sampled.items()}
         )
         self.num_steps += 1
         return [self._delta(seq, sampled[seq.seq_id][:num_kept]) for seq, num_kept in advanced]
-
-    def _execute(self, output: SchedulerOutput) -> dict[str, list[SampledToken]]:
-        if self.proposer is not None:
-            self.proposer.propose(output)
-        return self.runner.execute(output)
 
     def _delta(self, seq: Sequence, sampled: list[SampledToken]) -> Delta:
         state = self.requests[seq.request.request_id]

@@ -178,6 +178,12 @@ class KVCacheManager:
         self.prefix_stats.queried_tokens += num_queried_tokens
         self.prefix_stats.hit_tokens += num_hit_tokens
 
+    def has_uncached_full_blocks(self, seq_id: str, num_computed_tokens: int) -> bool:
+        """Whether `cache_full_blocks` would index anything: callers skip building the token list."""
+        return self.pool.enable_prefix_caching and num_computed_tokens // self.block_size > len(
+            self.block_hashes[seq_id]
+        )
+
     def cache_full_blocks(self, seq_id: str, token_ids: list[int], num_computed_tokens: int) -> None:
         """Index the sequence's blocks whose KV is now fully computed."""
         if not self.pool.enable_prefix_caching:

@@ -14,7 +14,7 @@ import torch
 
 from inferline.engine.sampler import SampledToken, Sampler
 from inferline.engine.scheduler import ScheduledChunk, SchedulerOutput
-from inferline.engine.speculative import verify_drafts
+from inferline.engine.speculative.verify import verify_drafts
 from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
 from inferline.models.llama import LlamaForCausalLM
 

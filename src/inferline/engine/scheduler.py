@@ -11,16 +11,17 @@ prefix cache, often its KV).
 
 With speculative decoding on, a sequence that samples after one token reserves budget and KV slots
 for up to k draft tokens besides it (never past max_tokens or the context length, and never at the
-cost of preempting anyone); the proposer attaches the drafts before execution, and `update` appends
-the accepted ones, advancing the computed tokens only over verified KV.
+cost of preempting anyone). Once the step is planned, the proposer is shown it and fills those slots
+with drafts, and the chunks are built with them, so the output leaves `schedule` complete; `update`
+appends the accepted drafts, advancing the computed tokens only over verified KV.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from inferline.engine.fair_queue import TenantCounters, WaitingQueues
 from inferline.engine.kv_cache import KVCacheManager
@@ -63,7 +64,9 @@ class ScheduledChunk:
 @dataclass
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
+    """What the step computes, proposed drafts included."""
     preempted_seq_ids: list[str] = field(default_factory=list)
+    """Sequences that lost their blocks this step (they recompute when readmitted)."""
 
     @property
     def num_tokens(self) -> int:
@@ -72,6 +75,25 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.chunks
+
+
+@dataclass
+class Proposal:
+    """A proposer's guess at how one sequence continues after its scheduled token."""
+
+    draft_token_ids: list[int]
+    """At most the chunk's num_lookahead_tokens tokens; [] when the proposer has no guess."""
+    draft_probs: torch.Tensor | None = None
+    """[len(draft_token_ids), V] the distributions the drafts were drawn from; None when certain."""
+
+
+class Proposer(Protocol):
+    """What the scheduler asks of speculative decoding: drafts for the slots it reserved."""
+
+    def propose(self, chunks: list[ScheduledChunk]) -> dict[str, Proposal]:
+        """Proposals by seq_id for the chunks with lookahead. `chunks` is the whole step as planned,
+        without drafts: a draft model computes its own KV over every chunk of it."""
+        ...
 
 
 @dataclass
@@ -93,6 +115,20 @@ class SpecDecodeCounters:
     """Chunks that carried at least one draft token."""
 
 
+def _with_drafts(chunk: ScheduledChunk, proposal: Proposal | None) -> ScheduledChunk:
+    if proposal is None or not proposal.draft_token_ids:
+        return chunk
+    drafts = proposal.draft_token_ids
+    if len(drafts) > chunk.num_lookahead_tokens:
+        raise ValueError(
+            f"the proposer gave {chunk.seq_id} {len(drafts)} drafts for {chunk.num_lookahead_tokens} "
+            "reserved slots: a proposer must stop at the chunk's num_lookahead_tokens"
+        )
+    return replace(
+        chunk, token_ids=chunk.token_ids + drafts, draft_token_ids=drafts, draft_probs=proposal.draft_probs
+    )
+
+
 def _rank(seq: Sequence) -> tuple[int, float, int]:
     """Smaller ranks are served first and preempted last."""
     return (-int(seq.priority), seq.request.arrival_time, seq.index)
@@ -100,11 +136,21 @@ def _rank(seq: Sequence) -> tuple[int, float, int]:
 
 class Scheduler:
     def __init__(
-        self, limits: SchedulerLimits, kv_cache: KVCacheManager, eos_token_ids: frozenset[int]
+        self,
+        limits: SchedulerLimits,
+        kv_cache: KVCacheManager,
+        eos_token_ids: frozenset[int],
+        proposer: Proposer | None = None,
     ) -> None:
+        if limits.num_speculative_tokens and proposer is None:
+            raise ValueError(
+                f"num_speculative_tokens={limits.num_speculative_tokens} needs a proposer to fill the "
+                "reserved draft slots: pass one, or set num_speculative_tokens=0"
+            )
         self.limits = limits
         self.kv_cache = kv_cache
         self.eos_token_ids = eos_token_ids
+        self.proposer = proposer
         self.counters = TenantCounters()
         self.waiting = WaitingQueues(self.counters)
         self.running: list[Sequence] = []
@@ -146,7 +192,7 @@ class Scheduler:
     # ---- schedule -----------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        output = SchedulerOutput()
+        plan = SchedulerOutput()
         self.running.sort(key=_rank)
         scheduled: set[str] = set()
         budget = self.limits.max_num_batched_tokens
@@ -154,14 +200,22 @@ class Scheduler:
             for seq in [s for s in self.running if s.priority == priority]:
                 if budget == 0:
                     break
-                if seq.status is SequenceStatus.RUNNING and self._grow(seq, budget, scheduled, output):
-                    budget -= len(output.chunks[-1].token_ids) + output.chunks[-1].num_lookahead_tokens
+                if seq.status is SequenceStatus.RUNNING and self._grow(seq, budget, scheduled, plan):
+                    budget -= len(plan.chunks[-1].token_ids) + plan.chunks[-1].num_lookahead_tokens
             while budget > 0:
                 candidate = self.waiting.peek(priority)
-                if candidate is None or not self._admit(candidate, budget, scheduled, output):
+                if candidate is None or not self._admit(candidate, budget, scheduled, plan):
                     break
-                budget -= len(output.chunks[-1].token_ids)
-        return output
+                budget -= len(plan.chunks[-1].token_ids)
+        return SchedulerOutput(self._with_proposals(plan.chunks), plan.preempted_seq_ids)
+
+    def _with_proposals(self, chunks: list[ScheduledChunk]) -> list[ScheduledChunk]:
+        """The planned chunks, each carrying the drafts proposed for its reserved lookahead. The proposer
+        sees every step, lookahead or not: a draft model must compute its KV over every prompt chunk."""
+        if self.proposer is None or not chunks:
+            return chunks
+        proposals = self.proposer.propose(chunks)
+        return [_with_drafts(c, proposals.get(c.seq_id)) for c in chunks]
 
     def _grow(self, seq: Sequence, budget: int, scheduled: set[str], output: SchedulerOutput) -> bool:
         num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
@@ -179,8 +233,7 @@ class Scheduler:
             if victim is None:
                 return False
         self.kv_cache.allocate(seq.seq_id, total + num_lookahead)
-        self._emit(seq, num_new, scheduled, output)
-        output.chunks[-1].num_lookahead_tokens = num_lookahead
+        self._emit(seq, num_new, scheduled, output, num_lookahead)
         return True
 
     def _lookahead(self, seq: Sequence, budget: int) -> int:
@@ -251,7 +304,14 @@ class Scheduler:
             len(seq.output_token_ids),
         )
 
-    def _emit(self, seq: Sequence, num_new: int, scheduled: set[str], output: SchedulerOutput) -> None:
+    def _emit(
+        self,
+        seq: Sequence,
+        num_new: int,
+        scheduled: set[str],
+        output: SchedulerOutput,
+        num_lookahead: int = 0,
+    ) -> None:
         start = seq.num_computed_tokens
         end = start + num_new
         num_prompt = len(seq.prompt_token_ids)
@@ -273,6 +333,7 @@ class Scheduler:
                 prompt_token_ids=seq.prompt_token_ids,
                 output_token_ids=seq.output_token_ids,
                 seq_index=seq.index,
+                num_lookahead_tokens=num_lookahead,
             )
         )
 
@@ -298,9 +359,7 @@ class Scheduler:
             num_computed = seq.num_computed_tokens + len(chunk.token_ids) - len(chunk.draft_token_ids)
             num_kept, stop = self._append(seq, token_ids)
             seq.num_computed_tokens = min(num_computed + num_accepted, seq.num_tokens)
-            if seq.num_computed_tokens // self.kv_cache.block_size > len(
-                self.kv_cache.block_hashes[seq.seq_id]
-            ):
+            if self.kv_cache.has_uncached_full_blocks(seq.seq_id, seq.num_computed_tokens):
                 self.kv_cache.cache_full_blocks(seq.seq_id, seq.all_token_ids, seq.num_computed_tokens)
             if token_ids:
                 advanced.append((seq, num_kept))
