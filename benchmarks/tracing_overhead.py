@@ -67,7 +67,7 @@ def one_request(tracer: tracing.Tracing, headers: dict[bytes, bytes]) -> None:
     if route is not None:
         route.set_attributes({"inferline.route.attempts": 1, "inferline.route.deployment": "stubbed"})
     if backend is not None:
-        tracing.end_backend_span(backend, 12, 9, "ok")
+        tracing.end_span(backend, tracing.delivery_attributes(12, 9, "ok"))
         tracing.end_span(route)
     if http is not None:
         http.end(200, PATH)
