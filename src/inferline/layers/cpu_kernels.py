@@ -2,10 +2,10 @@
 
 They are compiled with the machine's C++ compiler (through torch.utils.cpp_extension and ninja) into
 torch's extension cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), with -march=native so
-the int4 kernel uses AVX-512 VNNI where the CPU has it: once per machine and source version, about
-10 s on 2 cores, done by `scripts/install.sh`. Where they cannot be built the engine runs PyTorch ops
-instead (int4 weights then dequantize for every matmul: correct, several times slower), and the log
-says why.
+the int4/int8 kernels use AVX-512 VNNI where the CPU has it (AVX2 where it has only that): once per
+machine and source version, about 10 s on 2 cores, done by `scripts/install.sh`. Where they cannot be
+built the engine runs PyTorch ops instead (int4 weights then dequantize for every matmul: correct,
+several times slower), and the log says why.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 // [16b, 16b + 16), byte j holding element j in its low nibble and element j + 16 in its high one;
 // value = scale * code + min with scales_and_mins [2, N, K/32] float16 (GGUF Q4_1's own layout of a
 // block, so its weights carry over exactly). The activations of each block of 32 are quantized to
-// int8 with their own scale, and a block's dot product is two AVX-512 VNNI instructions: PyTorch's
-// int4 kernel, which widens every weight to float, took 1.5x as long to decode a token.
+// int8 with their own scale, and a block's dot product is two AVX-512 VNNI instructions (a few AVX2
+// ones on CPUs without VNNI): PyTorch's int4 kernel, which widens every weight to float, took 1.5x as
+// long to decode a token.
 //
 // The decode step: run op by op, a decode step of a small model is mostly overhead: ~45 eager ops a
 // layer, each paying dispatch and an allocation, around four weight kernels that do the real work.
@@ -23,6 +24,9 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
 #include <immintrin.h>
 #define INFERLINE_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define INFERLINE_AVX2 1
 #endif
 
 #include <algorithm>
@@ -78,6 +82,20 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k) {
 }
 
 inline float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+
+#ifdef INFERLINE_AVX2
+// AVX2 has no unsigned-by-signed dot product into int32 (VNNI's dpbusd); maddubs multiplies u8 by s8
+// into saturating int16 pair sums and madd against ones widens those to int32. A 32-code block never
+// saturates: int4 codes give at most 4 * 15 * 127 per int16 (both nibble halves added), int8 codes at
+// most 2 * 127 * 127 = 32258 (activations stay within -127..127, so |x| fits in u8 and below 128).
+inline __m256i sum_pairs_to_int32(__m256i products_s16) { return _mm256_madd_epi16(products_s16, _mm256_set1_epi16(1)); }
+
+inline float sum_lanes(__m256 v) {
+  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+}
+#endif
 
 // Outputs of weight row `codes` for R consecutive activation rows: the codes are unpacked once and
 // used for every row (a decode batch of 16 would otherwise unpack each weight 16 times).
@@ -148,8 +166,43 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
     const __m128 pair = _mm_add_ps(min_acc[i], _mm_movehl_ps(min_acc[i], min_acc[i]));
     totals[i] += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
   }
+#elif defined(INFERLINE_AVX2)
+  // Two blocks at a time: their 32 packed bytes fill one register, and the int32 result has four lanes
+  // per block, so one block's scale covers half the register.
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i four_lanes_each = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+  __m256 acc[R];
+  __m128 min_acc[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i] = _mm256_setzero_ps();
+    min_acc[i] = _mm_setzero_ps();
+  }
+  for (; b + 2 <= blocks; b += 2) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
+    const __m256i low_codes = _mm256_and_si256(packed, nibble);
+    const __m256i high_codes = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+    // Two float16 values each (lanes 2 and 3 are zero, so they add nothing to min_acc).
+    const __m128 w_scale = _mm_cvtph_ps(_mm_loadu_si32(scales + b));
+    const __m128 w_min = _mm_cvtph_ps(_mm_loadu_si32(mins + b));
+    for (int i = 0; i < R; ++i) {
+      // Codes are unsigned, activations signed: maddubs takes them as they are, no sign trick needed.
+      const __m256i products = _mm256_add_epi16(
+          _mm256_maddubs_epi16(low_codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low[i] + b * 16))),
+          _mm256_maddubs_epi16(high_codes,
+                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high[i] + b * 16))));
+      const __m128 x_scales = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_scale[i] + b)));
+      const __m128 x_sums = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_sum[i] + b)));
+      const __m256 lane_scale =
+          _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(w_scale, x_scales)), four_lanes_each);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_pairs_to_int32(products)), lane_scale, acc[i]);
+      min_acc[i] = _mm_fmadd_ps(w_min, x_sums, min_acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    totals[i] += sum_lanes(_mm256_add_ps(acc[i], _mm256_castps128_ps256(min_acc[i])));
+  }
 #endif
-  for (; b < blocks; ++b) {  // what is left, and every block on CPUs without AVX-512 VNNI
+  for (; b < blocks; ++b) {  // what is left, and every block on CPUs without AVX2
     const uint8_t* c = codes + b * 16;
     for (int i = 0; i < R; ++i) {
       int32_t dot = 0;
@@ -287,8 +340,25 @@ void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedR
     const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     totals[i] = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
   }
+#elif defined(INFERLINE_AVX2)
+  __m256 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  for (; b < blocks; ++b) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * kInt4Block));
+    const float w_scale = half_to_float(scales[b]);
+    for (int i = 0; i < R; ++i) {
+      const __m256i x = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high[i] + b * 16)),
+                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(low[i] + b * 16)));
+      // Both operands are signed here but maddubs takes its first as unsigned: as for VNNI, |x| goes
+      // first and x's signs move onto w (sign_epi8 also zeroes w where x is zero).
+      const __m256i products = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_pairs_to_int32(products)), _mm256_set1_ps(w_scale * x_scale[i][b]),
+                               acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) totals[i] = sum_lanes(acc[i]);
 #endif
-  for (; b < blocks; ++b) {  // every block on CPUs without AVX-512 VNNI
+  for (; b < blocks; ++b) {  // every block on CPUs without AVX2
     const int8_t* c = codes + b * kInt4Block;
     for (int i = 0; i < R; ++i) {
       int32_t dot = 0;
