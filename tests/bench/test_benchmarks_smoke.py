@@ -20,7 +20,6 @@ FIGURES = {
     "cpu_kernels_isa.py": [
         r"^x86-64-v2 \(scalar\) +int4 +1 x 576 -> 1536 +\d+\.\d µs +\d+\.\d\d +1\.00x",
         r"^x86-64-v3 \(AVX2\) +int8 +16 x 576 -> 1536 +\d+\.\d µs +\d+\.\d\d +\d+\.\d\dx",
-        r"^native +int4 +1 x 576 -> 1536 +\d+\.\d µs",
     ],
     "engine_offline.py": [r"^ +1 \| +\d+\.\d"],
     "gpu.py": [r"^ +2 \| +\d+\.\d +\| +\d+\.\d +\| +\d+\.\d"],
