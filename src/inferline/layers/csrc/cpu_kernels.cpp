@@ -83,12 +83,23 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k) {
 
 inline float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
 
+#if defined(INFERLINE_VNNI) || defined(INFERLINE_AVX2)
 #ifdef INFERLINE_AVX2
 // AVX2 has no unsigned-by-signed dot product into int32 (VNNI's dpbusd); maddubs multiplies u8 by s8
 // into saturating int16 pair sums and madd against ones widens those to int32. A 32-code block never
 // saturates: int4 codes give at most 4 * 15 * 127 per int16 (both nibble halves added), int8 codes at
 // most 2 * 127 * 127 = 32258 (activations stay within -127..127, so |x| fits in u8 and below 128).
 inline __m256i sum_pairs_to_int32(__m256i products_s16) { return _mm256_madd_epi16(products_s16, _mm256_set1_epi16(1)); }
+#endif
+
+// 32 unsigned bytes times 32 signed bytes, summed four at a time into eight int32 lanes.
+inline __m256i dot_u8_s8(__m256i unsigned_bytes, __m256i signed_bytes) {
+#ifdef INFERLINE_VNNI
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned_bytes, signed_bytes);
+#else
+  return sum_pairs_to_int32(_mm256_maddubs_epi16(unsigned_bytes, signed_bytes));
+#endif
+}
 
 inline float sum_lanes(__m256 v) {
   const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -321,7 +332,7 @@ void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedR
     totals[i] = 0.f;
   }
   int64_t b = 0;
-#ifdef INFERLINE_VNNI
+#if defined(INFERLINE_VNNI) || defined(INFERLINE_AVX2)
   __m256 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   for (; b < blocks; ++b) {
@@ -330,30 +341,10 @@ void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedR
     for (int i = 0; i < R; ++i) {
       const __m256i x = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high[i] + b * 16)),
                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(low[i] + b * 16)));
-      const __m256i dots =
-          _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
+      // Both operands are signed but the dot product takes its first as unsigned: |x| goes first and
+      // x's signs move onto w (sign_epi8 also zeroes w where x is zero).
+      const __m256i dots = dot_u8_s8(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(w_scale * x_scale[i][b]), acc[i]);
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
-    const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    totals[i] = _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
-  }
-#elif defined(INFERLINE_AVX2)
-  __m256 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
-  for (; b < blocks; ++b) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * kInt4Block));
-    const float w_scale = half_to_float(scales[b]);
-    for (int i = 0; i < R; ++i) {
-      const __m256i x = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high[i] + b * 16)),
-                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(low[i] + b * 16)));
-      // Both operands are signed here but maddubs takes its first as unsigned: as for VNNI, |x| goes
-      // first and x's signs move onto w (sign_epi8 also zeroes w where x is zero).
-      const __m256i products = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_pairs_to_int32(products)), _mm256_set1_ps(w_scale * x_scale[i][b]),
-                               acc[i]);
     }
   }
   for (int i = 0; i < R; ++i) totals[i] = sum_lanes(acc[i]);
