@@ -6,7 +6,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from inferline.errors import InvalidRequestError
 
@@ -44,6 +44,19 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise InvalidRequestError(f"{name} must be in {bracket}{low}, {high}]; got {value}", name)
 
 
+StructuredKind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the text a completion may contain, enforced by token masks while decoding."""
+
+    kind: StructuredKind
+    spec: str = ""
+    """json_schema: the schema as JSON text; regex: the pattern; choice: a JSON list of the allowed
+    strings; grammar: the grammar's text; json_object: empty (any JSON object)."""
+
+
 @dataclass
 class SamplingParams:
     """How to pick each next token and when to stop, per request (the vLLM/OpenAI field names)."""
@@ -77,6 +90,8 @@ class SamplingParams:
     """Keep generating past the model's end-of-sequence tokens (benchmarks use this)."""
     logprobs: int | None = None
     """Return the sampled token's log-probability plus this many top alternatives; None returns none."""
+    structured: StructuredOutput | None = None
+    """Constrain the output to a JSON schema, a regex, a choice list or a grammar; None leaves it free."""
 
     MAX_LOGPROBS = 20
     MAX_N = 64
