@@ -81,8 +81,8 @@ def measure(directory: Path, shapes: list[str], repeats: int, min_repeat_s: floa
     for shape in shapes:
         n_out = SHAPES[shape]
         weight = torch.randn(n_out, HIDDEN, generator=generator) * 0.05
-        int4 = Int4Linear(weight, None, torch.bfloat16)
-        int8 = Int8Linear(weight, None, torch.bfloat16)
+        int4 = Int4Linear.quantize(weight, None, torch.bfloat16)
+        int8 = Int8Linear.quantize(weight, None, torch.bfloat16)
         kernels = {
             "int4": (torch.ops.inferline_cpu.int4_linear, int4.codes, int4.scales_and_mins),
             "int8": (torch.ops.inferline_cpu.int8_linear, int8.weight, int8.scales),

@@ -6,7 +6,8 @@ the first differing token (and, looser, the share of equal positions). Perplexit
 fixed text in benchmarks/data/quality_text.txt (original prose, ~430 tokens).
 
     .venv/bin/python benchmarks/quant_quality.py
-    .venv/bin/python benchmarks/quant_quality.py --smoke   # seconds: float32 and int8, 2 prompts, 64 tokens
+    .venv/bin/python benchmarks/quant_quality.py --smoke   # seconds: float32 and default, 2 prompts
+    .venv/bin/python benchmarks/quant_quality.py --model path/to/model-Q4_K_M.gguf   # what auto makes of it
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ PROMPTS = [
     "A list of prime numbers: 2, 3, 5,",
 ]
 FORMATS = {
-    "float32": EngineConfig(device="cpu", dtype="float32"),
-    "bfloat16": EngineConfig(device="cpu", dtype="bfloat16"),
-    "int8": EngineConfig(device="cpu", quantization="int8"),
-    "int4": EngineConfig(device="cpu", quantization="int4"),
+    "float32": {"dtype": "float32"},
+    "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"quantization": "int8"},
+    "int4": {"quantization": "int4"},
+    "default": {},  # quantization auto: what `inferline serve` runs
 }
-SMOKE = {"new_tokens": 4, "formats": "float32,int8", "num_prompts": 2, "text_tokens": 64}
+SMOKE = {"new_tokens": 4, "formats": "float32,default", "num_prompts": 2, "text_tokens": 64}
 """--smoke: every code path in seconds (the figures mean nothing)."""
 
 
@@ -57,6 +59,9 @@ def main() -> None:
     )
     parser.add_argument("--num-prompts", type=int, default=len(PROMPTS), help="the first N prompts")
     parser.add_argument("--text-tokens", type=int, help="score only the text's first N tokens")
+    parser.add_argument(
+        "--model", default="default", help="a GGUF or HF folder (e.g. a K-quant, for what auto maps it to)"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
@@ -70,7 +75,9 @@ def main() -> None:
     rows = {}
     outputs: dict[str, list[list[int]]] = {}
     for name in formats:
-        loaded = load_model(FORMATS[name])
+        loaded = load_model(EngineConfig(model=args.model, device="cpu", **FORMATS[name]))
+        if name == "default":
+            print(f"default: {loaded.quantization.mode} ({loaded.quantization.reason})", flush=True)
         ids = loaded.tokenizer.encode(TEXT.read_text())[: args.text_tokens]
         outputs[name] = greedy(loaded, PROMPTS[: args.num_prompts], args.new_tokens)
         # bfloat16 is the fair reference for the quantized formats: they compute in it.

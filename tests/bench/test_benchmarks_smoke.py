@@ -16,7 +16,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FIGURES = {
-    "compare_cpu.py": [r"\| 1 \| \d+\.\d \| \d+ \|"],
+    "cold_start.py": [r"\| inferline serve \| 1 \| \d+\.\d\d \|", r"model loads in its median run: \S+ \d"],
+    "compare_cpu.py": [r"\| 1 \| \d+\.\d \| \d+ \|", r"peak RSS MiB: inferline-default \d+"],
     "cpu_kernels_isa.py": [
         r"^x86-64-v2 \(scalar\) +int4 +1 x 576 -> 1536 +\d+\.\d µs +\d+\.\d\d +1\.00x",
         r"^x86-64-v3 \(AVX2\) +int8 +16 x 576 -> 1536 +\d+\.\d µs +\d+\.\d\d +\d+\.\d\dx",
@@ -27,7 +28,7 @@ FIGURES = {
         r"overhead, httpx.AsyncClient +-?\d+\.\d\d",
         r"inferline 1 client \d+\.\d, 32 clients \d",
     ],
-    "quant_quality.py": [r"\| int8 \| \d+\.\d\d \| [+-]\d+\.\d%"],
+    "quant_quality.py": [r"\| default \| \d+\.\d\d \| [+-]\d+\.\d%"],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
     "telemetry_overhead.py": [

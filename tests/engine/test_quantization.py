@@ -1,12 +1,21 @@
-"""Quantized weights (engine `quantization`) keep the default model's answers close to the float model's."""
+"""Quantized weights (engine `quantization`) keep the default model's answers close to the float model's,
+and `quantization: auto` (the default) picks the format a user would want and says why."""
+
+from pathlib import Path
 
 import pytest
+import torch
+from gguf import GGMLQuantizationType
 
 from inferline import LLM, SamplingParams
 from inferline.bench.quality import perplexity, token_agreement
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
+from inferline.engine.quantization import choose_quantization
 from inferline.errors import InvalidRequestError
+from inferline.layers.quant_linear import Int4Linear, Int8Linear
+from inferline.models.store import ModelSource, resolve
+from tests.models.tiny_gguf import random_hf_state_dict, write_tiny_gguf
 
 PROMPTS = [
     "The capital of France is",
@@ -34,19 +43,73 @@ def int8_model() -> LoadedModel:
     return load_model(EngineConfig(device="cpu", quantization="int8"))
 
 
+@pytest.fixture(scope="module")
+def auto_model() -> LoadedModel:
+    """The default model as a default engine config loads it."""
+    return load_model(EngineConfig(device="cpu"))
+
+
+def test_default_runs_the_default_gguf_in_int4_from_its_own_blocks(auto_model: LoadedModel) -> None:
+    assert auto_model.quantization.mode == "int4"
+    assert "Q4_1" in auto_model.quantization.reason
+    assert auto_model.dtype == torch.bfloat16
+    assert isinstance(auto_model.model.layers[0].self_attn.qkv_proj, Int4Linear)
+    assert isinstance(auto_model.model.lm_head, Int8Linear)  # the file's Q8_0 vocabulary projection
+    # Carried over, not re-quantized: the same weights as quantizing the dequantized file.
+    requantized = load_model(EngineConfig(device="cpu", quantization="int4")).model.state_dict()
+    for name, tensor in auto_model.model.state_dict().items():
+        assert torch.equal(tensor, requantized[name]), name
+
+
+def test_default_perplexity_stays_within_1_percent_of_float32(
+    default_model: LoadedModel, auto_model: LoadedModel
+) -> None:
+    ids = default_model.tokenizer.encode(TEXT * 2)
+    assert perplexity(auto_model, ids) < perplexity(default_model, ids) * 1.01
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (GGMLQuantizationType.Q4_0, "int4"),
+        (GGMLQuantizationType.Q8_0, "int8"),
+        (GGMLQuantizationType.Q5_1, "int8"),  # no kernel; 6 bits per weight: int8 loses nothing of it
+        (GGMLQuantizationType.F32, "none"),
+    ],
+)
+def test_auto_follows_the_gguf_format(tmp_path: Path, stored: GGMLQuantizationType, expected: str) -> None:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", random_hf_state_dict(False, True), stored)
+    choice = choose_quantization("auto", "auto", ModelSource("tiny", "gguf", path), torch.device("cpu"))
+    assert choice.mode == expected
+    assert stored.name in choice.reason
+
+
+def test_auto_stays_float_for_folders_cuda_and_float_dtypes(tmp_path: Path) -> None:
+    gguf = resolve("default")
+    folder = ModelSource("tiny", "hf", tmp_path)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_quantization("auto", "auto", folder, cpu).mode == "none"
+    assert "Hugging Face" in choose_quantization("auto", "auto", folder, cpu).reason
+    assert choose_quantization("auto", "auto", gguf, cuda).mode == "none"
+    assert choose_quantization("auto", "float32", gguf, cpu).mode == "none"
+    # An explicit setting wins over the file's format.
+    assert choose_quantization("int8", "auto", gguf, cpu).mode == "int8"
+    assert choose_quantization("none", "auto", gguf, cpu).mode == "none"
+
+
 def test_int8_greedy_output_stays_close_to_float(default_model: LoadedModel, int8_model: LoadedModel) -> None:
     agreement = token_agreement(_greedy(default_model), _greedy(int8_model))
     assert agreement.matching_prefix >= 0.6, agreement
 
 
 def test_int8_and_int4_perplexity_stay_close_to_float(
-    default_model: LoadedModel, int8_model: LoadedModel
+    default_model: LoadedModel, int8_model: LoadedModel, auto_model: LoadedModel
 ) -> None:
     ids = default_model.tokenizer.encode(TEXT)
     float_ppl = perplexity(default_model, ids)
     assert 1 < float_ppl < 100  # the float model finds plain English plausible
     assert perplexity(int8_model, ids) < float_ppl * 1.02
-    int4 = load_model(EngineConfig(device="cpu", quantization="int4"))
+    int4 = auto_model
     assert perplexity(int4, ids) < float_ppl * 1.02
     # Fed 16 tokens at a time the matmuls take the decode kernels, with int8 activations. On 94 tokens
     # that moves perplexity by a few percent either way (bfloat16 alone is +1.1% here); on the

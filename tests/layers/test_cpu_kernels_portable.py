@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     got_float32 = {}
     for layer_type in (quant_linear.Int4Linear, quant_linear.Int8Linear):
         # K = 160: five blocks, so the int4 kernel's two-block loop leaves one to the scalar loop.
-        layer = layer_type(torch.randn(96, 160, generator=generator) * 0.05, None, torch.bfloat16)
+        layer = layer_type.quantize(torch.randn(96, 160, generator=generator) * 0.05, None, torch.bfloat16)
         x = torch.randn(6, 160, generator=generator)
         if layer_type is quant_linear.Int4Linear:
             run = lambda x: torch.ops.inferline_cpu.int4_linear(x, layer.codes, layer.scales_and_mins)

@@ -21,7 +21,7 @@ def test_int8_matches_float_on_both_paths(rows: int) -> None:
     # Few rows take the weight-streaming kernel, many the int8 GEMM with per-row activation scales.
     weight = torch.randn(96, 128, generator=torch.Generator().manual_seed(0)) * 0.05
     bias = torch.randn(96, generator=torch.Generator().manual_seed(1))
-    layer = Int8Linear(weight, bias, torch.bfloat16)
+    layer = Int8Linear.quantize(weight, bias, torch.bfloat16)
     assert layer.weight.dtype == torch.int8
     assert _relative_error(layer, weight, bias, rows) < 0.02
 
@@ -29,7 +29,7 @@ def test_int8_matches_float_on_both_paths(rows: int) -> None:
 @pytest.mark.parametrize("rows", [1, 33])
 def test_int4_matches_float_within_four_bit_error(rows: int) -> None:
     weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(2)) * 0.05
-    layer = Int4Linear(weight, None, torch.bfloat16)
+    layer = Int4Linear.quantize(weight, None, torch.bfloat16)
     assert _relative_error(layer, weight, None, rows) < 0.1
 
 
@@ -39,7 +39,7 @@ def test_int4_keeps_weights_that_already_lie_on_a_four_bit_grid() -> None:
     levels[:, ::32] = 0  # every group spans the full 0..15 range, as a Q4 block does
     levels[:, 1::32] = 15
     weight = levels * 0.01 - 0.07
-    assert _relative_error(Int4Linear(weight, None, torch.bfloat16), weight, None, 4) < 0.01
+    assert _relative_error(Int4Linear.quantize(weight, None, torch.bfloat16), weight, None, 4) < 0.01
 
 
 def test_quantize_linears_replaces_every_linear() -> None:
@@ -64,7 +64,7 @@ def test_int4_keeps_the_vocabulary_projection_in_int8() -> None:
 def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int, in_features: int) -> None:
     # The kernel quantizes activations per group of 32 to int8; the dense path multiplies exactly.
     weight = torch.randn(80, in_features, generator=torch.Generator().manual_seed(4)) * 0.05
-    layer = Int4Linear(weight, torch.randn(80), torch.bfloat16)
+    layer = Int4Linear.quantize(weight, torch.randn(80), torch.bfloat16)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(5)).bfloat16()
     dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()
     got = layer(x).float()
@@ -72,7 +72,8 @@ def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: i
 
 
 def test_int4_dequantizes_the_same_with_and_without_the_cpp_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    layer = Int4Linear(torch.randn(48, 96, generator=torch.Generator().manual_seed(6)), None, torch.bfloat16)
+    weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(6))
+    layer = Int4Linear.quantize(weight, None, torch.bfloat16)
     with_kernels = layer.dequantized(torch.float32)
     monkeypatch.setattr(quant_linear, "load_cpu_kernels", lambda: False)
     torch.testing.assert_close(layer.dequantized(torch.float32), with_kernels, atol=1e-6, rtol=1e-6)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class ModelMetadata:
     max_model_len: int | None = None
     """LLMs: longest prompt plus completion in tokens."""
     embedding_dim: int | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    """How the loaded model runs (device, dtype, quantization and why): the `inferline` field of
+    GET /v1/models/{id}."""
 
 
 @dataclass

@@ -51,6 +51,14 @@ class LLMBackend:
     async def load(self) -> None:
         self.engine = await AsyncEngine.load(self.engine_config)
         self._metadata.max_model_len = self.engine.core.max_model_len
+        loaded = self.engine.core.loaded
+        self._metadata.runtime = {
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "quantization": loaded.quantization.mode,
+            "quantization_reason": loaded.quantization.reason,
+            "load_time_s": round(loaded.load_time_s, 3),
+        }
 
     async def unload(self) -> None:
         if self.engine is not None:

@@ -29,8 +29,8 @@ class SpeculativeConfig(BaseModel):
         description="draft: the draft model (same kinds of source as the engine's model), sharing the "
         "target's tokenizer and vocabulary.",
     )
-    draft_quantization: Literal["none", "int8", "int4"] = Field(
-        "none", description="draft: weight quantization of the draft model, as EngineConfig.quantization."
+    draft_quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto", description="draft: weight quantization of the draft model, as EngineConfig.quantization."
     )
 
     @model_validator(mode="after")
@@ -61,11 +61,14 @@ class EngineConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype; 'auto' is float32 on CPU and bfloat16 on CUDA."
     )
-    quantization: Literal["none", "int8", "int4"] = Field(
-        "none",
+    quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        "auto",
         description=(
-            "Weight quantization of the linear layers: 'int8' (per-channel, about half of bf16's memory "
-            "traffic) or 'int4' (groups of 32, about a quarter); activations stay bfloat16. CPU only."
+            "Weight quantization of the linear layers: 'int8' (groups of 32, about half of bf16's memory "
+            "traffic) or 'int4' (groups of 32, about a quarter); activations stay bfloat16. CPU only. "
+            "'auto': a GGUF on the CPU keeps its own format where a kernel runs it (Q4_0/Q4_1 as int4, "
+            "Q8_0 as int8) and takes the nearest one otherwise; Hugging Face folders and CUDA stay float; "
+            "the start-up log and GET /v1/models/{id} say what was chosen and why."
         ),
     )
     single_stream_threads: int | None = Field(

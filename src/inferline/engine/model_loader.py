@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import torch
 
 from inferline.config import EngineConfig
+from inferline.engine.quantization import QuantizationChoice, choose_quantization
 from inferline.errors import InvalidRequestError
 from inferline.layers.quant_linear import quantize_linears
 from inferline.models.config import ModelConfig
 from inferline.models.llama import LlamaForCausalLM
-from inferline.models.loader import load_weights
+from inferline.models.loader import load_source
+from inferline.models.store import resolve
 from inferline.models.tokenizer import Tokenizer
 from inferline.models.weights import build_model
 
@@ -61,6 +63,7 @@ class LoadedModel:
     config: ModelConfig
     device: torch.device
     dtype: torch.dtype
+    quantization: QuantizationChoice
     load_time_s: float
 
     @property
@@ -71,18 +74,22 @@ class LoadedModel:
 def load_model(config: EngineConfig) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device, config.quantization)
-    weights = load_weights(config.model)
+    source = resolve(config.model)
+    quantization = choose_quantization(config.quantization, config.dtype, source, device)
+    dtype = resolve_dtype(config.dtype, device, quantization.mode)
+    keep_blocks = None if quantization.mode == "none" else quantization.mode
+    weights = load_source(source, keep_blocks)
     model = build_model(weights.config, weights.state_dict, dtype, device)
-    quantize_linears(model, config.quantization, dtype)
+    quantize_linears(model, quantization.mode, dtype)
     elapsed = time.perf_counter() - started
     logger.info(
-        "loaded %s on %s as %s (weights: %s) in %.2f s",
+        "loaded %s on %s as %s in %.2f s; weights %s: %s",
         config.model,
         device,
         dtype,
-        config.quantization,
         elapsed,
+        quantization.mode,
+        quantization.reason,
     )
     return LoadedModel(
         name=config.model,
@@ -91,5 +98,6 @@ def load_model(config: EngineConfig) -> LoadedModel:
         config=weights.config,
         device=device,
         dtype=dtype,
+        quantization=quantization,
         load_time_s=elapsed,
     )

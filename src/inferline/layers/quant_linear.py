@@ -41,15 +41,21 @@ class Int8Linear(nn.Module):
     products); many rows through a GEMM on the weights widened for the call.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """codes: int8 [out, in]; scales: float16 [out, in / 32]; bias in the compute dtype."""
         super().__init__()
+        self.weight = nn.Parameter(codes, requires_grad=False)
+        self.scales = nn.Parameter(scales, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Int8Linear:
+        """Quantize float weights [out, in]: each group's scale maps its largest magnitude to 127."""
         out_features, in_features = weight.shape
         groups = weight.float().view(out_features, in_features // GROUP_SIZE, GROUP_SIZE)
         scales = (groups.abs().amax(dim=-1) / 127).clamp(min=1e-7).half()  # [out, groups]
         codes = (groups / scales.float()[..., None]).round().clamp(-127, 127).to(torch.int8)
-        self.weight = nn.Parameter(codes.view(out_features, in_features), requires_grad=False)
-        self.scales = nn.Parameter(scales, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        return cls(codes.view(out_features, in_features), scales, None if bias is None else bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] -> [T, out]
@@ -73,8 +79,18 @@ class Int4Linear(nn.Module):
     the weights dequantized for the call. Without the C++ kernels both dequantize with PyTorch ops.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(self, codes: torch.Tensor, scales_and_mins: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """codes: uint8 [out, in / 2], byte j of a group holding element j in its low nibble and
+        element j + 16 in its high one (Q4_1's own layout); scales_and_mins: float16 [2, out, in / 32];
+        bias in the compute dtype."""
         super().__init__()
+        self.codes = nn.Parameter(codes, requires_grad=False)
+        self.scales_and_mins = nn.Parameter(scales_and_mins, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Int4Linear:
+        """Quantize float weights [out, in]: each group's 16 levels span its minimum to its maximum."""
         out_features, in_features = weight.shape
         groups = weight.float().view(out_features, in_features // GROUP_SIZE, GROUP_SIZE)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)
@@ -83,13 +99,12 @@ class Int4Linear(nn.Module):
         mins = low.half()
         codes = ((groups - mins.float()[..., None]) / scales.float()[..., None]).round().clamp(0, 15)
         codes = codes.to(torch.uint8).view(out_features, -1, 2, GROUP_SIZE // 2)
-        # Byte j of a group: element j in the low nibble, element j + 16 in the high one.
         packed = codes[:, :, 0] | (codes[:, :, 1] << 4)
-        self.codes = nn.Parameter(packed.reshape(out_features, in_features // 2), requires_grad=False)
-        self.scales_and_mins = nn.Parameter(
-            torch.stack([scales, mins]), requires_grad=False
-        )  # [2, out, groups]
-        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
+        return cls(
+            packed.reshape(out_features, in_features // 2),
+            torch.stack([scales, mins]),
+            None if bias is None else bias.to(dtype),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [T, in] -> [T, out]
@@ -127,4 +142,4 @@ def quantize_linears(model: nn.Module, mode: QuantizationMode, dtype: torch.dtyp
                         f"{child.in_features} inputs; load this model with quantization: none"
                     )
                 layer = Int8Linear if mode == "int8" or name == VOCABULARY_PROJECTION else Int4Linear
-                setattr(parent, name, layer(child.weight.detach(), child.bias, dtype))
+                setattr(parent, name, layer.quantize(child.weight.detach(), child.bias, dtype))

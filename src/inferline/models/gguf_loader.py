@@ -1,8 +1,9 @@
-"""Load a GGUF checkpoint (llama.cpp's format) as Hugging Face-named float32 tensors.
+"""Load a GGUF checkpoint (llama.cpp's format) as Hugging Face-named tensors.
 
 Design note: the engine speaks one vocabulary, Hugging Face's, so a GGUF file is translated on
 the way in: metadata keys become a `ModelConfig`, tensor names become HF names, quantized blocks
-become float32 (the engine casts to its compute dtype later), and the row permutation that
+become float32 (the engine casts to its compute dtype later) unless the engine runs them as they
+are (models/block_weights.py), and the row permutation that
 llama.cpp's converter applies to Q and K of llama-architecture models is undone (see
 `unpermute_rotary`).
 """
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from inferline.errors import ModelLoadError
+from inferline.models.block_weights import KEPT_AS, BlockMode, BlockWeight, block_weight
 from inferline.models.config import ModelConfig
 from inferline.models.dequant import dequantize
 from inferline.models.gguf_file import GGUFFile, GGUFTensor, read_gguf
@@ -50,18 +52,27 @@ _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _ROPE_FREQS = "rope_freqs.weight"
 
 
-def load_gguf(path: Path) -> LoadedWeights:
-    """Read a .gguf file into a config, HF-named float32 tensors and a tokenizer."""
+def load_gguf(path: Path, keep_blocks: BlockMode | None = None) -> LoadedWeights:
+    """Read a .gguf file into a config, HF-named tensors and a tokenizer.
+
+    Tensors are float32, except that with `keep_blocks` the linear layers' weights stored in that
+    mode's block types (Q4_0/Q4_1 for int4, Q8_0 for int8) stay BlockWeights; the vocabulary
+    projection keeps Q8_0 under either mode, as the int4 layers keep it in int8.
+    """
     start_s = time.perf_counter()
     gguf_file = read_gguf(Path(path))
     config = gguf_config(gguf_file)
     tokenizer = Tokenizer.from_gguf_metadata(gguf_file.metadata)
-    state_dict: dict[str, torch.Tensor] = {}
+    state_dict: dict[str, torch.Tensor | BlockWeight] = {}
     with _one_core_free():
         for tensor in gguf_file.tensors.values():
             if tensor.name == _ROPE_FREQS:  # folded into config.rope_scaling
                 continue
-            state_dict[hf_tensor_name(tensor.name)] = _load_tensor(tensor, config)
+            name = hf_tensor_name(tensor.name)
+            if keep_blocks is not None and _keeps_blocks(name, tensor, keep_blocks):
+                state_dict[name] = _load_blocks(tensor, config)
+            else:
+                state_dict[name] = _load_tensor(tensor, config)
     logger.info(
         "loaded %s (%s, %d tensors) in %.2f s",
         gguf_file.path.name,
@@ -70,6 +81,14 @@ def load_gguf(path: Path) -> LoadedWeights:
         time.perf_counter() - start_s,
     )
     return LoadedWeights(config=config, state_dict=state_dict, tokenizer=tokenizer)
+
+
+def _keeps_blocks(hf_name: str, tensor: GGUFTensor, mode: BlockMode) -> bool:
+    if len(tensor.torch_shape) != 2 or hf_name == "model.embed_tokens.weight":
+        return False  # the embedding table is looked up, not multiplied: it stays float
+    if hf_name == "lm_head.weight":
+        return KEPT_AS.get(tensor.ggml_type) == "int8"
+    return KEPT_AS.get(tensor.ggml_type) == mode
 
 
 @contextmanager
@@ -123,13 +142,27 @@ def unpermute_rotary(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def _load_tensor(tensor: GGUFTensor, config: ModelConfig) -> torch.Tensor:
     weight = dequantize(tensor.data, tensor.ggml_type, tensor.torch_shape)
+    heads = _permuted_heads(tensor, config)
+    return weight if heads is None else unpermute_rotary(weight, heads)
+
+
+def _load_blocks(tensor: GGUFTensor, config: ModelConfig) -> BlockWeight:
+    weight = block_weight(tensor.data, tensor.ggml_type, tensor.torch_shape)
+    heads = _permuted_heads(tensor, config)
+    if heads is None:
+        return weight
+    return weight.rows(unpermute_rotary(torch.arange(weight.out_features), heads))
+
+
+def _permuted_heads(tensor: GGUFTensor, config: ModelConfig) -> int | None:
+    """The head count whose rows llama.cpp permuted in this tensor, or None when it did not."""
     if config.architecture in _PERMUTED_ARCHITECTURES:
         kind = tensor.name.split(".")[-2]
         if kind == "attn_q":
-            return unpermute_rotary(weight, config.num_attention_heads)
+            return config.num_attention_heads
         if kind == "attn_k":
-            return unpermute_rotary(weight, config.num_key_value_heads)
-    return weight
+            return config.num_key_value_heads
+    return None
 
 
 def gguf_config(gguf_file: GGUFFile) -> ModelConfig:

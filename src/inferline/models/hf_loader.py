@@ -48,7 +48,7 @@ def load_hf_folder(path: Path) -> LoadedWeights:
     if config.tie_word_embeddings:
         state_dict.pop("lm_head.weight", None)  # some checkpoints save the tied copy too
     logger.info("loaded %s (%d tensors) in %.2f s", path, len(state_dict), time.perf_counter() - start_s)
-    return LoadedWeights(config=config, state_dict=state_dict, tokenizer=tokenizer)
+    return LoadedWeights(config=config, state_dict=dict(state_dict), tokenizer=tokenizer)
 
 
 def hf_config(raw: Mapping[str, Any], tokenizer: Tokenizer, has_lm_head: bool, name: str = "") -> ModelConfig:

@@ -11,7 +11,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from inferline.router.attempt import Routed
+from inferline.router.deployments import DeploymentPool
 from inferline.router.request import Caller
+from inferline.router.route_state import RouteState
 from inferline.router.router import Router
 from inferline.server.auth import Tenant
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -50,6 +52,20 @@ def model_card(name: str, root: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "inferline", "root": root}
 
 
+def runtime_card(route: RouteState, pool: DeploymentPool) -> dict[str, Any]:
+    """The `inferline` field of one model's card: each deployment behind the route and how it runs."""
+    deployments = []
+    for name in route.config.members():
+        deployment = pool.find(name)
+        metadata = deployment.backend.metadata
+        deployments.append(
+            {"name": name, "kind": metadata.kind, "version": metadata.version, "ready": deployment.ready}
+            | metadata.runtime
+            | ({"error": deployment.error} if deployment.error else {})
+        )
+    return {"policy": route.config.policy, "deployments": deployments}
+
+
 def openai_router(
     serving: OpenAIServing, router: Router, tenant: Callable[..., Awaitable[Tenant]]
 ) -> APIRouter:
@@ -65,7 +81,8 @@ def openai_router(
 
     @api.get("/models/{model_id:path}")
     async def get_model(model_id: str, _: Tenant = Depends(tenant)) -> dict[str, Any]:
-        return model_card(model_id, root_of(model_id))
+        card = model_card(model_id, root_of(model_id))
+        return card | {"inferline": runtime_card(router.resolve(model_id), router.pool)}
 
     @api.post("/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request, who: Tenant = Depends(tenant)) -> Response:

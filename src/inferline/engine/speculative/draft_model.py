@@ -62,8 +62,8 @@ def load_draft_model(spec: SpeculativeConfig, target: LoadedModel, engine: Engin
         EngineConfig(
             model=draft_model,
             device=str(target.device),
-            # A quantized draft computes in its kernels' dtype, whatever the target's.
-            dtype=engine.dtype if spec.draft_quantization == "none" else "auto",
+            # A draft quantized on request computes in its kernels' dtype, whatever the target's.
+            dtype=engine.dtype if spec.draft_quantization in ("auto", "none") else "auto",
             quantization=spec.draft_quantization,
         )
     )
