@@ -36,6 +36,10 @@ FIGURES = {
         r"^telemetry off +\d+\.\d{3}",
         r"usage rows written: on [1-9]",
     ],
+    "token_budget.py": [
+        r"^wall: inter-token p50 \d+\.\d\d ms",
+        r"\| engine: forward \+ sample \| \d+\.\d{3} \|",
+    ],
     "tracing_overhead.py": [r"tracing sampled +\d+\.\d µs/request", r"access line.* \d+\.\d µs/request"],
 }
 """What each script prints when it worked: rows of its result table, figures included (each line)."""

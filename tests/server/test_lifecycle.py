@@ -137,6 +137,11 @@ def test_default_serve_is_ready_in_under_10_s(tmp_path: Path) -> None:
         assert ready_s < 10, f"ready after {ready_s:.1f} s"
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
         assert {"smollm2-135m-instruct", "default", "all-minilm-l6-v2"} <= {m["id"] for m in models}
+        # Nothing configured: quantization auto runs the default GGUF's Q4_1 blocks as int4.
+        card = httpx.get(f"http://127.0.0.1:{port}/v1/models/default").json()
+        (deployment,) = card["inferline"]["deployments"]
+        assert (deployment["dtype"], deployment["quantization"]) == ("bfloat16", "int4")
+        assert "Q4_1" in deployment["quantization_reason"]
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0

@@ -132,6 +132,16 @@ def test_models_endpoints(client: openai.OpenAI) -> None:
         client.models.retrieve("no-such-model")
 
 
+def test_model_card_says_how_each_deployment_runs_and_why(client: openai.OpenAI) -> None:
+    runtime = client.models.retrieve("default").model_extra["inferline"]  # type: ignore[index]
+    (deployment,) = runtime["deployments"]
+    assert deployment["name"] == MODEL
+    assert deployment["ready"] is True
+    how = (deployment["device"], deployment["dtype"], deployment["quantization"])
+    assert how == ("cpu", "float32", "none")  # the test server asks for float32
+    assert "dtype float32 was asked for" in deployment["quantization_reason"]
+
+
 def test_async_client_concurrent_streams(server: ServerProcess) -> None:
     async def main() -> list[str]:
         client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
