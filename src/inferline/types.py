@@ -249,6 +249,9 @@ class UsageRecord:
     """True when admission sent the request to the route's smaller `degrade_to` target."""
     error_type: str = ""
     """The error's class name when the outcome is "error" or "rejected"."""
+    endpoint: str = ""
+    """The API path the request came in on ("/v1/chat/completions", "/v1/responses", ...); "" when it
+    came another way (a batch, a stream source)."""
     mean_logprob: float | None = None
     """Mean log-probability of the sampled tokens, when they were computed (the client asked for logprobs,
     a cascade stage answered, or telemetry.record_mean_logprob is on); how confident the answer was."""

@@ -16,6 +16,8 @@ class Caller:
     priority: Priority
     user: str | None = None
     """The body's `user` field; sticky splits key on it."""
+    endpoint: str = ""
+    """The API path it came in on ("/v1/chat/completions", "/v1/responses", ...), for its usage record."""
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ class Generation:
     rest: AsyncIterator[Tagged] | None = None
     """The stream's remaining deltas; None when collected."""
 
+    def deltas(self) -> AsyncIterator[Tagged]:
+        """Every delta, the firsts then the rest."""
+        return _chain(self.firsts, self.rest)
+
 
 @dataclass
 class _Choice:
@@ -65,7 +69,7 @@ class _Choice:
 
 
 @dataclass
-class _Usage:
+class TokenCounts:
     prompt: int = 0
     completion: int = 0
     cached: int = 0
@@ -78,7 +82,7 @@ class _Usage:
 
 
 @dataclass
-class _Confidence:
+class Confidence:
     """The mean log-probability of the sampled tokens seen so far (deltas carry them when computed)."""
 
     total: float = 0.0
@@ -105,7 +109,7 @@ DONE = sse("[DONE]")
 
 def _confidence(generation: Generation) -> Answer:
     """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
-    usage, confidence = _Usage(), _Confidence()
+    usage, confidence = TokenCounts(), Confidence()
     texts = []
     for _, delta in generation.firsts:
         usage.add(delta)
@@ -158,9 +162,9 @@ class OpenAIServing:
 
     async def _collected(
         self, routed: Routed[Generation], n: int, num_prompts: int
-    ) -> tuple[list[_Choice], _Usage]:
+    ) -> tuple[list[_Choice], TokenCounts]:
         choices = [_Choice() for _ in range(num_prompts * n)]
-        usage, confidence = _Usage(), _Confidence()
+        usage, confidence = TokenCounts(), Confidence()
         for prompt_index, delta in routed.value.firsts:
             choice = choices[prompt_index * n + delta.index]
             choice.text += delta.text
@@ -173,9 +177,10 @@ class OpenAIServing:
 
     # ---- chat -----------------------------------------------------------------------------------
 
-    async def chat(
+    async def route_chat(
         self, body: ChatCompletionRequest, caller: Caller, watch: Watch
-    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
+    ) -> Routed[Generation]:
+        """Route a chat request (the Responses API's turns too) to the deployment that answers it."""
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
@@ -197,17 +202,23 @@ class OpenAIServing:
 
         prompt_bound = sum(len(m["content"].encode()) + CHAT_TEMPLATE_TOKENS for m in messages)
         worst_case = WorstCase(prompt_bound, max_tokens, body.n)
-        routed = await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
+        return await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
+
+    async def chat(
+        self, body: ChatCompletionRequest, caller: Caller, watch: Watch
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
+        routed = await self.route_chat(body, caller, watch)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._chat_stream(body, response_id, routed)
         choices, usage = await self._collected(routed, body.n, 1)
+        with_logprobs = body.requested_logprobs() is not None
         response = envelope("chat.completion", response_id, body.model)
         response["choices"] = [
             {
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
+                "logprobs": chat_logprobs(c.logprobs) if with_logprobs else None,
                 "finish_reason": c.finish_reason,
             }
             for i, c in enumerate(choices)
@@ -248,14 +259,14 @@ class OpenAIServing:
     ) -> AsyncGenerator[bytes, None]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage, confidence = _Usage(), _Confidence()
+        usage, confidence = TokenCounts(), Confidence()
         outcome = "aborted"  # unless the loop below finishes: the client left mid-stream
         # Frames that are ready together go out in one write (each write is a pass through the ASGI
         # stack and a system call): the role frames with the first chunk, the usage chunk with [DONE].
         pending = b"".join(preamble)
         try:
             try:
-                async for prompt_index, delta in _chain(routed.value.firsts, routed.value.rest):
+                async for prompt_index, delta in routed.value.deltas():
                     usage.add(delta)
                     confidence.add(delta)
                     choice = choice_for(prompt_index, delta)
