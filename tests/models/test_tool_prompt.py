@@ -65,14 +65,17 @@ def test_a_template_without_tool_support_gets_the_hermes_form() -> None:
     assert not template.supports_tools
     prompt = template.render(HISTORY, tools=[WEATHER])
     system = prompt.split("<|im_end|>")[0]
-    assert system.startswith("<|im_start|>system\n") and "You are SmolLM" not in prompt
-    assert json.dumps(WEATHER["function"]) in system and "<tool_call>" in system
+    assert system.startswith("<|im_start|>system\n")
+    assert "You are SmolLM" not in prompt
+    assert json.dumps(WEATHER["function"]) in system
+    assert "<tool_call>" in system
     assert (
         '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
         in prompt
     )
     assert "<|im_start|>user\n<tool_response>\n18 C, sunny\n</tool_response><|im_end|>" in prompt
-    assert "<|im_start|>tool" not in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>tool" not in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
 
 
 def test_the_fallback_joins_a_system_message_and_adjacent_tool_results() -> None:
@@ -86,7 +89,9 @@ def test_the_fallback_joins_a_system_message_and_adjacent_tool_results() -> None
 
 def test_a_history_with_calls_renders_without_tools_offered() -> None:
     prompt = ChatTemplate(SMOLLM2).render(HISTORY)
-    assert "<tools>" not in prompt and "<tool_call>" in prompt and "<tool_response>" in prompt
+    assert "<tools>" not in prompt
+    assert "<tool_call>" in prompt
+    assert "<tool_response>" in prompt
 
 
 def test_llama3_template_gets_openai_tools_and_decoded_arguments() -> None:
@@ -101,7 +106,8 @@ def test_llama3_template_gets_openai_tools_and_decoded_arguments() -> None:
 
 def test_qwen25_template_renders_its_own_tool_call_blocks() -> None:
     prompt = ChatTemplate(QWEN25).render(HISTORY, tools=[WEATHER])
-    assert prompt.startswith("<|im_start|>system\n# Tools\n<tools>") and json.dumps(WEATHER) in prompt
+    assert prompt.startswith("<|im_start|>system\n# Tools\n<tools>")
+    assert json.dumps(WEATHER) in prompt
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
     assert "<tool_response>\n18 C, sunny\n</tool_response>" in prompt
 

@@ -8,7 +8,14 @@ import asyncio
 from typing import Literal
 
 import openai
-from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
 
 from .conftest import API_KEY, ServerProcess
 
@@ -40,5 +47,7 @@ def test_an_agent_calls_a_function_tool_and_answers(server: ServerProcess) -> No
             await client.close()
 
     final_output = asyncio.run(run())
-    assert calls and calls[0] in ("Paris", "London", "Tokyo")
-    assert isinstance(final_output, str) and final_output.strip()
+    assert calls
+    assert calls[0] in ("Paris", "London", "Tokyo")
+    assert isinstance(final_output, str)
+    assert final_output.strip()

@@ -56,12 +56,15 @@ def test_a_named_choice_gives_a_valid_call(client: openai.OpenAI) -> None:
         temperature=0,
     )
     choice = response.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
     calls = choice.message.tool_calls or []
     assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
-    assert calls[0].id.startswith("call_") and calls[0].type == "function"
+    assert calls[0].id.startswith("call_")
+    assert calls[0].type == "function"
     check_call(calls[0].function.name, calls[0].function.arguments)  # type: ignore[union-attr]
-    assert response.usage is not None and response.usage.completion_tokens > 0
+    assert response.usage is not None
+    assert response.usage.completion_tokens > 0
 
 
 def test_required_calls_stream_as_tool_call_deltas(client: openai.OpenAI) -> None:
@@ -80,10 +83,13 @@ def test_required_calls_stream_as_tool_call_deltas(client: openai.OpenAI) -> Non
                 assert not call["id"], "the id and name come once, in the call's first delta"
                 call["id"], call["name"] = part.id, part.function.name  # type: ignore[union-attr]
             call["arguments"] += part.function.arguments or ""  # type: ignore[union-attr]
-    assert content == "" and finish_reasons[-1] == "tool_calls"
-    assert calls and sorted(calls) == list(range(len(calls)))
+    assert content == ""
+    assert finish_reasons[-1] == "tool_calls"
+    assert calls
+    assert sorted(calls) == list(range(len(calls)))
     for call in calls.values():
-        assert call["id"].startswith("call_") and call["name"] in ("get_weather", "get_time")
+        assert call["id"].startswith("call_")
+        assert call["name"] in ("get_weather", "get_time")
         check_call(call["name"], call["arguments"])
 
 
@@ -109,13 +115,16 @@ def test_a_history_of_calls_and_results_is_rendered_and_answered(client: openai.
         model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=12, temperature=0
     )
     choice = answered.choices[0]
-    assert choice.message.content and not choice.message.tool_calls
+    assert choice.message.content
+    assert not choice.message.tool_calls
     assert choice.finish_reason in ("stop", "length")
     # The tools are not offered under "none", but the call and its result are in the prompt.
-    assert answered.usage is not None and plain.usage is not None
+    assert answered.usage is not None
+    assert plain.usage is not None
     assert answered.usage.prompt_tokens > plain.usage.prompt_tokens + 20
     offered = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, max_tokens=1)
-    assert offered.usage is not None and offered.usage.prompt_tokens > answered.usage.prompt_tokens + 50
+    assert offered.usage is not None
+    assert offered.usage.prompt_tokens > answered.usage.prompt_tokens + 50
 
 
 def bad(**body: Any) -> dict[str, Any]:

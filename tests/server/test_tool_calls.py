@@ -21,7 +21,8 @@ TOOLS = [FunctionTool("get_weather", "The weather.", CITY), FunctionTool("get_ti
 HERMES = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
 FORMATS = {
     "hermes": HERMES,
-    "hermes, arguments first": '<tool_call>{"arguments": {"city": "Paris"}, "name": "get_weather"}</tool_call>',
+    "hermes, arguments first": '<tool_call>{"arguments": {"city": "Paris"}, "name": "get_weather"}'
+    "</tool_call>",
     "llama 3 python_tag": '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
     "llama 3 bare JSON": ' {"name": "get_weather", "parameters": {"city": "Paris"}}',
     "constrained array": '[{"name": "get_weather", "arguments": {"city": "Paris"}}]',
@@ -39,7 +40,8 @@ def streamed(text: str, parallel: bool = True) -> tuple[str, list[ToolCall]]:
 def test_every_format_parses_to_the_same_call_whole_and_streamed(text: str) -> None:
     content, calls, problems = parse_tool_calls(text)
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
-    assert calls[0].id.startswith("call_") and not problems
+    assert calls[0].id.startswith("call_")
+    assert not problems
     assert content == ("Let me look." if text == HERMES else "")
     streamed_content, streamed_calls = streamed(text)
     assert (streamed_content, [c.arguments for c in streamed_calls]) == (
@@ -95,7 +97,8 @@ def test_bad_tool_definitions_name_the_field(tools: list[FunctionTool], choice: 
 
 def constraint(calling: ToolCalling) -> dict[str, Any]:
     structured = calling.structured()
-    assert structured is not None and structured.kind == "json_schema"
+    assert structured is not None
+    assert structured.kind == "json_schema"
     return dict(json.loads(structured.spec))
 
 
@@ -130,7 +133,9 @@ def test_parameter_definitions_move_to_the_root_where_their_references_resolve()
 
 def test_none_neither_offers_nor_parses_the_tools() -> None:
     calling = ToolCalling.checked(TOOLS, "none")
-    assert calling.template_tools() is None and calling.parser() is None and calling.structured() is None
+    assert calling.template_tools() is None
+    assert calling.parser() is None
+    assert calling.structured() is None
     assert calling.parse(HERMES).content == HERMES
 
 

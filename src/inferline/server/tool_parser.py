@@ -8,7 +8,8 @@ an answer that is nothing but JSON: an object `{"name", "arguments" | "parameter
 or several separated by `;` or `,` (Llama 3.x, after `<|python_tag|>` or bare; and the constrained
 output of tool_choice required or named). Text that may still turn into a call is held back: a suffix
 that could begin an opening tag, the whitespace before it (whitespace around calls and at either end
-is dropped), and an answer that opens with `{` or `[` (until it ends). A whole answer is the same parser fed at once, so streams and whole answers agree.
+is dropped), and an answer that opens with `{` or `[` (until it ends). A whole answer is the same
+parser fed at once, so streams and whole answers agree.
 """
 
 from __future__ import annotations
