@@ -164,7 +164,11 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     """Monotonic seconds; orders requests within a class and tenant."""
     messages: list[dict[str, Any]] | None = None
-    """Chat requests: the conversation, OpenAI-shaped ({"role", "content"})."""
+    """Chat requests: the conversation, OpenAI-shaped ({"role", "content"}, an assistant's "tool_calls",
+    a tool result's "tool_call_id")."""
+    tools: list[dict[str, Any]] | None = None
+    """Chat requests: the function tools the chat template offers the model, OpenAI-shaped
+    ({"type": "function", "function": {"name", "description", "parameters"}}); None offers none."""
     prompt_text: str | None = None
     """Completion requests given as text rather than token ids."""
     traceparent: str | None = None

@@ -42,6 +42,7 @@ from inferline.errors import (
     ModelLoadError,
     PromptTooLongError,
 )
+from inferline.models.tool_prompt import has_tool_turns, in_hermes_form
 from inferline.telemetry.tracing import trace_finish_reasons
 from inferline.types import Delta, Request, SamplingParams
 
@@ -245,7 +246,11 @@ def request_body(request: Request, model: str) -> tuple[str, dict[str, Any]]:
     """(path under base_url, JSON body) for a chat request (messages) or a completion request."""
     if request.messages is not None:
         path = "chat/completions"
-        body: dict[str, Any] = {"model": model, "messages": request.messages}
+        messages = request.messages
+        if request.tools or has_tool_turns(messages):
+            # The upstream gets the tools as text and answers in text, parsed here like a local model's.
+            messages = in_hermes_form(messages, request.tools)
+        body: dict[str, Any] = {"model": model, "messages": messages}
     elif request.prompt_text is not None or request.prompt_token_ids:
         path = "completions"
         prompt = request.prompt_text if request.prompt_text is not None else request.prompt_token_ids

@@ -38,3 +38,6 @@ class Answer:
     mean_logprob: float | None
     prompt_tokens: int
     completion_tokens: int
+    invalid_tool_call: str | None = None
+    """Why the answer's tool calls are not valid (an unknown function, arguments that are not JSON or do
+    not match the function's parameters); None when they are, or when it calls none."""

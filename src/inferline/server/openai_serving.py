@@ -31,12 +31,16 @@ from inferline.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    chat_choice,
+    chat_deltas,
     chat_logprobs,
     completion_logprobs,
     envelope,
+    finish_reason,
     usage_dict,
 )
 from inferline.server.streaming import ClientDisconnectedError, Watch, until_disconnect
+from inferline.server.tool_calls import ToolCalling
 from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
@@ -107,15 +111,20 @@ DONE = sse("[DONE]")
 """Every stream's last event."""
 
 
-def _confidence(generation: Generation) -> Answer:
-    """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
+def _confidence(generation: Generation, tools: ToolCalling | None = None) -> Answer:
+    """A collected generation as a cascade judges it: all text, mean logprob of every sampled token,
+    and whether the calls of each completion are valid uses of the request's tools."""
     usage, confidence = TokenCounts(), Confidence()
-    texts = []
-    for _, delta in generation.firsts:
+    texts: dict[tuple[int, int], str] = {}
+    for prompt_index, delta in generation.firsts:
         usage.add(delta)
         confidence.add(delta)
-        texts.append(delta.text)
-    return Answer("".join(texts), confidence.mean, usage.prompt, usage.completion)
+        key = (prompt_index, delta.index)
+        texts[key] = texts.get(key, "") + delta.text
+    problems = [p for text in texts.values() if tools is not None and (p := tools.problem(text)) is not None]
+    return Answer(
+        "".join(texts.values()), confidence.mean, usage.prompt, usage.completion, next(iter(problems), None)
+    )
 
 
 class OpenAIServing:
@@ -130,6 +139,7 @@ class OpenAIServing:
         caller: Caller,
         build: Callable[[bool], list[Request]],
         worst_case: WorstCase,
+        tools: ToolCalling | None = None,
     ) -> Routed[Generation]:
         cascade = self.router.resolve(body.model).config.policy == "cascade"
         # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not; so does the
@@ -143,9 +153,10 @@ class OpenAIServing:
                 return Generation(firsts, rest)
             return Generation([*firsts, *[item async for item in rest]])
 
-        return await self.router.run(
-            body.model, caller, attempt, worst_case, _confidence if cascade else None
-        )
+        def judge(generation: Generation) -> Answer:
+            return _confidence(generation, tools)
+
+        return await self.router.run(body.model, caller, attempt, worst_case, judge if cascade else None)
 
     async def _first_and_rest(
         self, deployment: Deployment, requests: list[Request]
@@ -178,15 +189,18 @@ class OpenAIServing:
     # ---- chat -----------------------------------------------------------------------------------
 
     async def route_chat(
-        self, body: ChatCompletionRequest, caller: Caller, watch: Watch
+        self, body: ChatCompletionRequest, caller: Caller, watch: Watch, tools: ToolCalling
     ) -> Routed[Generation]:
-        """Route a chat request (the Responses API's turns too) to the deployment that answers it."""
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        """Route a chat request (the Responses API's turns too) to the deployment that answers it;
+        `tools` is the body's tool calling, checked (the Responses API builds its own)."""
+        messages = [m.template_dict() for m in body.messages]
+        template_tools = tools.template_tools()
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
 
         def build(need_logprobs: bool) -> list[Request]:
             sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
+            sampling.structured = tools.structured() or sampling.structured
             return [
                 trace_request(
                     Request(
@@ -196,38 +210,43 @@ class OpenAIServing:
                         caller.priority,
                         caller.principal.tenant,
                         messages=messages,
+                        tools=template_tools,
                     )
                 )
             ]
 
         prompt_bound = sum(len(m["content"].encode()) + CHAT_TEMPLATE_TOKENS for m in messages)
+        tool_text = [part for part in (template_tools, *(m.get("tool_calls") for m in messages)) if part]
+        prompt_bound += len(json.dumps(tool_text).encode()) if tool_text else 0
         worst_case = WorstCase(prompt_bound, max_tokens, body.n)
-        return await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
+        routing = self._route_generation(body, caller, build, worst_case, tools if tools.offered else None)
+        return await _routed_unless_gone(routing, watch)
 
     async def chat(
         self, body: ChatCompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
-        routed = await self.route_chat(body, caller, watch)
+        tools = body.tool_calling()
+        routed = await self.route_chat(body, caller, watch, tools)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
-            return routed, self._chat_stream(body, response_id, routed)
+            return routed, self._chat_stream(body, response_id, routed, tools)
         choices, usage = await self._collected(routed, body.n, 1)
         with_logprobs = body.requested_logprobs() is not None
         response = envelope("chat.completion", response_id, body.model)
         response["choices"] = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c.logprobs) if with_logprobs else None,
-                "finish_reason": c.finish_reason,
-            }
+            chat_choice(
+                i,
+                tools.parse(c.text),
+                chat_logprobs(c.logprobs) if with_logprobs else None,
+                c.finish_reason,
+            )
             for i, c in enumerate(choices)
         ]
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
         return routed, response
 
     def _chat_stream(
-        self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation]
+        self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation], tools: ToolCalling
     ) -> AsyncGenerator[bytes, None]:
         head = envelope("chat.completion.chunk", response_id, body.model)
         roles = [
@@ -235,17 +254,27 @@ class OpenAIServing:
             for i in range(body.n)
         ]
         with_logprobs = body.requested_logprobs() is not None
+        parsers = [tools.parser() for _ in range(body.n)]
 
-        def choice_for(_: int, delta: Delta) -> dict[str, Any] | None:
+        def choice_for(_: int, delta: Delta) -> list[dict[str, Any]]:
             logprobs = delta.logprobs if with_logprobs else None
-            if not (delta.text or delta.finish_reason or logprobs):
-                return None
-            return {
-                "index": delta.index,
-                "delta": {"content": delta.text} if delta.text else {},
-                "logprobs": chat_logprobs(logprobs) if logprobs else None,
-                "finish_reason": delta.finish_reason,
-            }
+            parser = parsers[delta.index]
+            if parser is None:
+                deltas = [{"content": delta.text}] if delta.text else []
+            else:
+                first_call = parser.num_calls
+                pieces = parser.feed(delta.text) + (parser.finish() if delta.finish_reason else [])
+                deltas = chat_deltas(pieces, first_call)
+            called = parser is not None and parser.num_calls > 0
+            if not (deltas or delta.finish_reason or logprobs):
+                return []
+            choices = [
+                {"index": delta.index, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas
+            ]
+            last = choices[-1] if choices else {"index": delta.index, "delta": {}}
+            last["logprobs"] = chat_logprobs(logprobs) if logprobs else None
+            last["finish_reason"] = finish_reason(delta.finish_reason, called)
+            return choices or [last]
 
         return self._stream(body, head, roles, routed, choice_for)
 
@@ -255,7 +284,7 @@ class OpenAIServing:
         head: dict[str, Any],
         preamble: list[bytes],
         routed: Routed[Generation],
-        choice_for: Callable[[int, Delta], dict[str, Any] | None],
+        choice_for: Callable[[int, Delta], list[dict[str, Any]]],
     ) -> AsyncGenerator[bytes, None]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -269,9 +298,9 @@ class OpenAIServing:
                 async for prompt_index, delta in routed.value.deltas():
                     usage.add(delta)
                     confidence.add(delta)
-                    choice = choice_for(prompt_index, delta)
-                    if choice is not None:
-                        yield pending + sse({**head, "choices": [choice]})
+                    choices = choice_for(prompt_index, delta)
+                    if choices:
+                        yield pending + b"".join(sse({**head, "choices": [c]}) for c in choices)
                         pending = b""
                 outcome = "ok"
                 ending = pending
@@ -338,20 +367,22 @@ class OpenAIServing:
         head = envelope("text_completion", response_id, body.model)
         offsets: dict[int, int] = {}
 
-        def choice_for(prompt_index: int, delta: Delta) -> dict[str, Any] | None:
+        def choice_for(prompt_index: int, delta: Delta) -> list[dict[str, Any]]:
             index = prompt_index * body.n + delta.index
             logprobs = None
             if body.logprobs is not None and delta.logprobs:
                 logprobs = completion_logprobs(delta.logprobs, offsets.get(index, 0))
             offsets[index] = offsets.get(index, 0) + len(delta.text)
             if not (delta.text or delta.finish_reason or logprobs):
-                return None
-            return {
-                "index": index,
-                "text": delta.text,
-                "logprobs": logprobs,
-                "finish_reason": delta.finish_reason,
-            }
+                return []
+            return [
+                {
+                    "index": index,
+                    "text": delta.text,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
+            ]
 
         return self._stream(body, head, [], routed, choice_for)
 
