@@ -4,6 +4,7 @@ tenant, metering, and the requests it refuses."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,3 +224,153 @@ def test_unknown_previous_response_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as refused:
         client.responses.create(model=MODEL, previous_response_id="resp_nothing", input="Hi")
     assert refused.value.body["param"] == "previous_response_id"
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+WEATHER_QUESTION = "What is the weather in Paris?"
+
+
+def test_a_history_with_a_call_and_its_output_is_answered(client: openai.OpenAI) -> None:
+    history: list[Any] = [
+        {"role": "user", "content": WEATHER_QUESTION},
+        {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees and sunny"},
+    ]
+    answer = client.responses.create(
+        model=MODEL, input=history, tools=[WEATHER_TOOL], max_output_tokens=24, temperature=0
+    )
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": WEATHER_QUESTION},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {
+                "role": "tool",
+                "tool_call_id": "call_1",
+                "name": "get_weather",
+                "content": "18 degrees and sunny",
+            },
+        ],
+        tools=[{"type": "function", "function": {k: v for k, v in WEATHER_TOOL.items() if k != "type"}}],
+        max_tokens=24,
+        temperature=0,
+    )
+    # The same conversation as chat would render it: the same prompt, the same answer.
+    assert answer.usage.input_tokens == chat.usage.prompt_tokens
+    assert answer.output_text == (chat.choices[0].message.content or "")
+    items = list(client.responses.input_items.list(answer.id, order="asc"))
+    assert [item.type for item in items] == ["message", "function_call", "function_call_output"]
+
+
+@pytest.fixture(scope="module")
+def called(client: openai.OpenAI) -> Any:
+    """A turn that must call the weather tool (required choice: the 135M model then always does)."""
+    return client.responses.create(
+        model=MODEL,
+        input=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_output_tokens=48,
+        temperature=0,
+    )
+
+
+def test_a_required_tool_choice_answers_with_a_function_call(called: Any) -> None:
+    assert called.status == "completed"
+    [call] = called.output
+    assert call.type == "function_call"
+    assert call.id.startswith("fc_")
+    assert call.call_id.startswith("call_")
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments)["city"] in ("Paris", "London", "Tokyo")
+    assert called.output_text == ""
+
+
+def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, called: Any) -> None:
+    [call] = called.output
+    answer = client.responses.create(
+        model=MODEL,
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees and sunny"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        max_output_tokens=24,
+        temperature=0,
+    )
+    assert answer.status in ("completed", "incomplete")
+    assert [item.type for item in answer.output] == ["message"]
+    assert answer.output_text.strip()
+    items = list(client.responses.input_items.list(answer.id, order="asc"))
+    assert [item.type for item in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == items[2].call_id == call.call_id
+
+
+def test_a_streamed_function_call(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model=MODEL,
+            input=WEATHER_QUESTION,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "name": "get_weather"},
+            max_output_tokens=48,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert [event.type for event in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    added, delta, done, item_done, completed = events[2:]
+    assert added.item.type == "function_call"
+    assert added.item.arguments == ""
+    assert delta.delta == done.arguments == item_done.item.arguments
+    assert completed.response.output[0].model_dump() == item_done.item.model_dump()
+    assert json.loads(done.arguments)["city"] in ("Paris", "London", "Tokyo")
+
+
+@pytest.mark.parametrize(
+    ("tools", "tool_choice", "param"),
+    [
+        ([{**WEATHER_TOOL, "parameters": {"type": "array"}}], "auto", "tools[0].parameters"),
+        ([{**WEATHER_TOOL, "name": "get weather"}], "auto", "tools[0].name"),
+        ([WEATHER_TOOL], {"type": "function", "name": "get_time"}, "tool_choice"),
+        ([], "required", "tool_choice"),
+    ],
+)
+def test_bad_tools_are_400s_naming_the_field(
+    client: openai.OpenAI, tools: list[dict[str, Any]], tool_choice: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=MODEL, input="Hi", tools=tools, tool_choice=tool_choice)
+    assert refused.value.body["param"] == param

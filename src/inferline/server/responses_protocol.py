@@ -114,11 +114,11 @@ InputItem = Annotated[
 # ---- tools and text format -------------------------------------------------------------------
 
 
-class FunctionTool(_Strict):
+class ResponsesTool(_Strict):
     """A function tool in the Responses API's flat shape (chat completions nest it under `function`)."""
 
     type: Literal["function"]
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
@@ -164,7 +164,7 @@ class ResponsesRequest(_Strict):
     model: str
     input: list[InputItem] = Field(default_factory=list)
     instructions: str | None = None
-    tools: list[FunctionTool] = Field(default_factory=list)
+    tools: list[ResponsesTool] = Field(default_factory=list)
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice = "auto"
     parallel_tool_calls: bool = True
     temperature: float | None = Field(None, ge=0, le=2)

@@ -30,19 +30,20 @@ from inferline.server.errors import HTTPError, to_http_error
 from inferline.server.openai_protocol import ChatCompletionRequest
 from inferline.server.openai_serving import Confidence, Generation, OpenAIServing, TokenCounts
 from inferline.server.response_store import ResponseStore, ResponseStoreError, StoredResponse
+from inferline.server.responses_output import OutputBuilder
 from inferline.server.responses_protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
+    FunctionChoice,
     InputItem,
     MessageItem,
     ResponsesRequest,
-    message_item,
     new_id,
-    output_text,
     response_object,
     usage_object,
 )
 from inferline.server.streaming import Watch
+from inferline.server.tool_calls import FunctionTool, ToolCalling
 from inferline.types import Delta
 
 logger = logging.getLogger(__name__)
@@ -75,18 +76,45 @@ def stored_item(item: MessageItem | FunctionCallItem | FunctionCallOutputItem) -
     return stored
 
 
-def chat_request(body: ResponsesRequest, items: list[dict[str, Any]]) -> ChatCompletionRequest:
-    """The internal chat request of a turn whose whole conversation is `items`."""
+def tool_calling(body: ResponsesRequest) -> ToolCalling:
+    """The request's function tools and choice, checked as chat's are (errors name the flat fields)."""
+    tools = [FunctionTool(t.name, t.description, t.parameters, t.strict) for t in body.tools]
+    choice = body.tool_choice
+    if isinstance(choice, FunctionChoice):
+        return ToolCalling.checked(tools, "function", choice.name, body.parallel_tool_calls, "tools[{index}]")
+    return ToolCalling.checked(tools, choice, None, body.parallel_tool_calls, "tools[{index}]")
+
+
+def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as chat messages: function calls join the assistant turn before them (parallel
+    calls are one turn), and a call's output is a tool message that names the function."""
     messages: list[dict[str, Any]] = []
-    if body.instructions is not None:
-        messages.append({"role": "system", "content": body.instructions})
-    for i, item in enumerate(_ITEMS.validate_python(items)):
-        if not isinstance(item, MessageItem):
-            raise InvalidRequestError(
-                f"input[{i}] is a {item.type} item: tool calling is not available on this server",
-                "input",
-            )
-        messages.append({"role": item.role, "content": item.text()})
+    if instructions is not None:
+        messages.append({"role": "system", "content": instructions})
+    names: dict[str, str] = {}
+    for item in _ITEMS.validate_python(items):
+        if isinstance(item, MessageItem):
+            messages.append({"role": item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            names[item.call_id] = item.name
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            if not messages or messages[-1]["role"] != "assistant":
+                messages.append({"role": "assistant", "content": None})
+            messages[-1].setdefault("tool_calls", []).append(call)
+        else:
+            tool = {"role": "tool", "tool_call_id": item.call_id, "content": item.text()}
+            messages.append({**tool, "name": names[item.call_id]} if item.call_id in names else tool)
+    return messages
+
+
+def chat_request(body: ResponsesRequest, items: list[dict[str, Any]]) -> ChatCompletionRequest:
+    """The internal chat request of a turn whose whole conversation is `items` (tools travel apart, as
+    the ToolCalling that `tool_calling` builds)."""
+    messages = chat_messages(body.instructions, items)
     if not messages:
         raise InvalidRequestError("input is empty: give a message, or instructions", "input")
     chat: dict[str, Any] = {
@@ -129,66 +157,6 @@ def _not_found(response_id: str, param: str) -> HTTPError:
     return HTTPError(404, f"no stored response with id {response_id!r}", "not_found_error", param)
 
 
-# ---- output items from deltas -----------------------------------------------------------------
-
-
-@dataclass
-class OutputBuilder:
-    """A generation's deltas as output items, and the stream events that announce each change."""
-
-    output: list[dict[str, Any]] = field(default_factory=list)
-    _text: list[str] = field(default_factory=list)
-    _message: dict[str, Any] | None = None
-    """The message item being written, while it is open."""
-
-    def add(self, delta: Delta) -> list[dict[str, Any]]:
-        if not delta.text:
-            return []
-        events = self._open_message() if self._message is None else []
-        assert self._message is not None  # opened just above
-        self._text.append(delta.text)
-        events.append(
-            {
-                "type": "response.output_text.delta",
-                "item_id": self._message["id"],
-                "output_index": len(self.output) - 1,
-                "content_index": 0,
-                "delta": delta.text,
-                "logprobs": [],
-            }
-        )
-        return events
-
-    def _open_message(self) -> list[dict[str, Any]]:
-        self._message = message_item(new_id("msg"), "", "in_progress")
-        self.output.append(self._message)
-        where = {"item_id": self._message["id"], "output_index": len(self.output) - 1, "content_index": 0}
-        return [
-            {
-                "type": "response.output_item.added",
-                "output_index": where["output_index"],
-                "item": self._message,
-            },
-            {"type": "response.content_part.added", **where, "part": output_text("")},
-        ]
-
-    def finish(self, incomplete: bool) -> list[dict[str, Any]]:
-        """Close the open item: its last events."""
-        if self._message is None:
-            return []
-        text = "".join(self._text)
-        message = message_item(self._message["id"], text, "incomplete" if incomplete else "completed")
-        index = len(self.output) - 1
-        self.output[index] = message
-        self._message = None
-        where = {"item_id": message["id"], "output_index": index, "content_index": 0}
-        return [
-            {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
-            {"type": "response.content_part.done", **where, "part": message["content"][0]},
-            {"type": "response.output_item.done", "output_index": index, "item": message},
-        ]
-
-
 @dataclass
 class _Turn:
     """One response being made: what it answers and what it is stored with."""
@@ -197,9 +165,9 @@ class _Turn:
     tenant: str
     items: list[dict[str, Any]]
     """The whole conversation it answers, as stored input items."""
+    builder: OutputBuilder
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
-    builder: OutputBuilder = field(default_factory=OutputBuilder)
     counts: TokenCounts = field(default_factory=TokenCounts)
     confidence: Confidence = field(default_factory=Confidence)
     finish_reason: str | None = None
@@ -208,7 +176,7 @@ class _Turn:
         self.counts.add(delta)
         self.confidence.add(delta)
         self.finish_reason = delta.finish_reason or self.finish_reason
-        return self.builder.add(delta)
+        return self.builder.feed(delta.text)
 
     @property
     def incomplete(self) -> bool:
@@ -234,8 +202,9 @@ class ResponsesServing:
         body.unsupported()
         tenant = caller.principal.tenant
         items = [*await self._history(body, tenant), *(stored_item(item) for item in body.input)]
-        routed = await self.chat.route_chat(chat_request(body, items), caller, watch)
-        turn = _Turn(body, tenant, items)
+        tools = tool_calling(body)
+        routed = await self.chat.route_chat(chat_request(body, items), caller, watch, tools)
+        turn = _Turn(body, tenant, items, OutputBuilder(tools.parser()))
         if body.stream:
             return routed, self._stream(turn, routed)
         for _, delta in routed.value.firsts:  # collected: every delta
@@ -280,13 +249,9 @@ class ResponsesServing:
             response = turn.response(status)
             try:
                 await self._save(turn, response)
-            except HTTPError as error:
-                response = {
-                    **response,
-                    "status": "failed",
-                    "error": {"code": "server_error", "message": error.message},
-                }
+            except HTTPError as error:  # generated but not stored: it cannot be continued
                 status = "failed"
+                response = {**response, "status": status, "error": _server_error(error.message)}
             yield pending + frames([*closing, {"type": f"response.{status}", "response": response}])
         finally:
             await routed.complete(turn.counts.prompt, turn.counts.completion, outcome, turn.confidence.mean)
