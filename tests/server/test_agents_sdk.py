@@ -1,6 +1,7 @@
-"""The OpenAI Agents SDK runs a tool loop against a real `inferline serve` through its chat-completions
-model: the first turn must call the tool (tool_choice required, so the 135M default model completes
-it), the tool's result goes back as a tool message, and the next turn answers."""
+"""The OpenAI Agents SDK runs a tool loop against a real `inferline serve`, through its chat-completions
+model and through its default model, which speaks the Responses API: the first turn must call the tool
+(tool_choice required, so the 135M default model completes it), the tool's result goes back (a tool
+message; a function_call_output item), and the next turn answers."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 from typing import Literal
 
 import openai
+import pytest
 from agents import (
     Agent,
     ModelSettings,
     OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
     Runner,
     function_tool,
     set_tracing_disabled,
@@ -20,7 +23,10 @@ from agents import (
 from .conftest import API_KEY, ServerProcess
 
 
-def test_an_agent_calls_a_function_tool_and_answers(server: ServerProcess) -> None:
+@pytest.mark.parametrize("model_class", [OpenAIChatCompletionsModel, OpenAIResponsesModel])
+def test_an_agent_calls_a_function_tool_and_answers(
+    server: ServerProcess, model_class: type[OpenAIChatCompletionsModel | OpenAIResponsesModel]
+) -> None:
     set_tracing_disabled(True)  # traces would go to OpenAI's servers
     calls: list[str] = []
 
@@ -34,7 +40,7 @@ def test_an_agent_calls_a_function_tool_and_answers(server: ServerProcess) -> No
     agent = Agent(
         name="weather",
         instructions="Answer questions about the weather with the get_weather tool.",
-        model=OpenAIChatCompletionsModel(model="smollm2-135m-instruct", openai_client=client),
+        model=model_class(model="smollm2-135m-instruct", openai_client=client),
         model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=48),
         tools=[get_weather],
     )

@@ -15,7 +15,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from .conftest import API_KEY, OTHER_KEY, ServerProcess
+from .conftest import API_KEY, OTHER_KEY, ServerProcess, kv_blocks_used
 
 MODEL = "default"
 QUESTION = "What is the capital of France?"
@@ -106,6 +106,25 @@ def test_streamed_events_reassemble_the_stored_response(client: openai.OpenAI) -
     assert final.output_text == text_deltas == events[-4].text
     assert final.usage.output_tokens > 0
     assert client.responses.retrieve(final.id).model_dump() == final.model_dump()
+
+
+def test_a_client_leaving_a_stream_aborts_it_and_stores_nothing(server: ServerProcess) -> None:
+    body = {"model": MODEL, "input": "Count from 1 to 1000.", "max_output_tokens": 2000, "stream": True}
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    with httpx.stream("POST", f"{server.url}/v1/responses", json=body, headers=auth, timeout=30) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        created = next(line for line in lines if line.startswith("data: "))
+        response_id = json.loads(created[len("data: ") :])["response"]["id"]
+        for _ in range(12):  # some deltas
+            next(lines)
+        assert kv_blocks_used(server) > 0
+    deadline = time.monotonic() + 5
+    while kv_blocks_used(server) > 0:
+        assert time.monotonic() < deadline, "the abandoned response still holds KV blocks"
+        time.sleep(0.05)
+    stored = httpx.get(f"{server.url}/v1/responses/{response_id}", headers=auth)
+    assert stored.status_code == 404
 
 
 def test_previous_response_id_continues_the_conversation(client: openai.OpenAI, answered: Any) -> None:
