@@ -256,7 +256,7 @@ class OpenAIServing:
             called = parser is not None and parser.num_calls > 0
             if not (deltas or delta.finish_reason or logprobs):
                 return []
-            choices = [
+            choices: list[dict[str, Any]] = [
                 {"index": delta.index, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas
             ]
             last = choices[-1] if choices else {"index": delta.index, "delta": {}}
