@@ -393,3 +393,23 @@ def test_bad_tools_are_400s_naming_the_field(
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODEL, input="Hi", tools=tools, tool_choice=tool_choice)
     assert refused.value.body["param"] == param
+
+
+def test_text_format_json_schema_constrains_the_output(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"capital": {"type": "string", "enum": ["Paris", "Berlin", "Rome"]}},
+        "required": ["capital"],
+        "additionalProperties": False,
+    }
+    made = client.responses.create(
+        model=MODEL,
+        input=QUESTION,
+        text={"format": {"type": "json_schema", "name": "capital", "schema": schema, "strict": True}},
+        max_output_tokens=32,
+        temperature=0,
+    )
+    assert made.status == "completed"
+    assert json.loads(made.output_text)["capital"] in ("Paris", "Berlin", "Rome")
+    assert made.text.format.type == "json_schema"
+    assert made.text.format.schema_ == schema
