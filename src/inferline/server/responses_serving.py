@@ -278,9 +278,7 @@ class ResponsesServing:
 
     async def delete(self, tenant: str, response_id: str) -> dict[str, Any]:
         if not await self._in_store(self.store.delete, tenant, response_id):
-            raise HTTPError(
-                404, f"no stored response with id {response_id!r}", "not_found_error", "response_id"
-            )
+            raise _not_found(response_id, "response_id")
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def _in_store(self, call: Callable[..., T], *args: Any) -> T:
