@@ -29,7 +29,7 @@ from inferline.router.deployments import DeploymentPool
 from inferline.server.app import create_app
 from inferline.testing.stub_upstream import StubProcess, start_stub
 
-from .conftest import API_KEY, ServerProcess
+from .conftest import API_KEY, ServerProcess, needs_guided_decoding
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
@@ -41,6 +41,7 @@ def calling_stub() -> Iterator[StubProcess]:
     process.stop()
 
 
+@needs_guided_decoding
 @pytest.mark.parametrize("model_class", [OpenAIChatCompletionsModel, OpenAIResponsesModel])
 def test_an_agent_calls_a_function_tool_and_answers(
     server: ServerProcess, model_class: type[OpenAIChatCompletionsModel | OpenAIResponsesModel]

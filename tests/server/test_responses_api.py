@@ -15,7 +15,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from .conftest import API_KEY, OTHER_KEY, ServerProcess, kv_blocks_used
+from .conftest import API_KEY, OTHER_KEY, ServerProcess, kv_blocks_used, needs_guided_decoding
 
 MODEL = "default"
 QUESTION = "What is the capital of France?"
@@ -319,6 +319,7 @@ def called(client: openai.OpenAI) -> Any:
     )
 
 
+@needs_guided_decoding
 def test_a_required_tool_choice_answers_with_a_function_call(called: Any) -> None:
     assert called.status == "completed"
     [call] = called.output
@@ -330,6 +331,7 @@ def test_a_required_tool_choice_answers_with_a_function_call(called: Any) -> Non
     assert called.output_text == ""
 
 
+@needs_guided_decoding
 def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, called: Any) -> None:
     [call] = called.output
     answer = client.responses.create(
@@ -349,6 +351,7 @@ def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, 
     assert items[1].call_id == items[2].call_id == call.call_id
 
 
+@needs_guided_decoding
 def test_a_streamed_function_call(client: openai.OpenAI) -> None:
     events = list(
         client.responses.create(
@@ -395,6 +398,7 @@ def test_bad_tools_are_400s_naming_the_field(
     assert refused.value.body["param"] == param
 
 
+@needs_guided_decoding
 def test_text_format_json_schema_constrains_the_output(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
