@@ -308,12 +308,14 @@ def test_a_history_with_a_call_and_its_output_is_answered(client: openai.OpenAI)
 
 @pytest.fixture(scope="module")
 def called(client: openai.OpenAI) -> Any:
-    """A turn that must call the weather tool (required choice: the 135M model then always does)."""
+    """A turn that must call the weather tool (required choice: the 135M model then always does; one
+    call, since with parallel calls allowed it goes on adding calls to the array until max_output_tokens)."""
     return client.responses.create(
         model=MODEL,
         input=WEATHER_QUESTION,
         tools=[WEATHER_TOOL],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_output_tokens=48,
         temperature=0,
     )
