@@ -96,7 +96,8 @@ class ResponseStore:
         }
         with self._transaction() as connection:
             connection.execute(insert(responses), [row])
-            self._prune(connection, tenant, now)
+            self._prune_age(connection, now)
+            self._prune_count(connection, tenant)
 
     def load(self, tenant: str, response_id: str) -> StoredResponse | None:
         """The tenant's response with this id; None if it has none (another tenant's included)."""
@@ -131,21 +132,27 @@ class ResponseStore:
                     .having(func.count() > self.config.max_per_tenant)
                 )
                 tenants = list(connection.execute(over).scalars())
-            now = time.time()
-            self._prune_age(connection, now)
+            self._prune_age(connection, time.time())
             for tenant in tenants:
-                self._prune(connection, tenant, now)
+                self._prune_count(connection, tenant)
 
-    def _prune(self, connection: Connection, tenant: str, now: float) -> None:
-        self._prune_age(connection, now)
+    def _prune_count(self, connection: Connection, tenant: str) -> None:
         if self.config.max_per_tenant is not None:
-            beyond = (
-                select(responses.c.id)
+            # The oldest kept response's time, read from the (tenant, created_at) index alone: selecting
+            # the ids beyond the limit would read every kept row (their JSON included) on every write.
+            oldest_kept = connection.execute(
+                select(responses.c.created_at)
                 .where(responses.c.tenant == tenant)
-                .order_by(responses.c.created_at.desc(), responses.c.id.desc())
-                .offset(self.config.max_per_tenant)
-            )
-            connection.execute(delete(responses).where(responses.c.id.in_(beyond.scalar_subquery())))
+                .order_by(responses.c.created_at.desc())
+                .offset(self.config.max_per_tenant - 1)
+                .limit(1)
+            ).scalar()
+            if oldest_kept is not None:
+                connection.execute(
+                    delete(responses).where(
+                        responses.c.tenant == tenant, responses.c.created_at < oldest_kept
+                    )
+                )
 
     def _prune_age(self, connection: Connection, now: float) -> None:
         oldest = self._oldest_kept(now)
