@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferline.types import Priority, SamplingParams, TokenLogprob
+from inferline.server.structured_outputs import StructuredFields
+from inferline.types import Priority, SamplingParams, StructuredOutput, TokenLogprob
 
 
 class _Strict(BaseModel):
@@ -40,8 +41,9 @@ class ChatMessage(_Strict):
         return "\n".join(part.text for part in self.content)
 
 
-class _SamplingFields(_Strict):
-    """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions)."""
+class _SamplingFields(StructuredFields):
+    """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions; the output
+    constraints are StructuredFields')."""
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -62,7 +64,9 @@ class _SamplingFields(_Strict):
     ignore_eos: bool = False
     priority: Literal["interactive", "conversational", "batch"] | None = None
 
-    def sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int | None, logprobs: int | None, structured: StructuredOutput | None = None
+    ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
         def given(value: float | None, default: float) -> float:
@@ -82,6 +86,7 @@ class _SamplingFields(_Strict):
             stop=stop,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            structured=structured,
         )
 
     def priority_class(self) -> Priority | None:

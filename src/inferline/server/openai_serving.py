@@ -179,9 +179,12 @@ class OpenAIServing:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
-            sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
+            sampling = body.sampling(
+                max_tokens, 0 if logprobs is None and need_logprobs else logprobs, structured
+            )
             return [
                 trace_request(
                     Request(
@@ -284,6 +287,7 @@ class OpenAIServing:
             raise HTTPError(
                 400, "prompt is empty: give at least one prompt", "invalid_request_error", "prompt"
             )
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
             logprobs = 0 if body.logprobs is None and need_logprobs else body.logprobs
@@ -292,7 +296,7 @@ class OpenAIServing:
                     Request(
                         f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
                         list(prompt) if isinstance(prompt, list) else [],
-                        body.sampling(body.max_tokens, logprobs),
+                        body.sampling(body.max_tokens, logprobs, structured),
                         caller.priority,
                         caller.principal.tenant,
                         prompt_text=prompt if isinstance(prompt, str) else None,
