@@ -60,7 +60,7 @@ def schema_request(model: LoadedModel, request_id: str, params: SamplingParams) 
 def batch(default_model: LoadedModel) -> dict[tuple[str, int], tuple[str, list[int], str]]:
     """One batch: schema (greedy, and n=2 sampled), regex, choice and an unconstrained request; small
     blocks and a small pool, so prompts are chunked and sequences preempted."""
-    config = EngineConfig(block_size=4, max_num_batched_tokens=32, kv_cache_bytes=24 * 4 * 46080)
+    config = EngineConfig(block_size=4, max_num_batched_tokens=32, kv_cache_bytes=40 * 4 * 46080)
     core = EngineCore(config, default_model)
     person = StructuredOutput("json_schema", json.dumps(PERSON))
     sampled = SamplingParams(n=2, max_tokens=40, temperature=1.0, seed=7, structured=person)

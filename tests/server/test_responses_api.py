@@ -424,3 +424,15 @@ def test_text_format_json_schema_constrains_the_output(client: openai.OpenAI) ->
     assert json.loads(made.output_text)["capital"] in ("Paris", "Berlin", "Rome")
     assert made.text.format.type == "json_schema"
     assert made.text.format.schema_ == schema
+
+
+def test_a_schema_that_cannot_be_enforced_is_a_400_naming_text_format(client: openai.OpenAI) -> None:
+    unsupported = {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model=MODEL,
+            input="Hi",
+            text={"format": {"type": "json_schema", "name": "x", "schema": unsupported}},
+        )
+    assert refused.value.body["param"] == "text.format.schema"
+    assert refused.value.body["message"].startswith("text.format.schema: ")

@@ -44,7 +44,7 @@ from inferline.errors import (
 )
 from inferline.models.tool_prompt import has_tool_turns, in_hermes_form
 from inferline.telemetry.tracing import trace_finish_reasons
-from inferline.types import Delta, Request, SamplingParams
+from inferline.types import Delta, Request, SamplingParams, StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,22 @@ def sampling_fields(sampling: SamplingParams, *, chat: bool) -> dict[str, Any]:
         "stop_token_ids": (list(sampling.stop_token_ids), []),
     }
     fields.update({name: value for name, (value, default) in extensions.items() if value != default})
+    if sampling.structured is not None:
+        fields.update(structured_fields(sampling.structured))
     return fields
+
+
+def structured_fields(structured: StructuredOutput) -> dict[str, Any]:
+    """A constraint as the upstream takes it: OpenAI's response_format for JSON, vLLM's guided_* else."""
+    kind, spec = structured.kind, structured.spec
+    if kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    if kind == "json_schema":
+        schema = {"name": "output", "schema": json.loads(spec), "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": schema}}
+    if kind == "choice":
+        return {"guided_choice": json.loads(spec)}
+    return {f"guided_{kind}": spec}
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from inferline.server.structured_outputs import StructuredFields
 from inferline.server.tool_calls import FunctionTool, ParsedAnswer, ToolCalling
 from inferline.server.tool_parser import Piece, ToolCall
-from inferline.types import Priority, SamplingParams, TokenLogprob
+from inferline.types import Priority, SamplingParams, StructuredOutput, TokenLogprob
 
 
 class _Strict(BaseModel):
@@ -77,8 +78,9 @@ class ChatMessage(_Strict):
         return "\n".join(part.text for part in self.content)
 
 
-class _SamplingFields(_Strict):
-    """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions)."""
+class _SamplingFields(StructuredFields):
+    """Fields shared by chat and text completions (OpenAI's, then vLLM-style extensions; the output
+    constraints are StructuredFields')."""
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -99,7 +101,9 @@ class _SamplingFields(_Strict):
     ignore_eos: bool = False
     priority: Literal["interactive", "conversational", "batch"] | None = None
 
-    def sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int | None, logprobs: int | None, structured: StructuredOutput | None = None
+    ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
         def given(value: float | None, default: float) -> float:
@@ -119,6 +123,7 @@ class _SamplingFields(_Strict):
             stop=stop,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            structured=structured,
         )
 
     def priority_class(self) -> Priority | None:

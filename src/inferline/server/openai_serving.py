@@ -197,10 +197,15 @@ class OpenAIServing:
         template_tools = tools.template_tools()
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
-            sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
-            sampling.structured = tools.structured() or sampling.structured
+            # A required or named tool choice constrains the output to its call.
+            sampling = body.sampling(
+                max_tokens,
+                0 if logprobs is None and need_logprobs else logprobs,
+                tools.structured() or structured,
+            )
             return [
                 trace_request(
                     Request(
@@ -324,6 +329,7 @@ class OpenAIServing:
             raise HTTPError(
                 400, "prompt is empty: give at least one prompt", "invalid_request_error", "prompt"
             )
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
             logprobs = 0 if body.logprobs is None and need_logprobs else body.logprobs
@@ -332,7 +338,7 @@ class OpenAIServing:
                     Request(
                         f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
                         list(prompt) if isinstance(prompt, list) else [],
-                        body.sampling(body.max_tokens, logprobs),
+                        body.sampling(body.max_tokens, logprobs, structured),
                         caller.priority,
                         caller.principal.tenant,
                         prompt_text=prompt if isinstance(prompt, str) else None,

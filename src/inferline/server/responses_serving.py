@@ -51,8 +51,25 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _ITEMS = TypeAdapter(list[InputItem])
 
-_CHAT_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+_CHAT_PARAMS = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "response_format.json_schema.schema": "text.format.schema",
+    "response_format.json_schema": "text.format",
+    "response_format": "text.format",
+}
 """A field of the internal chat request, as the Responses request names it (in errors)."""
+
+
+def _in_responses_terms(error: InvalidRequestError) -> InvalidRequestError:
+    """An error about the internal chat request, naming the Responses request's field instead."""
+    chat_param = next(
+        (p for p in _CHAT_PARAMS if error.param is not None and error.param.startswith(p)), None
+    )
+    if chat_param is None:
+        return error
+    param = _CHAT_PARAMS[chat_param]
+    return type(error)(error.message.replace(chat_param, param), param)
 
 
 def sse_event(event: dict[str, Any]) -> bytes:
@@ -133,13 +150,8 @@ def chat_request(body: ResponsesRequest, items: list[dict[str, Any]]) -> ChatCom
         return ChatCompletionRequest.model_validate(chat)
     except ValidationError as error:
         first = error.errors()[0]
-        field_name = str(first["loc"][0]) if first["loc"] else "input"
-        param = _CHAT_PARAMS.get(field_name, field_name)
-        if first["type"] == "extra_forbidden":
-            message = f"{param} is not supported by this server; remove it"
-        else:
-            message = f"{param}: {first['msg']}"
-        raise InvalidRequestError(message, param) from None
+        param = ".".join(str(part) for part in first["loc"]) or "input"
+        raise _in_responses_terms(InvalidRequestError(f"{param}: {first['msg']}", param)) from None
 
 
 def _response_format(text_format: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +215,10 @@ class ResponsesServing:
         tenant = caller.principal.tenant
         items = [*await self._history(body, tenant), *(stored_item(item) for item in body.input)]
         tools = tool_calling(body)
-        routed = await self.chat.route_chat(chat_request(body, items), caller, watch, tools)
+        try:
+            routed = await self.chat.route_chat(chat_request(body, items), caller, watch, tools)
+        except InvalidRequestError as error:
+            raise _in_responses_terms(error) from None
         turn = _Turn(body, tenant, items, OutputBuilder(tools.parser()))
         if body.stream:
             return routed, self._stream(turn, routed)

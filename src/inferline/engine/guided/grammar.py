@@ -39,7 +39,9 @@ def grammar_of(structured: StructuredOutput, param: str = "structured") -> str:
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         what = {"json_schema": "JSON schema", "regex": "regular expression"}.get(structured.kind, "grammar")
-        raise InvalidRequestError(f"{param}: the {what} is not supported: {messages[0].strip()}", param)
+        raise InvalidRequestError(
+            f"{param}: cannot constrain the output to this {what}: {messages[0].strip()}", param
+        )
     return grammar
 
 
