@@ -5,11 +5,9 @@ it), the tool's result goes back as a tool message, and the next turn answers.""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Literal
 
 import openai
-import pytest
 from agents import (
     Agent,
     ModelSettings,
@@ -22,10 +20,6 @@ from agents import (
 from .conftest import API_KEY, ServerProcess
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("inferline.engine.guided") is None,
-    reason="tool_choice required constrains decoding with guided decoding (branch guided)",
-)
 def test_an_agent_calls_a_function_tool_and_answers(server: ServerProcess) -> None:
     set_tracing_disabled(True)  # traces would go to OpenAI's servers
     calls: list[str] = []

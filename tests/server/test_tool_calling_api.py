@@ -4,7 +4,6 @@ calls and results is rendered and answered; bad tool definitions are 400s naming
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -33,10 +32,6 @@ TOOLS: list[Any] = [
     {"type": "function", "function": {"name": "get_time", "description": "The time now."}},
 ]
 QUESTION: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
-needs_guided_decoding = pytest.mark.skipif(
-    importlib.util.find_spec("inferline.engine.guided") is None,
-    reason="required and named tool choices constrain decoding with guided decoding (branch guided)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,6 @@ def check_call(name: str, arguments: str) -> None:
     jsonschema.validate(json.loads(arguments), schema)
 
 
-@needs_guided_decoding
 def test_a_named_choice_gives_a_valid_call(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
         model=MODEL,
@@ -73,7 +67,6 @@ def test_a_named_choice_gives_a_valid_call(client: openai.OpenAI) -> None:
     assert response.usage.completion_tokens > 0
 
 
-@needs_guided_decoding
 def test_required_calls_stream_as_tool_call_deltas(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", max_tokens=60, stream=True
