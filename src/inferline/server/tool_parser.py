@@ -215,7 +215,8 @@ def _whole_items(text: str) -> str:
     text = text.strip()
     if not text.startswith("["):
         return ""
-    items, position = [], 1
+    items: list[Any] = []
+    position = 1
     while True:
         while position < len(text) and (text[position].isspace() or text[position] == ","):
             position += 1
