@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -21,11 +20,6 @@ import yaml
 from inferline.bench.harness import free_port, wait_ready
 
 BIN = Path(sys.executable).with_name("inferline")
-needs_guided_decoding = pytest.mark.skipif(
-    importlib.util.find_spec("inferline.engine.guided") is None,
-    reason="required and named tool choices and text formats constrain decoding with guided decoding "
-    "(branch guided)",
-)
 API_KEY = "sk-test-alpha"
 OTHER_KEY = "sk-test-beta"
 

@@ -29,7 +29,7 @@ from inferline.router.deployments import DeploymentPool
 from inferline.server.app import create_app
 from inferline.testing.stub_upstream import StubProcess, start_stub
 
-from .conftest import API_KEY, ServerProcess, needs_guided_decoding
+from .conftest import API_KEY, ServerProcess
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
@@ -41,7 +41,6 @@ def calling_stub() -> Iterator[StubProcess]:
     process.stop()
 
 
-@needs_guided_decoding
 @pytest.mark.parametrize("model_class", [OpenAIChatCompletionsModel, OpenAIResponsesModel])
 def test_an_agent_calls_a_function_tool_and_answers(
     server: ServerProcess, model_class: type[OpenAIChatCompletionsModel | OpenAIResponsesModel]
@@ -60,10 +59,7 @@ def test_an_agent_calls_a_function_tool_and_answers(
         name="weather",
         instructions="Answer questions about the weather with the get_weather tool.",
         model=model_class(model="smollm2-135m-instruct", openai_client=client),
-        # One call: with parallel calls allowed the 135M model keeps adding calls to the array.
-        model_settings=ModelSettings(
-            tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=48
-        ),
+        model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=48),
         tools=[get_weather],
     )
 

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from inferline.server.openai_protocol import ChatCompletionRequest
 
-from .conftest import API_KEY, OTHER_KEY, ServerProcess, kv_blocks_used, needs_guided_decoding
+from .conftest import API_KEY, OTHER_KEY, ServerProcess, kv_blocks_used
 
 MODEL = "default"
 QUESTION = "What is the capital of France?"
@@ -310,20 +310,17 @@ def test_a_history_with_a_call_and_its_output_is_answered(client: openai.OpenAI)
 
 @pytest.fixture(scope="module")
 def called(client: openai.OpenAI) -> Any:
-    """A turn that must call the weather tool (required choice: the 135M model then always does; one
-    call, since with parallel calls allowed it goes on adding calls to the array until max_output_tokens)."""
+    """A turn that must call the weather tool (required choice: the 135M model then always does)."""
     return client.responses.create(
         model=MODEL,
         input=WEATHER_QUESTION,
         tools=[WEATHER_TOOL],
         tool_choice="required",
-        parallel_tool_calls=False,
         max_output_tokens=48,
         temperature=0,
     )
 
 
-@needs_guided_decoding
 def test_a_required_tool_choice_answers_with_a_function_call(called: Any) -> None:
     assert called.status == "completed"
     [call] = called.output
@@ -335,7 +332,6 @@ def test_a_required_tool_choice_answers_with_a_function_call(called: Any) -> Non
     assert called.output_text == ""
 
 
-@needs_guided_decoding
 def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, called: Any) -> None:
     [call] = called.output
     answer = client.responses.create(
@@ -355,7 +351,6 @@ def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, 
     assert items[1].call_id == items[2].call_id == call.call_id
 
 
-@needs_guided_decoding
 def test_a_streamed_function_call(client: openai.OpenAI) -> None:
     events = list(
         client.responses.create(

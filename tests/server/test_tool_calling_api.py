@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.server.conftest import API_KEY, ServerProcess, needs_guided_decoding
+from tests.server.conftest import API_KEY, ServerProcess
 
 MODEL = "smollm2-135m-instruct"
 WEATHER_PARAMETERS = {
@@ -46,7 +46,6 @@ def check_call(name: str, arguments: str) -> None:
     jsonschema.validate(json.loads(arguments), schema)
 
 
-@needs_guided_decoding
 def test_a_named_choice_gives_a_valid_call(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
         model=MODEL,
@@ -68,7 +67,6 @@ def test_a_named_choice_gives_a_valid_call(client: openai.OpenAI) -> None:
     assert response.usage.completion_tokens > 0
 
 
-@needs_guided_decoding
 def test_required_calls_stream_as_tool_call_deltas(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", max_tokens=60, stream=True

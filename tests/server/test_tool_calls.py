@@ -58,6 +58,15 @@ def test_parallel_calls_in_blocks_and_in_llama_form_and_the_parallel_switch() ->
     assert [c.name for c in parse_tool_calls(HERMES + block, parallel=False)[1]] == ["get_weather"]
 
 
+def test_a_constrained_array_cut_by_max_tokens_keeps_its_whole_calls() -> None:
+    cut = '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"ci'
+    content, calls, _ = parse_tool_calls(cut)
+    assert [c.name for c in calls] == ["get_time"]
+    assert content == ""
+    assert streamed(cut)[1][0].name == "get_time"
+    assert parse_tool_calls('[{"name": "get_ti')[0] == '[{"name": "get_ti'  # no whole call: content
+
+
 def test_text_is_held_back_only_while_it_may_become_a_call() -> None:
     parser = ToolCallParser()
     assert parser.feed("Hello <tool") == ["Hello"]  # the space and the partial tag wait
@@ -86,6 +95,11 @@ def test_a_block_that_is_not_a_call_stays_in_the_content_and_is_reported() -> No
             "tools[0].function.parameters",
         ),
         ([], "required", "tool_choice"),
+        (  # valid JSON schema, but no constraint can be compiled from it
+            [FunctionTool("f", parameters={"type": "object", "if": {"required": ["a"]}, "then": {}})],
+            "required",
+            "tools[0].function.parameters",
+        ),
         ([FunctionTool("f")], "function", "tool_choice"),
     ],
 )
@@ -109,6 +123,7 @@ def test_required_and_named_choices_constrain_to_calls_matching_the_parameters()
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, named)
     parallel = constraint(ToolCalling.checked(TOOLS, "required"))
+    assert parallel["maxItems"] == len(TOOLS)  # at most one call per function
     jsonschema.validate(
         [{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "A"}}], parallel
     )

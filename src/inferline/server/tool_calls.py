@@ -8,8 +8,8 @@ tool shape. `tool_choice`:
 - `auto`: the tools are offered and whatever calls the model writes are parsed.
 - `required` / a named function: decoding is constrained by a JSON schema (SamplingParams.structured)
   to a call object whose `name` is an offered function's (or the named one) and whose `arguments`
-  match that function's parameters; with parallel calls allowed, `required` admits an array of them.
-  The answer is that JSON, parsed directly.
+  match that function's parameters; with parallel calls allowed, `required` admits an array of them
+  (at most one per offered function). The answer is that JSON, parsed directly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import jsonschema
 
+from inferline.engine.guided.grammar import grammar_of
 from inferline.errors import InvalidRequestError
 from inferline.server.tool_parser import ToolCall, ToolCallParser, parse_tool_calls
 from inferline.types import StructuredOutput
@@ -29,6 +30,9 @@ ToolChoiceMode = Literal["none", "auto", "required", "function"]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 """A function defined without parameters takes none."""
+COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""llguidance's options for constrained calls: JSON spaced as json.dumps spaces it. With free
+whitespace a small model spends its tokens on newlines and indentation."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,12 @@ class ToolCalling:
                 f"({', '.join(sorted(seen))}): name one of them",
                 "tool_choice",
             )
+        if mode in ("required", "function"):  # the constraint must compile: say which tool's does not
+            for index, tool in enumerate(tools):
+                if mode == "required" or tool.name == function:
+                    definitions: dict[str, Any] = {}
+                    call = _constraint(_call_schema(tool, definitions), definitions)
+                    grammar_of(call, f"{tool_param.format(index=index)}.parameters")
         return cls(tools, mode, function, parallel)
 
     @property
@@ -120,12 +130,13 @@ class ToolCalling:
         elif self.mode == "required":
             calls = [_call_schema(tool, definitions) for tool in self.tools]
             one = calls[0] if len(calls) == 1 else {"anyOf": calls}
-            schema = {"type": "array", "items": one, "minItems": 1} if self.parallel else one
+            # At most one call per offered function: left open, a small model repeats its call until
+            # max_tokens cuts it (SmolLM2-135M does).
+            many = {"type": "array", "items": one, "minItems": 1, "maxItems": len(self.tools)}
+            schema = many if self.parallel else one
         else:
             return None
-        if definitions:
-            schema["$defs"] = definitions
-        return StructuredOutput("json_schema", json.dumps(schema))
+        return _constraint(schema, definitions)
 
     def parser(self) -> ToolCallParser | None:
         """An incremental parser for a streamed answer; None when calls are not parsed."""
@@ -187,6 +198,11 @@ def _arguments_problem(tool: FunctionTool, arguments: str) -> str | None:
     if error is not None:
         return f"the arguments of the call to {tool.name!r} do not match its parameters: {error.message}"
     return None
+
+
+def _constraint(schema: dict[str, Any], definitions: dict[str, Any]) -> StructuredOutput:
+    extra = {"$defs": definitions} if definitions else {}
+    return StructuredOutput("json_schema", json.dumps({**schema, **extra, "x-guidance": COMPACT_JSON}))
 
 
 def _call_schema(tool: FunctionTool, definitions: dict[str, Any]) -> dict[str, Any]:

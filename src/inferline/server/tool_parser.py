@@ -6,7 +6,8 @@ needed: `<tool_call>{json}</tool_call>` blocks anywhere in the text (Hermes, Qwe
 fallback prompt of models/tool_prompt.py; a block the model ends without its closing tag counts), and
 an answer that is nothing but JSON: an object `{"name", "arguments" | "parameters"}`, a list of them,
 or several separated by `;` or `,` (Llama 3.x, after `<|python_tag|>` or bare; and the constrained
-output of tool_choice required or named). Text that may still turn into a call is held back: a suffix
+output of tool_choice required or named, whose array keeps the calls it completed before max_tokens
+cut it). Text that may still turn into a call is held back: a suffix
 that could begin an opening tag, the whitespace before it (whitespace around calls and at either end
 is dropped), and an answer that opens with `{` or `[` (until it ends). A whole answer is the same
 parser fed at once, so streams and whole answers agree.
@@ -139,7 +140,7 @@ class ToolCallParser:
     def _json(self, pieces: list[Piece], final: bool) -> bool:
         if not final:
             return False
-        calls = self._calls(self._buffer)
+        calls = self._calls(self._buffer) or self._calls(_whole_items(self._buffer))
         if calls is None:
             if self._json_prefix:
                 self.problems.append(f"a {PYTHON_TAG} call that is not JSON: {self._buffer.strip()[:80]!r}")
@@ -205,6 +206,25 @@ def _json_values(text: str) -> list[Any] | None:
         while position < len(text) and (text[position].isspace() or text[position] in ";,"):
             position += 1
     return values or None
+
+
+def _whole_items(text: str) -> str:
+    """The items of a JSON array that were complete before the text was cut off (at max_tokens), as
+    an array; the empty string when there were none."""
+    decoder = json.JSONDecoder()
+    text = text.strip()
+    if not text.startswith("["):
+        return ""
+    items: list[Any] = []
+    position = 1
+    while True:
+        while position < len(text) and (text[position].isspace() or text[position] == ","):
+            position += 1
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return json.dumps(items) if items else ""
+        items.append(item)
 
 
 def _unsure_from(text: str) -> int:
