@@ -273,7 +273,7 @@ def test_a_history_with_a_call_and_its_output_is_answered(client: openai.OpenAI)
         {"type": "function_call_output", "call_id": "call_1", "output": "18 degrees and sunny"},
     ]
     answer = client.responses.create(
-        model=MODEL, input=history, tools=[WEATHER_TOOL], max_output_tokens=24, temperature=0
+        model=MODEL, input=history, tools=[WEATHER_TOOL], max_output_tokens=8, temperature=0
     )
     chat = client.chat.completions.create(
         model=MODEL,
@@ -298,7 +298,7 @@ def test_a_history_with_a_call_and_its_output_is_answered(client: openai.OpenAI)
             },
         ],
         tools=[{"type": "function", "function": {k: v for k, v in WEATHER_TOOL.items() if k != "type"}}],
-        max_tokens=24,
+        max_tokens=8,
         temperature=0,
     )
     # The same conversation as chat would render it: the same prompt, the same answer.
@@ -340,7 +340,7 @@ def test_the_functions_output_continues_the_conversation(client: openai.OpenAI, 
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees and sunny"}],
         tools=[WEATHER_TOOL],
         tool_choice="none",
-        max_output_tokens=24,
+        max_output_tokens=12,
         temperature=0,
     )
     assert answer.status in ("completed", "incomplete")
