@@ -164,7 +164,11 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     """Monotonic seconds; orders requests within a class and tenant."""
     messages: list[dict[str, Any]] | None = None
-    """Chat requests: the conversation, OpenAI-shaped ({"role", "content"})."""
+    """Chat requests: the conversation, OpenAI-shaped ({"role", "content"}, an assistant's "tool_calls",
+    a tool result's "tool_call_id")."""
+    tools: list[dict[str, Any]] | None = None
+    """Chat requests: the function tools the chat template offers the model, OpenAI-shaped
+    ({"type": "function", "function": {"name", "description", "parameters"}}); None offers none."""
     prompt_text: str | None = None
     """Completion requests given as text rather than token ids."""
     traceparent: str | None = None
@@ -249,6 +253,9 @@ class UsageRecord:
     """True when admission sent the request to the route's smaller `degrade_to` target."""
     error_type: str = ""
     """The error's class name when the outcome is "error" or "rejected"."""
+    endpoint: str = ""
+    """The API path the request came in on ("/v1/chat/completions", "/v1/responses", ...); "" when it
+    came another way (a batch, a stream source)."""
     mean_logprob: float | None = None
     """Mean log-probability of the sampled tokens, when they were computed (the client asked for logprobs,
     a cascade stage answered, or telemetry.record_mean_logprob is on); how confident the answer was."""

@@ -209,6 +209,7 @@ def cascade_run(router: Router, small_answer: Answer) -> tuple[Routed[str], list
         (Answer("Paris?", -2.5, 10, 5), 2),  # not confident
         (Answer("   ", -0.1, 10, 5), 2),  # empty
         (Answer("I can't help with that.", -0.1, 10, 5), 2),  # refused
+        (Answer("<tool_call>...", -0.1, 10, 5, "a call names function 'x'"), 2),  # an invalid tool call
     ],
 )
 def test_cascade_escalates_when_the_cheap_answer_is_not_good_enough(answer: Answer, stage: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -63,6 +65,15 @@ def start_server(config: dict[str, Any], tmp_path: Path, ready_timeout_s: float 
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     wait_ready(process, f"{server.url}/ready", log_path, ready_timeout_s)
     return server
+
+
+def kv_blocks_used(server: ServerProcess) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    match = re.search(
+        r'^inferline_kv_cache_blocks_used\{deployment="smollm2-135m-instruct"\} (\S+)$', metrics, re.M
+    )
+    assert match, "the KV gauge is missing from /metrics"
+    return float(match.group(1))
 
 
 def llm_deployment(**engine: Any) -> dict[str, Any]:

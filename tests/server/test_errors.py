@@ -63,7 +63,15 @@ def test_unknown_model_is_404_listing_the_served_ones(server: ServerProcess) -> 
             "logit_bias",
             "not supported",
         ),
-        ({"model": "default", "messages": GOOD_MESSAGES, "tools": []}, "tools", "not supported"),
+        (
+            {
+                "model": "default",
+                "messages": GOOD_MESSAGES,
+                "tools": [{"type": "function", "function": {"name": "a b"}}],
+            },
+            "tools[0].function.name",
+            "function name",
+        ),
         ({"model": "default", "messages": GOOD_MESSAGES, "temperature": -0.5}, "temperature", "temperature"),
         ({"model": "default", "messages": GOOD_MESSAGES, "top_p": 0}, "top_p", "top_p"),
         ({"model": "default", "messages": GOOD_MESSAGES, "max_tokens": 0}, "max_tokens", ""),

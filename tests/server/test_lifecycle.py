@@ -16,6 +16,7 @@ from .conftest import (
     BIN,
     ServerProcess,
     free_port,
+    kv_blocks_used,
     llm_deployment,
     read_port,
     start_server,
@@ -30,15 +31,6 @@ LONG = {
     "ignore_eos": True,
     "stream": True,
 }
-
-
-def kv_blocks_used(server: ServerProcess) -> float:
-    metrics = httpx.get(f"{server.url}/metrics").text
-    match = re.search(
-        r'^inferline_kv_cache_blocks_used\{deployment="smollm2-135m-instruct"\} (\S+)$', metrics, re.M
-    )
-    assert match, "the KV gauge is missing from /metrics"
-    return float(match.group(1))
 
 
 def test_client_disconnect_aborts_and_frees_kv_blocks(server: ServerProcess) -> None:

@@ -5,6 +5,7 @@ the span tree, its GenAI attributes, the client's trace context honoured and pas
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -158,6 +159,27 @@ def test_remote_chat_spans_follow_the_clients_trace_to_the_upstream(
     # The upstream was called under the backend span, in the client's trace.
     assert backend.context is not None
     assert stub.stats()["last_traceparent"] == f"00-{CLIENT_TRACE_ID}-{backend.context.span_id:016x}-01"
+
+
+def test_a_streamed_response_has_the_chat_spans(tmp_path: Path, stub: StubProcess) -> None:
+    body = {"model": "stubbed", "input": "hi", "max_output_tokens": 50, "stream": True}
+
+    async def go() -> tuple[str, dict[str, ReadableSpan]]:
+        async with traced_app(tmp_path, {"deployments": [remote("stubbed", stub.url)]}) as app:
+            response = await app.client.post("/v1/responses", json=body)
+            assert response.status_code == 200, response.text
+            return response.text, app.spans()
+
+    text, spans = asyncio.run(go())
+    last = json.loads(text.rstrip().rsplit("\ndata: ", 1)[1])
+    assert last["type"] == "response.completed"
+    assert last["response"]["output"][0]["content"][0]["text"] == REPLY
+    http, route, backend = spans["HTTP POST /v1/responses"], spans["route stubbed"], spans["backend stubbed"]
+    assert_child(route, http)
+    assert_child(backend, route)  # ended with the stream, inside the request's span
+    assert backend.attributes is not None
+    assert backend.attributes["gen_ai.operation.name"] == "chat"
+    assert backend.attributes["gen_ai.usage.output_tokens"] == last["response"]["usage"]["output_tokens"]
 
 
 def test_streamed_completion_spans_end_with_the_stream(tmp_path: Path, stub: StubProcess) -> None:

@@ -64,19 +64,22 @@ class LLMBackend:
         if self.engine is not None:
             await self.engine.shutdown(drain_timeout_s=0)
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         if not self.tokenizer.has_chat_template:
             raise InvalidRequestError(
-                f"model {self.deployment.name!r} has no chat template: use /v1/completions with a prompt",
-                "messages",
+                f"model {self.deployment.name!r} has no chat template: use /v1/completions with a prompt"
+                + (" (and without tools: a model without a chat template cannot call them)" if tools else ""),
+                "tools" if tools else "messages",
             )
-        return self.tokenizer.encode_chat(messages)
+        return self.tokenizer.encode_chat(messages, tools=tools)
 
     def prepare(self, request: Request) -> Request:
         """Encode the request's messages or text with this model's tokenizer and chat template, and check
         that prompt plus max_tokens fit in the context."""
         if request.messages is not None:
-            request.prompt_token_ids = self.encode_chat(request.messages)
+            request.prompt_token_ids = self.encode_chat(request.messages, request.tools)
             param = "messages"
         elif request.prompt_text is not None:
             request.prompt_token_ids = self.tokenizer.encode(request.prompt_text)

@@ -42,8 +42,9 @@ from inferline.errors import (
     ModelLoadError,
     PromptTooLongError,
 )
+from inferline.models.tool_prompt import has_tool_turns, in_hermes_form
 from inferline.telemetry.tracing import trace_finish_reasons
-from inferline.types import Delta, Request, SamplingParams
+from inferline.types import Delta, Request, SamplingParams, StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,11 @@ def request_body(request: Request, model: str) -> tuple[str, dict[str, Any]]:
     """(path under base_url, JSON body) for a chat request (messages) or a completion request."""
     if request.messages is not None:
         path = "chat/completions"
-        body: dict[str, Any] = {"model": model, "messages": request.messages}
+        messages = request.messages
+        if request.tools or has_tool_turns(messages):
+            # The upstream gets the tools as text and answers in text, parsed here like a local model's.
+            messages = in_hermes_form(messages, request.tools)
+        body: dict[str, Any] = {"model": model, "messages": messages}
     elif request.prompt_text is not None or request.prompt_token_ids:
         path = "completions"
         prompt = request.prompt_text if request.prompt_text is not None else request.prompt_token_ids
@@ -289,7 +294,22 @@ def sampling_fields(sampling: SamplingParams, *, chat: bool) -> dict[str, Any]:
         "stop_token_ids": (list(sampling.stop_token_ids), []),
     }
     fields.update({name: value for name, (value, default) in extensions.items() if value != default})
+    if sampling.structured is not None:
+        fields.update(structured_fields(sampling.structured))
     return fields
+
+
+def structured_fields(structured: StructuredOutput) -> dict[str, Any]:
+    """A constraint as the upstream takes it: OpenAI's response_format for JSON, vLLM's guided_* else."""
+    kind, spec = structured.kind, structured.spec
+    if kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    if kind == "json_schema":
+        schema = {"name": "output", "schema": json.loads(spec), "strict": True}
+        return {"response_format": {"type": "json_schema", "json_schema": schema}}
+    if kind == "choice":
+        return {"guided_choice": json.loads(spec)}
+    return {f"guided_{kind}": spec}
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from inferline.config.routing import (
     RoutePolicy,
     SloConfig,
 )
-from inferline.config.server import OnLoadFailure, RegistryServingConfig, ServerConfig
+from inferline.config.server import OnLoadFailure, RegistryServingConfig, ResponsesConfig, ServerConfig
 from inferline.config.telemetry import TelemetryConfig, TracingConfig
 from inferline.config.tenants import (
     AdmissionConfig,
@@ -62,6 +62,7 @@ __all__ = [
     "QuotaConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",
+    "ResponsesConfig",
     "RolloutPlanConfig",
     "RouteConfig",
     "RoutePolicy",

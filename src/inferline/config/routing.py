@@ -18,6 +18,12 @@ class CascadeConfig(BaseModel):
         -1.0, le=0, description="Escalate when the answer's mean token log-probability is below this."
     )
     escalate_on_empty: bool = Field(True, description="Escalate when the answer is empty or only whitespace.")
+    escalate_on_invalid_tool_call: bool = Field(
+        True,
+        description="Escalate when a request that offers tools gets a call naming an unknown function, "
+        "arguments that are not JSON or do not match the function's parameters, or no call where "
+        "tool_choice requires one.",
+    )
     escalate_patterns: list[str] = Field(
         default_factory=list,
         description="Regular expressions (case-insensitive); escalate when the answer matches one, "

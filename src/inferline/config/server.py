@@ -33,6 +33,27 @@ class RegistryServingConfig(BaseModel):
     )
 
 
+class ResponsesConfig(BaseModel):
+    """The Responses API's stored responses (`store: true`), kept in the usage database
+    (telemetry.database_url) so `previous_response_id` can continue a conversation. The limits are applied
+    on every write and when the server starts; a response past them is gone (a 404)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float | None = Field(
+        30 * 86400,
+        gt=0,
+        description="Seconds a stored response is kept (default 30 days, as OpenAI keeps them); none: "
+        "no age limit.",
+    )
+    max_per_tenant: int | None = Field(
+        10_000,
+        ge=1,
+        description="Most stored responses per tenant; beyond it the oldest are deleted. Each keeps its "
+        "whole conversation, so a chain of N turns holds its history N times; none: no count limit.",
+    )
+
+
 class ServerConfig(BaseModel):
     """`inferline serve --config FILE`: the YAML file is exactly this schema. Validation also checks the
     names one section uses from another (routes -> deployments, tenants -> teams -> organisations)."""
@@ -59,6 +80,7 @@ class ServerConfig(BaseModel):
     )
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     max_body_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight work may finish."

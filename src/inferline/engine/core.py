@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inferline.config import EngineConfig
+from inferline.engine.guided.grammar import GrammarCache
+from inferline.engine.guided.masks import GuidedDecoder
 from inferline.engine.kv_cache import KVCacheManager
 from inferline.engine.memory import plan_kv_pool
 from inferline.engine.model_loader import LoadedModel, load_model
@@ -103,6 +105,9 @@ class EngineCore:
         elif spec is not None:
             proposer = NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max)
         self.scheduler = Scheduler(limits, self.kv_cache, self.loaded.eos_token_ids, proposer)
+        self.guided = GuidedDecoder(
+            GrammarCache(self.tokenizer, self.loaded.config.vocab_size, config.max_cached_grammars)
+        )
         self.requests: dict[str, _RequestState] = {}
         self.num_steps = 0
 
@@ -126,6 +131,8 @@ class EngineCore:
             raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab_size})", "prompt")
         request.priority = Priority.parse(request.priority)
         request.sampling.validate()
+        if request.sampling.structured is not None:
+            self.guided.check(request.sampling.structured)  # compiled now, before the request queues
         if request.sampling.max_tokens is None:
             request.sampling.max_tokens = self.max_model_len - len(prompt)
 
@@ -147,6 +154,7 @@ class EngineCore:
             if seq.index in state.finished_indices:
                 continue
             self.scheduler.finish(seq.seq_id, "abort")
+            self.guided.release(seq.seq_id)
             deltas.append(Delta(request_id, seq.index, "", [], finish_reason="abort"))
         if deltas:
             deltas[-1].usage = self._usage(state)
@@ -161,7 +169,8 @@ class EngineCore:
         output = self.scheduler.schedule()
         if output.is_empty:
             return []
-        sampled = self.runner.execute(output)
+        # Guided sequences' token masks are computed on a worker thread while the model runs.
+        sampled = self.runner.execute(output, self.guided.start(output))
         advanced = self.scheduler.update(
             output, {seq_id: [s.token_id for s in tokens] for seq_id, tokens in sampled.items()}
         )
@@ -187,6 +196,7 @@ class EngineCore:
             stop_reason=seq.stop_reason,
         )
         if seq.is_finished:
+            self.guided.release(seq.seq_id)
             state.finished_indices.add(seq.index)
             if len(state.finished_indices) == len(state.seqs):
                 delta.usage = self._usage(state)

@@ -12,6 +12,7 @@ import mmap
 
 import torch
 
+from inferline.engine.guided.masks import PendingMasks, row_masks
 from inferline.engine.sampler import SampledToken, Sampler
 from inferline.engine.scheduler import ScheduledChunk, SchedulerOutput
 from inferline.engine.speculative.verify import verify_drafts
@@ -71,9 +72,12 @@ class ModelRunner:
             model.use_cpu_decode_step()
 
     @torch.inference_mode()
-    def execute(self, output: SchedulerOutput) -> dict[str, list[SampledToken]]:
+    def execute(
+        self, output: SchedulerOutput, masks: PendingMasks | None = None
+    ) -> dict[str, list[SampledToken]]:
         """Run the scheduled chunks; return the tokens sampled for each chunk that ends its sequence:
-        one, or for a chunk carrying drafts, the accepted drafts and the target's next token."""
+        one, or for a chunk carrying drafts, the accepted drafts and the target's next token.
+        `masks`, computed meanwhile on another thread, constrain the rows of guided sequences."""
         decodes = [c for c in output.chunks if len(c.token_ids) == 1]
         prefills = [c for c in output.chunks if len(c.token_ids) > 1]
         chunks = decodes + prefills
@@ -94,10 +98,11 @@ class ModelRunner:
             return {}
         rows = torch.tensor(sample_rows, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, rows)).float()  # [S, vocab]
+        allowed = row_masks(sample_chunks, masks.result()) if masks is not None else None
         if len(sample_rows) > len(sample_chunks):
-            verified = verify_drafts(self.sampler, logits, sample_chunks)
+            verified = verify_drafts(self.sampler, logits, sample_chunks, allowed)
             return {chunk.seq_id: tokens for chunk, tokens in zip(sample_chunks, verified, strict=True)}
-        sampled = self.sampler(logits, sample_chunks)
+        sampled = self.sampler(logits, sample_chunks, allowed)
         return {chunk.seq_id: [token] for chunk, token in zip(sample_chunks, sampled, strict=True)}
 
     def _set_threads(self, num_tokens: int) -> None:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from inferline.engine.guided.masks import RowMasks, apply_row_masks
 from inferline.types import SamplingParams
 
 
@@ -52,10 +53,12 @@ class Sampler:
         self.generator.manual_seed(default_seed)
         self.row_generator = torch.Generator(device=device)
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[SampledToken]:
+    def __call__(
+        self, logits: torch.Tensor, rows: Sequence[SampleRequest], masks: RowMasks | None = None
+    ) -> list[SampledToken]:
         # logits: [B, V] float32
         raw_logprobs = self.raw_logprobs(logits, rows)
-        logits = self.apply_penalties(logits, rows)
+        logits = self.constrain(self.apply_penalties(logits, rows), masks)
         if all(r.sampling.greedy for r in rows):
             token_ids = logits.argmax(dim=-1)
         else:
@@ -76,6 +79,12 @@ class Sampler:
         if raw_logprobs is not None:
             self._fill_logprobs(raw_logprobs, token_ids, [r.sampling for r in rows], results)
         return results
+
+    @staticmethod
+    def constrain(logits: torch.Tensor, masks: RowMasks | None) -> torch.Tensor:
+        """Forbid the tokens a constrained row's grammar does not allow (after penalties, so a penalty
+        never revives one); logprobs stay the model's own."""
+        return logits if masks is None else apply_row_masks(logits, masks)
 
     def apply_penalties(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> torch.Tensor:
         params = [r.sampling for r in rows]

@@ -14,10 +14,12 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import jinja2
+from jinja2 import meta
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inferline.errors import InvalidRequestError, ModelLoadError
+from inferline.models.tool_prompt import for_tool_template, has_tool_turns, in_hermes_form
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -43,11 +45,15 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(source)
+            referenced = meta.find_undeclared_variables(env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ModelLoadError(
                 f"the model's chat template is not valid Jinja (line {exc.lineno}): {exc}"
             ) from exc
         self.source = source
+        self.supports_tools = "tools" in referenced
+        """The template renders `tools` itself; otherwise tools are offered in the Hermes form
+        (tool_prompt.py)."""
         self.bos_token = bos_token
         self.eos_token = eos_token
 
@@ -55,12 +61,21 @@ class ChatTemplate:
         self,
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         **extra: Any,
     ) -> str:
-        """The prompt text for `messages`; `extra` (tools, documents, ...) is passed to the template."""
+        """The prompt text for `messages`; `tools` are function tools in OpenAI's form (None offers
+        none); `extra` (documents, ...) is passed to the template."""
+        turns = [normalize_message(message) for message in messages]
+        if self.supports_tools:
+            turns = for_tool_template(turns)
+            if tools:
+                extra["tools"] = list(tools)
+        elif tools or has_tool_turns(turns):
+            turns = in_hermes_form(turns, tools)
         try:
             return self._template.render(
-                messages=[normalize_message(message) for message in messages],
+                messages=turns,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,

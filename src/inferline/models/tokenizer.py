@@ -155,9 +155,14 @@ class Tokenizer:
             )
         return self._chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of the chat-templated conversation (no second BOS)."""
-        prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Token ids of the chat-templated conversation (no second BOS), offering `tools` when given."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return self.encode(prompt, add_special_tokens=False)
 
     def _piece_bytes(self, token_id: int) -> bytes:

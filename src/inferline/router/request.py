@@ -16,6 +16,8 @@ class Caller:
     priority: Priority
     user: str | None = None
     """The body's `user` field; sticky splits key on it."""
+    endpoint: str = ""
+    """The API path it came in on ("/v1/chat/completions", "/v1/responses", ...), for its usage record."""
 
 
 @dataclass(frozen=True)
@@ -36,3 +38,6 @@ class Answer:
     mean_logprob: float | None
     prompt_tokens: int
     completion_tokens: int
+    invalid_tool_call: str | None = None
+    """Why the answer's tool calls are not valid (an unknown function, arguments that are not JSON or do
+    not match the function's parameters); None when they are, or when it calls none."""

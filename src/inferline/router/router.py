@@ -55,6 +55,8 @@ def escalation_reason(config: CascadeConfig, answer: Answer) -> str | None:
     """Why a cascade stage's answer is not good enough to return, or None when it is."""
     if config.escalate_on_empty and not answer.text.strip():
         return "empty answer"
+    if config.escalate_on_invalid_tool_call and answer.invalid_tool_call is not None:
+        return f"invalid tool call: {answer.invalid_tool_call}"
     for pattern in config.escalate_patterns:
         if re.search(pattern, answer.text, re.IGNORECASE):
             return f"answer matches {pattern!r}"

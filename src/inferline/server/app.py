@@ -18,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferline.config import ServerConfig
+from inferline.db import database_url
 from inferline.errors import InferlineError
+from inferline.models.store import inferline_home
 from inferline.registry.serving import RegistrySources
 from inferline.router.deployments import DeploymentPool
 from inferline.router.limits import Limiter
@@ -32,6 +34,9 @@ from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
 from inferline.server.openai_routes import openai_router
 from inferline.server.openai_serving import OpenAIServing
+from inferline.server.response_store import ResponseStore, ResponseStoreError
+from inferline.server.responses_routes import responses_router
+from inferline.server.responses_serving import ResponsesServing
 from inferline.server.rollout_admin import rollout_admin_router, rollout_controller
 from inferline.server.slo import slo_router
 from inferline.server.usage import Metering, usage_router
@@ -164,6 +169,9 @@ def create_app(
     router.listeners.append(record_usage)  # the request's route, deployment and tokens for its log lines
     tracing = Tracing(config.telemetry.tracing)
     rollouts = rollout_controller(config, router, sources.database_url)
+    stored_responses = ResponseStore(
+        database_url(config.telemetry.database_url, inferline_home()), config.responses
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -175,6 +183,10 @@ def create_app(
         metering.start()
         rollouts.start()  # before the first request: each planned canary resumes at its stored step
         rolling = asyncio.create_task(rollouts.run_forever())
+        try:  # the retention limits may have been lowered since the last run
+            await asyncio.to_thread(stored_responses.prune)
+        except ResponseStoreError as error:  # served once the database is back; pruned on its next write
+            logger.warning("stored responses not pruned at startup: %s", error)
         yield
         loading.cancel()
         sampling.cancel()
@@ -184,6 +196,7 @@ def create_app(
         await pool.unload_all()
         await router.limiter.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
+        stored_responses.close()
         await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
 
     app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
@@ -227,7 +240,9 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(openai_router(OpenAIServing(router), router, tenant))
+    serving = OpenAIServing(router)
+    app.include_router(openai_router(serving, router, tenant))
+    app.include_router(responses_router(ResponsesServing(serving, stored_responses), tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
     app.include_router(deployments_admin_router(config, pool, sources, admin))

@@ -23,7 +23,10 @@ from inferline.types import Priority
 
 
 def model_response(
-    request: Request, routed: Routed[Any], result: dict[str, Any] | AsyncGenerator[bytes, None]
+    request: Request,
+    routed: Routed[Any],
+    result: dict[str, Any] | AsyncGenerator[bytes, None],
+    last_event: bytes | None = DONE,
 ) -> Response:
     elapsed_s = time.perf_counter() - request.scope["state"]["started"]
     # What inferline itself added: everything so far except waiting on deployments.
@@ -38,14 +41,16 @@ def model_response(
         await result.aclose()
         await routed.complete(0, 0, "aborted")
 
-    return EventStream(result, headers, DONE, background=BackgroundTask(settle))
+    return EventStream(result, headers, last_event, background=BackgroundTask(settle))
 
 
 def caller(request: Request, tenant: Tenant, priority: str | None, user: str | None) -> Caller:
     requested = None if priority is None else Priority.parse(priority)
     # A request may ask for a lower class than its tenant's, never a higher one.
     effective = tenant.priority if requested is None else min(requested, tenant.priority)
-    return Caller(str(request.scope["state"]["request_id"]), tenant.principal, effective, user)
+    return Caller(
+        str(request.scope["state"]["request_id"]), tenant.principal, effective, user, request.scope["path"]
+    )
 
 
 def model_card(name: str, root: str) -> dict[str, Any]:

@@ -31,12 +31,16 @@ from inferline.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    chat_choice,
+    chat_deltas,
     chat_logprobs,
     completion_logprobs,
     envelope,
+    finish_reason,
     usage_dict,
 )
 from inferline.server.streaming import ClientDisconnectedError, Watch, until_disconnect
+from inferline.server.tool_calls import ToolCalling
 from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
@@ -56,6 +60,10 @@ class Generation:
     rest: AsyncIterator[Tagged] | None = None
     """The stream's remaining deltas; None when collected."""
 
+    def deltas(self) -> AsyncIterator[Tagged]:
+        """Every delta, the firsts then the rest."""
+        return _chain(self.firsts, self.rest)
+
 
 @dataclass
 class _Choice:
@@ -65,7 +73,7 @@ class _Choice:
 
 
 @dataclass
-class _Usage:
+class TokenCounts:
     prompt: int = 0
     completion: int = 0
     cached: int = 0
@@ -78,7 +86,7 @@ class _Usage:
 
 
 @dataclass
-class _Confidence:
+class Confidence:
     """The mean log-probability of the sampled tokens seen so far (deltas carry them when computed)."""
 
     total: float = 0.0
@@ -103,15 +111,20 @@ DONE = sse("[DONE]")
 """Every stream's last event."""
 
 
-def _confidence(generation: Generation) -> Answer:
-    """A collected generation as a cascade judges it: all text, mean logprob of every sampled token."""
-    usage, confidence = _Usage(), _Confidence()
-    texts = []
-    for _, delta in generation.firsts:
+def _confidence(generation: Generation, tools: ToolCalling | None = None) -> Answer:
+    """A collected generation as a cascade judges it: all text, mean logprob of every sampled token,
+    and whether the calls of each completion are valid uses of the request's tools."""
+    usage, confidence = TokenCounts(), Confidence()
+    texts: dict[tuple[int, int], str] = {}
+    for prompt_index, delta in generation.firsts:
         usage.add(delta)
         confidence.add(delta)
-        texts.append(delta.text)
-    return Answer("".join(texts), confidence.mean, usage.prompt, usage.completion)
+        key = (prompt_index, delta.index)
+        texts[key] = texts.get(key, "") + delta.text
+    problems = [p for text in texts.values() if tools is not None and (p := tools.problem(text)) is not None]
+    return Answer(
+        "".join(texts.values()), confidence.mean, usage.prompt, usage.completion, next(iter(problems), None)
+    )
 
 
 class OpenAIServing:
@@ -126,6 +139,7 @@ class OpenAIServing:
         caller: Caller,
         build: Callable[[bool], list[Request]],
         worst_case: WorstCase,
+        tools: ToolCalling | None = None,
     ) -> Routed[Generation]:
         cascade = self.router.resolve(body.model).config.policy == "cascade"
         # A cascade stage needs its tokens' logprobs to judge confidence, asked for or not; so does the
@@ -139,9 +153,10 @@ class OpenAIServing:
                 return Generation(firsts, rest)
             return Generation([*firsts, *[item async for item in rest]])
 
-        return await self.router.run(
-            body.model, caller, attempt, worst_case, _confidence if cascade else None
-        )
+        def judge(generation: Generation) -> Answer:
+            return _confidence(generation, tools)
+
+        return await self.router.run(body.model, caller, attempt, worst_case, judge if cascade else None)
 
     async def _first_and_rest(
         self, deployment: Deployment, requests: list[Request]
@@ -158,9 +173,9 @@ class OpenAIServing:
 
     async def _collected(
         self, routed: Routed[Generation], n: int, num_prompts: int
-    ) -> tuple[list[_Choice], _Usage]:
+    ) -> tuple[list[_Choice], TokenCounts]:
         choices = [_Choice() for _ in range(num_prompts * n)]
-        usage, confidence = _Usage(), _Confidence()
+        usage, confidence = TokenCounts(), Confidence()
         for prompt_index, delta in routed.value.firsts:
             choice = choices[prompt_index * n + delta.index]
             choice.text += delta.text
@@ -173,15 +188,24 @@ class OpenAIServing:
 
     # ---- chat -----------------------------------------------------------------------------------
 
-    async def chat(
-        self, body: ChatCompletionRequest, caller: Caller, watch: Watch
-    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    async def route_chat(
+        self, body: ChatCompletionRequest, caller: Caller, watch: Watch, tools: ToolCalling
+    ) -> Routed[Generation]:
+        """Route a chat request (the Responses API's turns too) to the deployment that answers it;
+        `tools` is the body's tool calling, checked (the Responses API builds its own)."""
+        messages = [m.template_dict() for m in body.messages]
+        template_tools = tools.template_tools()
         logprobs = body.requested_logprobs()
         max_tokens = body.requested_max_tokens()
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
-            sampling = body.sampling(max_tokens, 0 if logprobs is None and need_logprobs else logprobs)
+            # A required or named tool choice constrains the output to its call.
+            sampling = body.sampling(
+                max_tokens,
+                0 if logprobs is None and need_logprobs else logprobs,
+                tools.structured() or structured,
+            )
             return [
                 trace_request(
                     Request(
@@ -191,32 +215,43 @@ class OpenAIServing:
                         caller.priority,
                         caller.principal.tenant,
                         messages=messages,
+                        tools=template_tools,
                     )
                 )
             ]
 
         prompt_bound = sum(len(m["content"].encode()) + CHAT_TEMPLATE_TOKENS for m in messages)
+        tool_text = [part for part in (template_tools, *(m.get("tool_calls") for m in messages)) if part]
+        prompt_bound += len(json.dumps(tool_text).encode()) if tool_text else 0
         worst_case = WorstCase(prompt_bound, max_tokens, body.n)
-        routed = await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
+        routing = self._route_generation(body, caller, build, worst_case, tools if tools.offered else None)
+        return await _routed_unless_gone(routing, watch)
+
+    async def chat(
+        self, body: ChatCompletionRequest, caller: Caller, watch: Watch
+    ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
+        tools = body.tool_calling()
+        routed = await self.route_chat(body, caller, watch, tools)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
-            return routed, self._chat_stream(body, response_id, routed)
+            return routed, self._chat_stream(body, response_id, routed, tools)
         choices, usage = await self._collected(routed, body.n, 1)
+        with_logprobs = body.requested_logprobs() is not None
         response = envelope("chat.completion", response_id, body.model)
         response["choices"] = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c.logprobs) if logprobs is not None else None,
-                "finish_reason": c.finish_reason,
-            }
+            chat_choice(
+                i,
+                tools.parse(c.text),
+                chat_logprobs(c.logprobs) if with_logprobs else None,
+                c.finish_reason,
+            )
             for i, c in enumerate(choices)
         ]
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
         return routed, response
 
     def _chat_stream(
-        self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation]
+        self, body: ChatCompletionRequest, response_id: str, routed: Routed[Generation], tools: ToolCalling
     ) -> AsyncGenerator[bytes, None]:
         head = envelope("chat.completion.chunk", response_id, body.model)
         roles = [
@@ -224,17 +259,27 @@ class OpenAIServing:
             for i in range(body.n)
         ]
         with_logprobs = body.requested_logprobs() is not None
+        parsers = [tools.parser() for _ in range(body.n)]
 
-        def choice_for(_: int, delta: Delta) -> dict[str, Any] | None:
+        def choice_for(_: int, delta: Delta) -> list[dict[str, Any]]:
             logprobs = delta.logprobs if with_logprobs else None
-            if not (delta.text or delta.finish_reason or logprobs):
-                return None
-            return {
-                "index": delta.index,
-                "delta": {"content": delta.text} if delta.text else {},
-                "logprobs": chat_logprobs(logprobs) if logprobs else None,
-                "finish_reason": delta.finish_reason,
-            }
+            parser = parsers[delta.index]
+            if parser is None:
+                deltas = [{"content": delta.text}] if delta.text else []
+            else:
+                first_call = parser.num_calls
+                pieces = parser.feed(delta.text) + (parser.finish() if delta.finish_reason else [])
+                deltas = chat_deltas(pieces, first_call)
+            called = parser is not None and parser.num_calls > 0
+            if not (deltas or delta.finish_reason or logprobs):
+                return []
+            choices: list[dict[str, Any]] = [
+                {"index": delta.index, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas
+            ]
+            last = choices[-1] if choices else {"index": delta.index, "delta": {}}
+            last["logprobs"] = chat_logprobs(logprobs) if logprobs else None
+            last["finish_reason"] = finish_reason(delta.finish_reason, called)
+            return choices or [last]
 
         return self._stream(body, head, roles, routed, choice_for)
 
@@ -244,23 +289,23 @@ class OpenAIServing:
         head: dict[str, Any],
         preamble: list[bytes],
         routed: Routed[Generation],
-        choice_for: Callable[[int, Delta], dict[str, Any] | None],
+        choice_for: Callable[[int, Delta], list[dict[str, Any]]],
     ) -> AsyncGenerator[bytes, None]:
         """SSE framing shared by both endpoints: chunks, the usage chunk, an error frame, [DONE]."""
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        usage, confidence = _Usage(), _Confidence()
+        usage, confidence = TokenCounts(), Confidence()
         outcome = "aborted"  # unless the loop below finishes: the client left mid-stream
         # Frames that are ready together go out in one write (each write is a pass through the ASGI
         # stack and a system call): the role frames with the first chunk, the usage chunk with [DONE].
         pending = b"".join(preamble)
         try:
             try:
-                async for prompt_index, delta in _chain(routed.value.firsts, routed.value.rest):
+                async for prompt_index, delta in routed.value.deltas():
                     usage.add(delta)
                     confidence.add(delta)
-                    choice = choice_for(prompt_index, delta)
-                    if choice is not None:
-                        yield pending + sse({**head, "choices": [choice]})
+                    choices = choice_for(prompt_index, delta)
+                    if choices:
+                        yield pending + b"".join(sse({**head, "choices": [c]}) for c in choices)
                         pending = b""
                 outcome = "ok"
                 ending = pending
@@ -284,6 +329,7 @@ class OpenAIServing:
             raise HTTPError(
                 400, "prompt is empty: give at least one prompt", "invalid_request_error", "prompt"
             )
+        structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
             logprobs = 0 if body.logprobs is None and need_logprobs else body.logprobs
@@ -292,7 +338,7 @@ class OpenAIServing:
                     Request(
                         f"{caller.request_id}-{i}" if len(prompts) > 1 else caller.request_id,
                         list(prompt) if isinstance(prompt, list) else [],
-                        body.sampling(body.max_tokens, logprobs),
+                        body.sampling(body.max_tokens, logprobs, structured),
                         caller.priority,
                         caller.principal.tenant,
                         prompt_text=prompt if isinstance(prompt, str) else None,
@@ -327,20 +373,22 @@ class OpenAIServing:
         head = envelope("text_completion", response_id, body.model)
         offsets: dict[int, int] = {}
 
-        def choice_for(prompt_index: int, delta: Delta) -> dict[str, Any] | None:
+        def choice_for(prompt_index: int, delta: Delta) -> list[dict[str, Any]]:
             index = prompt_index * body.n + delta.index
             logprobs = None
             if body.logprobs is not None and delta.logprobs:
                 logprobs = completion_logprobs(delta.logprobs, offsets.get(index, 0))
             offsets[index] = offsets.get(index, 0) + len(delta.text)
             if not (delta.text or delta.finish_reason or logprobs):
-                return None
-            return {
-                "index": index,
-                "text": delta.text,
-                "logprobs": logprobs,
-                "finish_reason": delta.finish_reason,
-            }
+                return []
+            return [
+                {
+                    "index": index,
+                    "text": delta.text,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
+            ]
 
         return self._stream(body, head, [], routed, choice_for)
 

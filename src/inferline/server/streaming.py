@@ -65,12 +65,16 @@ async def until_disconnect(work: Awaitable[T], watch: Watch) -> T:
 class EventStream(StreamingResponse):
     """A text/event-stream response streamed in the request's task; its `background` runs after the
     stream however it ended (the client leaving included). A chunk that ends with `last_event` ends
-    the response in the same write."""
+    the response in the same write (a stream without a fixed last event, None, ends with an empty one)."""
 
     media_type = "text/event-stream"
 
     def __init__(
-        self, body: AsyncGenerator[bytes, None], headers: dict[str, str], last_event: bytes, **kwargs: Any
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        last_event: bytes | None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(body, headers={**headers, "cache-control": "no-cache"}, **kwargs)
         self.stream = body
@@ -83,7 +87,7 @@ class EventStream(StreamingResponse):
             )
             ended = False
             async for chunk in self.stream:  # to its end, so the stream's own ending runs here
-                ended = chunk.endswith(self.last_event)
+                ended = self.last_event is not None and chunk.endswith(self.last_event)
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

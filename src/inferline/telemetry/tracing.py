@@ -49,6 +49,8 @@ _OPERATIONS = {
     "/v1/chat/completions": ("chat", "chatcmpl-"),
     "/v1/completions": ("text_completion", "cmpl-"),
     "/v1/embeddings": ("embeddings", None),
+    # A response's id is random (stored responses are looked up by it), so it is not known up front.
+    "/v1/responses": ("chat", None),
 }
 """gen_ai.operation.name, and the prefix of the response id the OpenAI API answers with, by path."""
 

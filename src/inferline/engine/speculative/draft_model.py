@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from inferline.config import EngineConfig, SpeculativeConfig
+from inferline.engine.guided.masks import RowMasks
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.runner import ModelRunner
 from inferline.engine.sampler import SampledToken, Sampler, SampleRequest
@@ -33,8 +34,10 @@ class DraftSampler(Sampler):
     top-k/p, min-p) under the draft model and keeps it for verification. Its seeded noise is salted
     apart from the target's, so a draft is independent of the draws that judge it."""
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRequest]) -> list[SampledToken]:
-        logits = self.apply_penalties(logits, rows)
+    def __call__(
+        self, logits: torch.Tensor, rows: Sequence[SampleRequest], masks: RowMasks | None = None
+    ) -> list[SampledToken]:
+        logits = self.constrain(self.apply_penalties(logits, rows), masks)
         if all(r.sampling.greedy for r in rows):
             return [DraftToken(t) for t in logits.argmax(dim=-1).tolist()]
         probs = self.probabilities(logits, rows)

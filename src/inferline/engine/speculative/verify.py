@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from inferline.engine.guided.masks import RowMasks
 from inferline.engine.sampler import SampledToken, Sampler
 from inferline.engine.scheduler import ScheduledChunk
 from inferline.types import SamplingParams
@@ -47,13 +48,14 @@ def _num_matching(drafts: list[int], targets: list[int]) -> int:
 
 
 def verify_drafts(
-    sampler: Sampler, logits: torch.Tensor, chunks: Sequence[ScheduledChunk]
+    sampler: Sampler, logits: torch.Tensor, chunks: Sequence[ScheduledChunk], masks: RowMasks | None = None
 ) -> list[list[SampledToken]]:
     """logits: [sum(1 + len(drafts)), V], each chunk's rows in order. Returns per chunk the accepted
-    drafts followed by one token from the target (the correction, or the bonus after k accepts)."""
+    drafts followed by one token from the target (the correction, or the bonus after k accepts).
+    A constrained row's mask zeroes p at the drafts its grammar forbids, so they are always rejected."""
     rows = _verify_rows(chunks)
     raw_logprobs = sampler.raw_logprobs(logits, rows)
-    logits = sampler.apply_penalties(logits, rows)
+    logits = sampler.constrain(sampler.apply_penalties(logits, rows), masks)
     probs = noise = None
     if all(r.sampling.greedy for r in rows):
         token_ids = logits.argmax(dim=-1)
