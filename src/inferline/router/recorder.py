@@ -86,6 +86,7 @@ class UsageRecorder:
                 cascade_stage=stage,
                 degraded=degraded,
                 mean_logprob=delivered.mean_logprob,
+                batch_id=caller.batch_id,
             )
         )
 
@@ -114,5 +115,6 @@ class UsageRecorder:
                 outcome="rejected" if isinstance(error, _REJECTED) else "error",
                 policy=state.config.policy,
                 error_type=type(error).__name__,
+                batch_id=caller.batch_id,
             )
         )

@@ -16,6 +16,8 @@ class Caller:
     priority: Priority
     user: str | None = None
     """The body's `user` field; sticky splits key on it."""
+    batch_id: str | None = None
+    """The batch a request is a line of; its usage record carries it."""
 
 
 @dataclass(frozen=True)
