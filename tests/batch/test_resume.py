@@ -22,7 +22,9 @@ def test_batch_resumes_after_kill_with_each_custom_id_exactly_once(tmp_path: Pat
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
         lines = [chat_line(f"r{i}", f"Story {i}:", max_tokens=8, ignore_eos=True) for i in range(NUM_LINES)]
         batch = client.batches.create(
-            input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
+            input_file_id=upload(client, jsonl(lines)),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
         )
         running = wait_for(client, batch.id, ("in_progress",))
         deadline = time.monotonic() + 60
@@ -47,7 +49,8 @@ def test_batch_resumes_after_kill_with_each_custom_id_exactly_once(tmp_path: Pat
     # every line was metered as a batch request of its tenant (a line run again after the kill twice)
     with sqlite3.connect(tmp_path / "inferline.db") as db:
         rows = db.execute(
-            "SELECT COUNT(DISTINCT request_id), MIN(tenant), MAX(tenant) FROM usage_records WHERE batch_id = ?",
+            "SELECT COUNT(DISTINCT request_id), MIN(tenant), MAX(tenant) FROM usage_records "
+            "WHERE batch_id = ?",
             (batch.id,),
         ).fetchone()
     assert rows[0] >= NUM_LINES
