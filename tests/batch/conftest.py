@@ -17,14 +17,19 @@ from tests.server.conftest import API_KEY, OTHER_KEY, ServerProcess, llm_deploym
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
+GAMMA_KEY = "sk-test-gamma"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def batch_config(tmp_path: Path, **batch: Any) -> dict[str, Any]:
     return {
-        "tenants": [{"name": "alpha", "api_keys": [API_KEY]}, {"name": "beta", "api_keys": [OTHER_KEY]}],
+        "tenants": [
+            {"name": "alpha", "api_keys": [API_KEY]},
+            {"name": "beta", "api_keys": [OTHER_KEY]},
+            {"name": "gamma", "api_keys": [GAMMA_KEY], "budget": {"limit_usd": 0.001, "period": "total"}},
+        ],
         "deployments": [
-            llm_deployment(),
+            {**llm_deployment(), "price_output_per_1m": 10.0},
             {"name": EMBEDDING_MODEL, "kind": "embedding", "source": EMBEDDING_MODEL},
         ],
         "telemetry": {"database_url": f"sqlite:///{tmp_path / 'inferline.db'}"},
@@ -109,3 +114,9 @@ def alpha(batch_server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def beta(batch_server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{batch_server.url}/v1", api_key=OTHER_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def gamma(batch_server: ServerProcess) -> openai.OpenAI:
+    """A tenant with a total budget of $0.001 (the chat model costs $10 per million output tokens)."""
+    return openai.OpenAI(base_url=f"{batch_server.url}/v1", api_key=GAMMA_KEY, max_retries=0)

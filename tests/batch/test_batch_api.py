@@ -82,6 +82,21 @@ def test_validation_errors_name_their_lines(alpha: openai.OpenAI) -> None:
     assert all(e.message.startswith(f"line {n}:") for n, e in errors.items())
 
 
+def test_budget_is_checked_against_the_worst_case_before_the_batch_starts(gamma: openai.OpenAI) -> None:
+    # 30 lines x 8 tokens x $10/M = $0.0024 at worst, over gamma's $0.001
+    lines = [chat_line(f"b{i}", "Hi", max_tokens=8) for i in range(30)]
+    batch = gamma.batches.create(
+        input_file_id=upload(gamma, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    failed = wait_for(gamma, batch.id)
+    assert failed.status == "failed"
+    (error,) = failed.errors.data
+    assert error.code == "budget_exceeded"
+    assert "$0.0024" in error.message
+    assert "tenant 'gamma'" in error.message
+    assert failed.output_file_id is None
+
+
 def test_tenant_isolation(alpha: openai.OpenAI, beta: openai.OpenAI) -> None:
     file_id = upload(alpha, jsonl([chat_line("x", "Hi")]))
     batch = alpha.batches.create(

@@ -167,26 +167,22 @@ class BatchService:
 
     async def _lifecycle(self, record: BatchRecord) -> None:
         stop = self._stops[record.id]
-        if record.status == "cancelling":
-            await self._end(record, "cancelled")
-            return
-        await self.executor.wait_ready()
-        input_file = await asyncio.to_thread(self.files.get, record.tenant, record.input_file_id)
-        plan = await asyncio.to_thread(plan_file, input_file.path, record.endpoint, self.executor)
-        if record.status == "validating":
-            record = await self._validated(record, plan)
-            if record.status != "in_progress":
+        if record.status != "cancelling":
+            await self.executor.wait_ready()
+            input_file = await asyncio.to_thread(self.files.get, record.tenant, record.input_file_id)
+            plan = await asyncio.to_thread(plan_file, input_file.path, record.endpoint, self.executor)
+            if record.status == "validating":
+                record = await self._validated(record, plan)
+            if record.status == "in_progress" and record.in_progress_at is None:  # waiting for its window
+                await _sleep_unless((record.carbon or {}).get("window_start", 0) - time.time(), stop)
+                record = await asyncio.to_thread(self._current, record)
+                if record.status == "in_progress":
+                    record = await asyncio.to_thread(self.store.update, record, in_progress_at=time.time())
+            if record.status in ("in_progress", "finalizing"):  # finalizing: the server died finishing it
+                await self._execute(record, plan, input_file.path, stop)
                 return
-        if record.in_progress_at is None:  # waiting for its carbon window
-            start_at = (record.carbon or {}).get("window_start", 0)
-            await _sleep_unless(start_at - time.time(), stop)
-            record = await asyncio.to_thread(self._current, record)
-            if record.status != "cancelling":
-                record = await asyncio.to_thread(self.store.update, record, in_progress_at=time.time())
         if record.status == "cancelling":
             await self._end(record, "cancelled")
-            return
-        await self._execute(record, plan, input_file.path, stop)
 
     def _current(self, record: BatchRecord) -> BatchRecord:
         return self.store.get(None, record.id)
