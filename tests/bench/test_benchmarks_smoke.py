@@ -16,6 +16,11 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FIGURES = {
+    "batch.py": [
+        r"^chat +batch +\d+\.\d tok/s +online best \d+\.\d tok/s \(c=\d+\) +ratio \d+\.\d\dx",
+        r"^embed +batch +\d+\.\d/s +online best \d+\.\d/s",
+        r"^ttft +p95 idle \d+\.\d ms +during batch \d+\.\d ms",
+    ],
     "compare_cpu.py": [r"\| 1 \| \d+\.\d \| \d+ \|"],
     "cpu_kernels_isa.py": [
         r"^x86-64-v2 \(scalar\) +int4 +1 x 576 -> 1536 +\d+\.\d µs +\d+\.\d\d +1\.00x",

@@ -118,7 +118,7 @@ class FileStore:
             raise NotFoundError(f"no file {file_id!r}: list yours with GET /v1/files")
         return self._record(row._mapping)
 
-    def list(self, tenant: str, purpose: str | None = None, limit: int = 10_000) -> list[FileRecord]:
+    def of_tenant(self, tenant: str, purpose: str | None = None, limit: int = 10_000) -> list[FileRecord]:
         """The tenant's files, newest first."""
         self._ensure_schema()
         query = select(batch_files).where(batch_files.c.tenant == tenant)

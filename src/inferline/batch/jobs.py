@@ -172,7 +172,7 @@ class BatchStore:
             raise NotFoundError(f"no batch {batch_id!r}: list yours with GET /v1/batches")
         return _record(row._mapping)
 
-    def list(self, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
+    def page(self, tenant: str, after: str | None = None, limit: int = 20) -> list[BatchRecord]:
         """The tenant's batches, newest first; `after` is the last id of the previous page."""
         self._ensure_schema()
         query = select(batches).where(batches.c.tenant == tenant)

@@ -100,7 +100,11 @@ def _parse(number: int, raw: bytes, endpoint: str) -> tuple[dict[str, Any] | Non
     try:
         line = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return None, _error(number, "invalid_json_line", f"not valid JSON ({error.msg})")
+        return None, _error(
+            number,
+            "invalid_json_line",
+            f"not valid JSON ({error.msg if isinstance(error, json.JSONDecodeError) else error.reason})",
+        )
     if not isinstance(line, dict):
         return None, _error(number, "invalid_json_line", "must be a JSON object")
     custom_id = line.get("custom_id")

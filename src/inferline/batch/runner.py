@@ -156,7 +156,8 @@ async def _feed(
                 task.add_done_callback(in_flight.discard)
         waiting = asyncio.gather(*in_flight)
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [waiting, stopping]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if waiting.done():
             waiting.result()  # a line that raised (a bug: the executor answers errors as statuses)

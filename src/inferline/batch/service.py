@@ -98,8 +98,8 @@ class BatchService:
     def get(self, tenant: str, batch_id: str) -> BatchRecord:
         return self.store.get(tenant, batch_id)
 
-    def list(self, tenant: str, after: str | None, limit: int) -> list[BatchRecord]:
-        return self.store.list(tenant, after, limit)
+    def page(self, tenant: str, after: str | None, limit: int) -> list[BatchRecord]:
+        return self.store.page(tenant, after, limit)
 
     def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
         record = self.store.get(tenant, batch_id)
@@ -199,7 +199,7 @@ class BatchService:
                 errors=plan.errors,
                 num_total=len(plan.lines) + len(plan.errors),
             )
-        refusal = await self._budget_refusal(Principal(**record.principal), plan.cost_usd)
+        refusal = await self._budget_refusal(_principal(record), plan.cost_usd)
         if refusal is not None:
             error = {
                 "code": "budget_exceeded",
@@ -261,11 +261,14 @@ class BatchService:
         output = await asyncio.to_thread(self.files.get, record.tenant, record.output_file_id)
         errors = await asyncio.to_thread(self.files.get, record.tenant, record.error_file_id)
         log = OutputLog(output.path, errors.path)
-        principal = Principal(**record.principal)
+        principal = _principal(record)
         expired = asyncio.Event()
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, record.expires_at - time.time()), lambda: (expired.set(), stop.set())
-        )
+
+        def expire() -> None:
+            expired.set()
+            stop.set()
+
+        expiry = asyncio.get_running_loop().call_later(max(0.0, record.expires_at - time.time()), expire)
 
         async def run_line(line: IndexedLine, raw: dict[str, Any]) -> LineResult:
             caller = Caller(f"{record.id}-{line.number}", principal, Priority.BATCH, None, record.id)
@@ -318,6 +321,11 @@ class BatchService:
     async def _end(self, record: BatchRecord, status: str) -> None:
         stamp = {"cancelled": "cancelled_at", "expired": "expired_at"}[status]
         await asyncio.to_thread(self.store.update, record, status=status, **{stamp: time.time()})
+
+
+def _principal(record: BatchRecord) -> Principal:
+    given = record.principal
+    return Principal(str(given["tenant"]), given.get("key"), given.get("team"), given.get("organisation"))
 
 
 async def _sleep_unless(seconds: float, stop: asyncio.Event) -> None:

@@ -37,7 +37,7 @@ def batch_router(service: BatchService, tenant: Callable[..., Awaitable[Tenant]]
     async def list_batches(
         after: str | None = None, limit: int = Query(20, ge=1, le=100), who: Tenant = Depends(tenant)
     ) -> dict[str, Any]:
-        records = await asyncio.to_thread(service.list, who.principal.tenant, after, limit)
+        records = await asyncio.to_thread(service.page, who.principal.tenant, after, limit)
         data = [r.to_openai() for r in records]
         return {
             "object": "list",

@@ -53,7 +53,7 @@ def files_router(
     def list_files(
         purpose: str | None = None, limit: int = 10_000, who: Tenant = Depends(tenant)
     ) -> dict[str, Any]:
-        records = store.list(who.principal.tenant, purpose, limit)
+        records = store.of_tenant(who.principal.tenant, purpose, limit)
         return {"object": "list", "data": [r.to_openai() for r in records], "has_more": False}
 
     @api.get("/{file_id}")
