@@ -157,6 +157,20 @@ def test_cancel_keeps_finished_lines(alpha: openai.OpenAI) -> None:
     assert len({k["custom_id"] for k in kept}) == len(kept)
 
 
+def test_expired_batch_keeps_what_it_finished(alpha: openai.OpenAI) -> None:
+    lines = [chat_line(f"x{i}", f"Story {i}:", max_tokens=8, ignore_eos=True) for i in range(150)]
+    batch = alpha.batches.create(
+        input_file_id=upload(alpha, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="3s",  # type: ignore[arg-type]  # the client's type knows only 24h
+    )
+    expired = wait_for(alpha, batch.id)
+    assert expired.status == "expired"
+    assert expired.expired_at is not None
+    kept = output_lines(alpha, expired.output_file_id)
+    assert len(kept) == expired.request_counts.completed < 150
+
+
 def test_carbon_aware_batch_waits_for_the_clean_window(alpha: openai.OpenAI) -> None:
     # the fixture's forecast: 500 g/kWh now, 100 g/kWh from +1 h to +2 h; 2 lines at 1 line/s
     lines = [chat_line(f"g{i}", "Hi") for i in range(2)]
