@@ -55,7 +55,7 @@ class LineExecutor(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IndexedLine:
     offset: int
     """Byte offset of the line in the input file."""
@@ -125,7 +125,8 @@ def _parse(number: int, raw: bytes, endpoint: str) -> tuple[dict[str, Any] | Non
 def plan_file(path: Path, endpoint: str, executor: LineExecutor) -> Plan:
     plan = Plan()
     seen: set[str] = set()
-    keyed: list[tuple[str, str, int, IndexedLine]] = []
+    # Sorted on the prefix's hash: equal prefixes end up side by side, and the index stays small.
+    keyed: list[tuple[str, int, int, IndexedLine]] = []
     for offset, number, raw in read_lines(path):
         if len(plan.errors) >= MAX_ERRORS:
             break
@@ -161,7 +162,8 @@ def plan_file(path: Path, endpoint: str, executor: LineExecutor) -> Plan:
         plan.prompt_tokens += check.prompt_tokens
         plan.completion_tokens += check.completion_tokens
         plan.cost_usd += check.cost_usd
-        keyed.append((check.model, check.prefix, check.prompt_tokens, IndexedLine(offset, number, custom_id)))
+        line_key = (check.model, hash(check.prefix), check.prompt_tokens)
+        keyed.append((*line_key, IndexedLine(offset, number, custom_id)))
     if not keyed and not plan.errors:
         plan.errors.append(_error(0, "empty_file", "the input file has no lines"))
     keyed.sort(key=lambda entry: entry[:3])

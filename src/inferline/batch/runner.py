@@ -107,16 +107,20 @@ async def run_lines(
     finished = asyncio.Event()
 
     async def committer() -> None:
-        # One writer, never cancelled mid-write: the last commit happens after `finished` is set.
-        while not finished.is_set():
+        # The one writer, never cancelled mid-write. Nothing is delivered once `finished` is set, so the
+        # commit that follows seeing it set is the last one and holds everything.
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), COMMIT_INTERVAL_S)
+            last = finished.is_set()
             if pending:
                 results = pending[:]
                 del pending[:]
                 await asyncio.to_thread(log.commit, results)
                 if on_commit is not None:
                     on_commit(results)
+            if last:
+                return
 
     committing = asyncio.create_task(committer())
     try:
@@ -135,47 +139,27 @@ async def _feed(
     max_in_flight: int,
     stop: asyncio.Event,
 ) -> None:
-    """Keep up to `max_in_flight` lines running until all are delivered or `stop` is set."""
-    slots = asyncio.Semaphore(max_in_flight)
-    in_flight: set[asyncio.Task[None]] = set()
+    """`max_in_flight` workers take the lines in order until all are delivered or `stop` is set; lines
+    in flight then are aborted (cancelling a line's task aborts its engine request)."""
+    todo = iter(lines)  # shared: each line is taken by one worker
 
-    async def one(line: IndexedLine, body: dict[str, Any]) -> None:
-        try:
-            deliver(await run_line(line, body))
-        finally:
-            slots.release()
+    with input_path.open("rb") as file:
 
-    try:
-        with input_path.open("rb") as file:
-            for line in lines:
-                await _acquire_unless(slots, stop)
-                if stop.is_set():
-                    break
-                task = asyncio.create_task(one(line, read_line_at(file, line.offset)))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-        waiting = asyncio.gather(*in_flight)
+        async def worker() -> None:
+            for line in todo:
+                deliver(await run_line(line, read_line_at(file, line.offset)))
+
+        workers = [asyncio.create_task(worker()) for _ in range(max_in_flight)]
+        everything = asyncio.gather(*workers)
         stopping = asyncio.create_task(stop.wait())
-        either: list[asyncio.Future[Any]] = [waiting, stopping]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if waiting.done():
-            waiting.result()  # a line that raised (a bug: the executor answers errors as statuses)
-        else:
-            waiting.cancel()
-    finally:
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-
-
-async def _acquire_unless(slots: asyncio.Semaphore, stop: asyncio.Event) -> None:
-    """Take a slot, or return as soon as `stop` is set."""
-    acquiring = asyncio.ensure_future(slots.acquire())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([acquiring, stopping], return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not acquiring.done():
-        acquiring.cancel()
-    elif stop.is_set():
-        slots.release()
+        try:
+            either: list[asyncio.Future[Any]] = [everything, stopping]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if everything.done():
+                everything.result()  # a line that raised (a bug: the executor answers errors as statuses)
+        finally:
+            stopping.cancel()
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            everything.cancel()
