@@ -42,7 +42,8 @@ def config(tmp: Path) -> ServerConfig:
     return ServerConfig.model_validate(
         {
             "tenants": [
-                {"name": "batch", "api_keys": [BATCH_KEY]},
+                # the same class online as in the batch: conversational admission would refuse c=64 with 429
+                {"name": "batch", "api_keys": [BATCH_KEY], "priority": "batch"},
                 {"name": "online", "api_keys": [ONLINE_KEY], "priority": "interactive"},
             ],
             "deployments": [

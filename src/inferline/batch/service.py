@@ -276,9 +276,11 @@ class BatchService:
             return LineResult(line.custom_id, status, body, caller.request_id)
 
         written = time.monotonic()
+        num_ran = 0  # by this process: the throughput measured is this run's, not a resumed batch's whole
 
-        def progress(_: list[LineResult]) -> None:
-            nonlocal written
+        def progress(results: list[LineResult]) -> None:
+            nonlocal written, num_ran
+            num_ran += len(results)
             if time.monotonic() - written >= PROGRESS_INTERVAL_S:
                 written = time.monotonic()
                 self.store.update(record, num_completed=log.num_completed, num_failed=log.num_failed)
@@ -308,14 +310,13 @@ class BatchService:
                 if record.carbon is None
                 else measured(record.carbon, cpu_s, self.config.carbon.power_watts)
             )
-            ran = log.num_completed + log.num_failed
             await asyncio.to_thread(
                 self.store.update,
                 record,
                 status="completed",
                 completed_at=time.time(),
                 carbon=carbon,
-                lines_per_s=ran / elapsed_s if ran and elapsed_s > 0 else None,
+                lines_per_s=num_ran / elapsed_s if num_ran and elapsed_s > 0 else None,
             )
 
     async def _end(self, record: BatchRecord, status: str) -> None:
