@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inferline.batch.lines import ENDPOINTS
+from inferline.cli.options import add_field
 from inferline.config import BatchConfig, EmbeddingDeploymentConfig, LLMDeploymentConfig, ServerConfig
 
 
@@ -64,9 +65,8 @@ async def _run(args: argparse.Namespace, config: ServerConfig, work: Path, resul
 
         log = OutputLog(results, results.with_name(results.name + ".errors.jsonl"))
         with _Progress(len(plan.lines)) as progress:
-            await run_lines(
-                plan.lines, work, log, run_line, args.max_in_flight, asyncio.Event(), progress.add
-            )
+            window = args.max_in_flight_lines or config.batch.max_in_flight_lines
+            await run_lines(plan.lines, work, log, run_line, window, asyncio.Event(), progress.add)
         print(
             f"{log.num_completed} lines answered, {log.num_failed} failed (in {log.error_path})",
             file=sys.stderr,
@@ -147,10 +147,5 @@ def add_batch_parser(commands: Any) -> None:
         "--endpoint", default="/v1/chat/completions", choices=ENDPOINTS, help="(default %(default)s)"
     )
     run.add_argument("--config", default=None, help="YAML server config whose deployments serve the lines")
-    run.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=BatchConfig().max_in_flight_lines,
-        help="lines handed to the engine at once (default %(default)s)",
-    )
+    add_field(run, BatchConfig, "max_in_flight_lines", "--max-in-flight", type=int)
     run.set_defaults(handler=_batch_run)
