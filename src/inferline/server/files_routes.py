@@ -63,8 +63,8 @@ def files_router(
     @api.get("/{file_id}/content")
     def content(file_id: str, who: Tenant = Depends(tenant)) -> StreamingResponse:
         record = store.get(who.principal.tenant, file_id)
-        # A batch may be appending to it: serve the whole lines written so far.
-        size = complete_size(record.path)
+        # A batch may be appending to its output: serve the whole lines written so far.
+        size = complete_size(record.path) if record.purpose == "batch_output" else record.path.stat().st_size
         headers = {"content-length": str(size)}
         return StreamingResponse(
             _read(record.path, size), media_type="application/octet-stream", headers=headers
