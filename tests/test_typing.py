@@ -20,6 +20,7 @@ def test_mypy_passes() -> None:
             "src/inferline/edge",
             "src/inferline/registry",
             "src/inferline/cli",
+            "src/inferline/batch",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -26,6 +26,10 @@ class ModelNotFoundError(InferlineError, LookupError):
     """No model with that name or path is known to the model store."""
 
 
+class NotFoundError(InferlineError, LookupError):
+    """A file or batch that does not exist, or that belongs to another tenant (the two look the same)."""
+
+
 class ModelLoadError(InferlineError):
     """A model's files exist but cannot be turned into a runnable model."""
 

@@ -261,6 +261,8 @@ class UsageRecord:
     a cascade stage answered, or telemetry.record_mean_logprob is on); how confident the answer was."""
     finished_at: float = field(default_factory=time.time)
     """Wall-clock (Unix) seconds when the request finished."""
+    batch_id: str | None = None
+    """The batch the request was a line of; None for online requests."""
 
     @property
     def tpot_s(self) -> float | None:

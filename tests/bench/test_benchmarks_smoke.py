@@ -16,6 +16,11 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FIGURES = {
+    "batch.py": [
+        r"^chat +batch +\d+\.\d tok/s +online best \d+\.\d tok/s \(c=\d+\) +ratio \d+\.\d\dx",
+        r"^embed +batch +\d+\.\d/s +online best \d+\.\d/s",
+        r"^ttft +p95 idle \d+\.\d ms +during batch \d+\.\d ms",
+    ],
     "cold_start.py": [r"\| inferline serve \| 1 \| \d+\.\d\d \|", r"model loads in its median run: \S+ \d"],
     "compare_cpu.py": [r"\| 1 \| \d+\.\d \| \d+ \|", r"peak RSS MiB: inferline-default \d+"],
     "cpu_kernels_isa.py": [

@@ -135,6 +135,16 @@ def test_interactive_request_preempts_a_batch_flood() -> None:
     assert scheduler.num_preemptions == 1
 
 
+def test_waiting_batch_work_is_not_ahead_of_higher_classes() -> None:
+    scheduler = make_scheduler(num_blocks=200, max_num_seqs=2)
+    for i in range(6):
+        add(scheduler, f"batch{i}", prompt_len=8, priority=Priority.BATCH)
+    add(scheduler, "chat", prompt_len=8, priority=Priority.CONVERSATIONAL)
+    assert scheduler.num_waiting == 7
+    assert scheduler.waiting.num_at_or_above(Priority.CONVERSATIONAL) == 1  # what admission estimates from
+    assert scheduler.waiting.num_at_or_above(Priority.BATCH) == 7
+
+
 def test_higher_class_waits_for_nothing_but_lower_class_never_preempts_higher() -> None:
     scheduler = make_scheduler(num_blocks=200, max_num_seqs=2)
     high = [add(scheduler, f"i{i}", 8, max_tokens=20, priority=Priority.INTERACTIVE) for i in range(2)]

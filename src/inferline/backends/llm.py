@@ -128,9 +128,11 @@ class LLMBackend:
         if self.engine is None:
             return BackendStats(queue_depth=0, running=0, estimated_wait_s=0.0)
         stats = self.engine.stats()
-        # Waiting requests drain max_num_seqs at a time, each batch taking about one request's time.
+        # Waiting requests drain max_num_seqs at a time, each batch taking about one request's time. Batch
+        # work is left out: the scheduler serves the classes above it first (admission budgets are for
+        # those classes; a batch line's own budget, admission.batch_max_wait_s, is long).
         slots = self.engine_config.max_num_seqs
-        estimated_wait_s = -(-stats.num_waiting // slots) * self.engine.mean_request_s
+        estimated_wait_s = -(-stats.num_waiting_above_batch // slots) * self.engine.mean_request_s
         return BackendStats(stats.num_waiting, stats.num_running, estimated_wait_s)
 
     def health(self) -> bool:

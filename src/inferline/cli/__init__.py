@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from inferline.cli.batch import add_batch_parser
 from inferline.cli.bench import add_bench_parser
 from inferline.cli.chat import add_chat_parser
 from inferline.cli.edge import add_edge_parser
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_parser,
         add_models_parser,
         add_bench_parser,
+        add_batch_parser,
         add_usage_parser,
         add_registry_parser,
         add_rollout_parser,

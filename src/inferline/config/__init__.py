@@ -1,6 +1,7 @@
 """The configuration schema: every field typed, bounded and documented. One module per topic; every
 public name is importable from here."""
 
+from inferline.config.batch import BatchConfig, CarbonConfig
 from inferline.config.deployments import (
     BatchedDeploymentBase,
     CircuitBreakerConfig,
@@ -41,9 +42,11 @@ from inferline.config.tenants import (
 __all__ = [
     "AdmissionConfig",
     "ApiKeyConfig",
+    "BatchConfig",
     "BatchedDeploymentBase",
     "BudgetConfig",
     "CanaryConfig",
+    "CarbonConfig",
     "CascadeConfig",
     "CircuitBreakerConfig",
     "DeploymentBase",

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
 from inferline.config.references import ConfigReferenceError, check_references
 from inferline.config.routing import RouteConfig
@@ -81,7 +82,10 @@ class ServerConfig(BaseModel):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
-    max_body_bytes: int = Field(4 << 20, ge=1024, description="Larger request bodies get 413.")
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    max_body_bytes: int = Field(
+        4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
+    )
     drain_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM, how long in-flight work may finish."
     )

@@ -39,6 +39,9 @@ class EngineStats:
     spec_accepted_tokens: int = 0
     spec_verify_steps: int = 0
     """Sequence-steps that verified at least one draft token."""
+    num_waiting_above_batch: int = 0
+    """Waiting sequences of the interactive and conversational classes: what a new request of those
+    classes queues behind (batch work waits behind them and is preempted for them)."""
 
     @property
     def spec_acceptance_rate(self) -> float:
@@ -247,4 +250,5 @@ class EngineCore:
             spec_drafted_tokens=self.scheduler.spec.num_drafted_tokens,
             spec_accepted_tokens=self.scheduler.spec.num_accepted_tokens,
             spec_verify_steps=self.scheduler.spec.num_verify_steps,
+            num_waiting_above_batch=self.scheduler.waiting.num_at_or_above(Priority.CONVERSATIONAL),
         )

@@ -79,6 +79,10 @@ class WaitingQueues:
         if not queue:
             del tenants[seq.tenant]
 
+    def num_at_or_above(self, priority: Priority) -> int:
+        """Waiting sequences of `priority` or a higher class: those a new one of `priority` queues behind."""
+        return sum(len(q) for p in Priority if p >= priority for q in self.queues[p].values())
+
     def highest_waiting_priority(self) -> Priority | None:
         for priority in sorted(Priority, reverse=True):
             if self.queues[priority]:

@@ -87,6 +87,7 @@ class UsageRecorder:
                 degraded=degraded,
                 mean_logprob=delivered.mean_logprob,
                 endpoint=caller.endpoint,
+                batch_id=caller.batch_id,
             )
         )
 
@@ -116,5 +117,6 @@ class UsageRecorder:
                 policy=state.config.policy,
                 error_type=type(error).__name__,
                 endpoint=caller.endpoint,
+                batch_id=caller.batch_id,
             )
         )

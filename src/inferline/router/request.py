@@ -18,6 +18,8 @@ class Caller:
     """The body's `user` field; sticky splits key on it."""
     endpoint: str = ""
     """The API path it came in on ("/v1/chat/completions", "/v1/responses", ...), for its usage record."""
+    batch_id: str | None = None
+    """The batch a request is a line of; its usage record carries it."""
 
 
 @dataclass(frozen=True)

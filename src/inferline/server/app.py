@@ -17,8 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferline.batch.files import FileStore
+from inferline.batch.jobs import BatchStore
+from inferline.batch.service import BatchService
 from inferline.config import ServerConfig
-from inferline.db import database_url
+from inferline.db import database_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.serving import RegistrySources
@@ -27,9 +30,12 @@ from inferline.router.limits import Limiter
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
+from inferline.server.batch_routes import batch_router
+from inferline.server.batch_serving import ServingExecutor
 from inferline.server.dashboard import Dashboard
 from inferline.server.deployments_admin import deployments_admin_router
 from inferline.server.errors import error_response, starlette_error_response, validation_error_response
+from inferline.server.files_routes import files_router
 from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
 from inferline.server.openai_routes import openai_router
@@ -47,6 +53,7 @@ from inferline.telemetry.tracing import HttpSpan, Tracing
 
 logger = logging.getLogger(__name__)
 
+UPLOAD_PATH = "/v1/files"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -71,9 +78,12 @@ class RequestContext:
         metrics: Metrics | None,
         tracing: Tracing,
         access_log: AccessLog,
+        max_upload_bytes: int,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+        """File uploads (POST /v1/files) check their own, larger limit as they stream to disk."""
         self.metrics = metrics
         self.tracing = tracing
         self.access_log = access_log
@@ -92,13 +102,19 @@ class RequestContext:
         status = 500
         response_started = False
         received = 0
+        is_upload = scope["method"] == "POST" and scope["path"] == UPLOAD_PATH
+        max_bytes, setting = (
+            (self.max_upload_bytes, "batch.max_file_bytes")
+            if is_upload
+            else (self.max_body_bytes, "max_body_bytes")
+        )
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > max_bytes:
                     raise _BodyTooLargeError
             return message
 
@@ -112,12 +128,12 @@ class RequestContext:
 
         try:
             declared = int(headers.get(b"content-length", b"0") or 0)
-            if declared > self.max_body_bytes:
+            if declared > max_bytes:
                 raise _BodyTooLargeError
             await self.app(scope, limited_receive, tagged_send)
         except _BodyTooLargeError:
             if not response_started:
-                message = f"request body is over the limit of {self.max_body_bytes} bytes (max_body_bytes)"
+                message = f"request body is over the limit of {max_bytes} bytes ({setting})"
                 is_oip = scope["path"].startswith("/v2")
                 body = (
                     {"error": message}
@@ -172,6 +188,13 @@ def create_app(
     stored_responses = ResponseStore(
         database_url(config.telemetry.database_url, inferline_home()), config.responses
     )
+    serving = OpenAIServing(router)
+    batch_database = open_engine(
+        database_url(config.telemetry.database_url, inferline_home()), "telemetry.database_url"
+    )
+    files = FileStore(batch_database, config.batch.data_dir or inferline_home() / "files")
+    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
+    batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -187,7 +210,9 @@ def create_app(
             await asyncio.to_thread(stored_responses.prune)
         except ResponseStoreError as error:  # served once the database is back; pruned on its next write
             logger.warning("stored responses not pruned at startup: %s", error)
+        await batches.start()  # each unfinished batch carries on once its models have loaded
         yield
+        await batches.close()  # unfinished batches resume where their output files end on the next start
         loading.cancel()
         sampling.cancel()
         rolling.cancel()
@@ -198,6 +223,7 @@ def create_app(
         await metering.close()  # after the drain and the unloads, so their records are written too
         stored_responses.close()
         await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
+        batch_database.dispose()
 
     app = FastAPI(title="inferline", version="0.1.0", lifespan=lifespan)
     app.state.router = router
@@ -214,6 +240,8 @@ def create_app(
         metrics=metrics if config.telemetry.metrics else None,
         tracing=tracing,
         access_log=AccessLog(config.telemetry),
+        # the multipart framing around the file is a few hundred bytes; the file part itself is checked
+        max_upload_bytes=config.batch.max_file_bytes + 65536,
     )
 
     async def tenant(request: Request) -> Tenant:  # async: FastAPI runs sync dependencies on a thread pool
@@ -240,9 +268,10 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    serving = OpenAIServing(router)
     app.include_router(openai_router(serving, router, tenant))
     app.include_router(responses_router(ResponsesServing(serving, stored_responses), tenant))
+    app.include_router(files_router(files, config.batch.max_file_bytes, tenant))
+    app.include_router(batch_router(batches, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
     app.include_router(deployments_admin_router(config, pool, sources, admin))

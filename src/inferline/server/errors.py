@@ -25,6 +25,7 @@ from inferline.errors import (
     LimitExceededError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotFoundError,
     PromptTooLongError,
     QueueFullError,
 )
@@ -58,6 +59,7 @@ _STATUS: list[tuple[type[Exception], int, str, str | None]] = [
     (InvalidRequestError, 400, "invalid_request_error", None),
     (UnsupportedOperationError, 400, "invalid_request_error", "model"),
     (ModelNotFoundError, 404, "not_found_error", "model"),
+    (NotFoundError, 404, "not_found_error", None),
     (QueueFullError, 429, "rate_limit_error", None),
     (ModelNotReadyError, 503, "service_unavailable", "model"),
     (BackendUnavailableError, 502, "upstream_error", None),

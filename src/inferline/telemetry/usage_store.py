@@ -69,6 +69,7 @@ usage_records = Table(
     # Columns added after the first release are nullable: create_schema adds them to older tables.
     Column("mean_logprob", Double, nullable=True),
     Column("endpoint", String(128), nullable=True),
+    Column("batch_id", String(64), nullable=True),
     # Every summary filters on a time window, and a tenant's own view on the tenant too.
     Index("ix_usage_records_finished_at", "finished_at"),
     Index("ix_usage_records_tenant_finished_at", "tenant", "finished_at"),
