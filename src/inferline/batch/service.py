@@ -271,7 +271,13 @@ class BatchService:
         expiry = asyncio.get_running_loop().call_later(max(0.0, record.expires_at - time.time()), expire)
 
         async def run_line(line: IndexedLine, raw: dict[str, Any]) -> LineResult:
-            caller = Caller(f"{record.id}-{line.number}", principal, Priority.BATCH, None, record.id)
+            caller = Caller(
+                f"{record.id}-{line.number}",
+                principal,
+                Priority.BATCH,
+                endpoint=record.endpoint,
+                batch_id=record.id,
+            )
             status, body = await self.executor.run(record.endpoint, raw["body"], caller)
             return LineResult(line.custom_id, status, body, caller.request_id)
 

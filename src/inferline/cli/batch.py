@@ -59,7 +59,13 @@ async def _run(args: argparse.Namespace, config: ServerConfig, work: Path, resul
         batch_id = f"cli-{results.name}"
 
         async def run_line(line: IndexedLine, raw: dict[str, Any]) -> LineResult:
-            caller = Caller(f"{batch_id}-{line.number}", principal, Priority.BATCH, None, batch_id)
+            caller = Caller(
+                f"{batch_id}-{line.number}",
+                principal,
+                Priority.BATCH,
+                endpoint=args.endpoint,
+                batch_id=batch_id,
+            )
             status, body = await executor.run(args.endpoint, raw["body"], caller)
             return LineResult(line.custom_id, status, body, caller.request_id)
 
