@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from inferline.batch.files import FileStore
 from inferline.batch.jobs import BatchRecord, BatchStore
 from inferline.batch.lines import ENDPOINTS, IndexedLine, LineExecutor, Plan, plan_file
@@ -26,6 +28,9 @@ from inferline.router.request import Caller
 from inferline.types import Priority
 
 logger = logging.getLogger(__name__)
+
+RESUME_RETRY_S = 30.0
+"""How often a server whose database was down at start tries again to resume unfinished batches."""
 
 PROGRESS_INTERVAL_S = 1.0
 """How often a running batch's request_counts are written to the database."""
@@ -48,6 +53,7 @@ class BatchService:
         self.limiter = limiter
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stops: dict[str, asyncio.Event] = {}
+        self._resuming: asyncio.Task[None] | None = None
 
     # ---- the API ------------------------------------------------------------------------------
 
@@ -120,12 +126,30 @@ class BatchService:
     # ---- tasks --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Carry on with every unfinished batch (after a restart: where its output files say it was)."""
-        for record in await asyncio.to_thread(self.store.unfinished):
-            self._drive(record)
+        """Carry on with every unfinished batch (after a restart: where its output files say it was), in
+        the background: a database that is down delays the resume, not the server's start."""
+        self._resuming = asyncio.create_task(self._resume(), name="batch resume")
+
+    async def _resume(self) -> None:
+        while True:
+            try:
+                records = await asyncio.to_thread(self.store.unfinished)
+            except SQLAlchemyError as error:
+                logger.warning(
+                    "unfinished batches are not resumed yet (database unavailable: %s); retrying in %.0f s",
+                    type(getattr(error, "orig", None) or error).__name__,
+                    RESUME_RETRY_S,
+                )
+                await asyncio.sleep(RESUME_RETRY_S)
+                continue
+            for record in records:
+                self._drive(record)
+            return
 
     async def close(self) -> None:
         """Stop driving; unfinished batches stay as they are and resume on the next start."""
+        if self._resuming is not None:
+            self._resuming.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
