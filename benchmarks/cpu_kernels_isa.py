@@ -3,14 +3,15 @@
 x86-64-v2 has no AVX2 (the kernels' scalar loop), x86-64-v3 is AVX2 + FMA + F16C without AVX-512 (the
 AVX2 path) and native is this machine (the AVX-512 VNNI path where it has VNNI). Each build compiles
 with the engine's flags (layers/cpu_kernels.py) but its own -march, in a process of its own (one
-process holds one build of the library); the builds compile side by side, then each times
+process holds one build of the library), into the engine's build cache (a later run, and the kernels'
+tests, reuse it); the builds compile side by side, then each times
 int4_linear and int8_linear in turn on bfloat16 activations: one decode row and 16 rows, through the
 default model's MLP shape (576 -> 1536) and its vocabulary projection (576 -> 49152). GB/s is the
 weights' bytes (codes, scales, minimums) per call over the time of a call; threads default to one so
 the figures compare per core on a shared machine.
 
     .venv/bin/python benchmarks/cpu_kernels_isa.py
-    .venv/bin/python benchmarks/cpu_kernels_isa.py --smoke   # ~25 s: scalar and AVX2 builds, MLP shape
+    .venv/bin/python benchmarks/cpu_kernels_isa.py --smoke   # scalar and AVX2 builds (~25 s unless cached)
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from inferline.layers.cpu_kernels import build_cpu_kernels
 
 TARGETS = {"x86-64-v2": "x86-64-v2 (scalar)", "x86-64-v3": "x86-64-v3 (AVX2)", "native": "native"}
 HIDDEN = 576
@@ -32,23 +34,6 @@ ROWS = (1, 16)
 SMOKE = {"shapes": "mlp", "repeats": 1, "min_repeat_s": 0.01}
 """--smoke: the scalar and AVX2 builds (the native one is the engine's own, built at install) and both
 kernels, in about half a minute; the figures mean little."""
-
-
-def build(march: str, directory: Path) -> None:
-    from torch.utils import cpp_extension
-
-    from inferline.layers import cpu_kernels
-
-    directory.mkdir(parents=True, exist_ok=True)
-    cflags = [f"-march={march}" if flag.startswith("-march=") else flag for flag in cpu_kernels._CFLAGS]
-    cpp_extension.load(
-        name=directory.name,
-        sources=[str(cpu_kernels.SOURCE)],
-        extra_cflags=cflags,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(directory),
-        is_python_module=False,
-    )
 
 
 def seconds_per_call(call: object, repeats: int, min_repeat_s: float) -> float:
@@ -72,11 +57,11 @@ def seconds_per_call(call: object, repeats: int, min_repeat_s: float) -> float:
     return best
 
 
-def measure(directory: Path, shapes: list[str], repeats: int, min_repeat_s: float) -> None:
+def measure(library: Path, shapes: list[str], repeats: int, min_repeat_s: float) -> None:
     """Print one JSON line per kernel, shape and row count (run inside the build's own process)."""
     from inferline.layers.quant_linear import Int4Linear, Int8Linear
 
-    torch.ops.load_library(str(directory / f"{directory.name}.so"))
+    torch.ops.load_library(str(library))
     generator = torch.Generator().manual_seed(0)
     for shape in shapes:
         n_out = SHAPES[shape]
@@ -98,8 +83,8 @@ def measure(directory: Path, shapes: list[str], repeats: int, min_repeat_s: floa
                 print(json.dumps(row), flush=True)
 
 
-def worker_command(march: str, directory: Path, args: argparse.Namespace, measure: bool) -> list[str]:
-    command = [sys.executable, __file__, "--worker", march, str(directory), "--threads", str(args.threads)]
+def worker_command(march: str, args: argparse.Namespace, measure: bool) -> list[str]:
+    command = [sys.executable, __file__, "--worker", march, "--threads", str(args.threads)]
     if measure:
         command += ["--measure", "--shapes", args.shapes, "--repeats", str(args.repeats)]
         command += ["--min-repeat-s", str(args.min_repeat_s)]
@@ -115,7 +100,7 @@ def main() -> None:
     parser.add_argument("--min-repeat-s", type=float, default=0.2, help="each repeat runs at least this long")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
-    parser.add_argument("--worker", nargs=2, metavar=("MARCH", "DIRECTORY"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", metavar="MARCH", help=argparse.SUPPRESS)
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
@@ -123,33 +108,25 @@ def main() -> None:
         args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        march, directory = args.worker[0], Path(args.worker[1])
         if args.measure:
-            measure(directory, args.shapes.split(","), args.repeats, args.min_repeat_s)
+            measure(build_cpu_kernels(args.worker), args.shapes.split(","), args.repeats, args.min_repeat_s)
         else:
-            build(march, directory)
+            build_cpu_kernels(args.worker)
         return
 
     cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     print(f"# cpu_kernels_isa: {args.threads} thread(s), best of {args.repeats} repeats, bf16 activations")
     print(f"# this CPU: avx2 {'avx2' in cpu_flags}, avx512_vnni {'avx512_vnni' in cpu_flags}")
     targets = [m for m in TARGETS if not (args.smoke and m == "native")]
-    with tempfile.TemporaryDirectory() as root:
-        directories = {
-            march: Path(root) / f"inferline_cpu_kernels_{march.replace('-', '_')}" for march in targets
-        }
-        builds = [subprocess.Popen(worker_command(m, d, args, measure=False)) for m, d in directories.items()]
-        if any(process.wait() != 0 for process in builds):
-            sys.exit("a build failed (its error is above)")
-        results = {}
-        for march, directory in directories.items():
-            done = subprocess.run(
-                worker_command(march, directory, args, measure=True),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[march] = [json.loads(line) for line in done.stdout.splitlines()]
+    builds = [subprocess.Popen(worker_command(march, args, measure=False)) for march in targets]
+    if any(process.wait() != 0 for process in builds):
+        sys.exit("a build failed (its error is above)")
+    results = {}
+    for march in targets:
+        done = subprocess.run(
+            worker_command(march, args, measure=True), capture_output=True, text=True, check=True
+        )
+        results[march] = [json.loads(line) for line in done.stdout.splitlines()]
     print(f"{'build':<20} {'kernel':<6} {'shape':<18} {'µs/call':>10} {'GB/s':>8} {'vs scalar':>9}")
     scalar = {(r["kernel"], r["rows"], r["n_out"]): r["s"] for r in results["x86-64-v2"]}
     for march, rows in results.items():

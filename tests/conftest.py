@@ -9,6 +9,15 @@ from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.models.store import resolve
 from inferline.runners.embedding import EmbeddingRunner
 from tests.postgres import postgres, postgres_url  # noqa: F401  (a real PostgreSQL, started on first use)
+from tests.server.conftest import (
+    API_KEY,
+    OTHER_KEY,
+    ServerProcess,
+    llm_deployment,
+    start_server,
+    write_affine_onnx,
+    write_typed_onnx,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,6 +50,30 @@ def minilm_path() -> Path:
 def minilm_runner(minilm_path: Path) -> EmbeddingRunner:
     """all-MiniLM-L6-v2 on the CPU in float32, loaded once per test run."""
     return EmbeddingRunner.from_source(str(minilm_path))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shared `inferline serve`: the default chat and embedding models, an ONNX model, tenants alpha
+    and beta. Defined here, once: a fixture imported into a second conftest would start a second server."""
+    tmp_path = tmp_path_factory.mktemp("server")
+    onnx_path = write_affine_onnx(tmp_path / "affine.onnx")
+    typed_path = write_typed_onnx(tmp_path / "typed.onnx")
+    config = {
+        "tenants": [
+            {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
+            {"name": "beta", "api_keys": [OTHER_KEY]},
+        ],
+        "deployments": [
+            llm_deployment(),
+            {"name": "all-minilm-l6-v2", "kind": "embedding", "source": "all-minilm-l6-v2"},
+            {"name": "affine", "kind": "onnx", "source": str(onnx_path), "max_queue_delay_us": 5000},
+            {"name": "typed", "kind": "onnx", "source": str(typed_path)},
+        ],
+    }
+    process = start_server(config, tmp_path)
+    yield process
+    process.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

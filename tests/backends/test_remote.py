@@ -1,5 +1,6 @@
 """RemoteBackend against real processes on loopback: the stub upstream (answers, fails on demand) and
-a second `inferline serve` whose own answers the backend must reproduce."""
+the suite's shared `inferline serve` (tests/server/conftest.py), whose own answers the backend must
+reproduce."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from inferline.config import RemoteDeploymentConfig
 from inferline.errors import BackendUnavailableError, InvalidRequestError, ModelLoadError
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from inferline.types import Delta, Request, SamplingParams, Usage
-from tests.server.conftest import ServerProcess, free_port, llm_deployment, start_server
+from tests.server.conftest import API_KEY, ServerProcess, free_port
 
 REPLY = "one two three four five six"
 KEY_ENV = "INFERLINE_TEST_STUB_KEY"
 STUB_KEY = "sk-stub-test"
+SERVER_KEY_ENV = "INFERLINE_TEST_SERVER_KEY"
+AUTH = {"authorization": f"Bearer {API_KEY}"}
 LLM = "smollm2-135m-instruct"
 EMBEDDER = "all-minilm-l6-v2"
 T = TypeVar("T")
@@ -46,17 +49,11 @@ def upstream(stub: StubProcess, monkeypatch: pytest.MonkeyPatch) -> StubProcess:
     return stub
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {
-        "deployments": [
-            llm_deployment(kv_cache_bytes=64 << 20),
-            {"name": EMBEDDER, "kind": "embedding", "source": EMBEDDER},
-        ]
-    }
-    process = start_server(config, tmp_path_factory.mktemp("upstream-server"))
-    yield process
-    process.stop()
+@pytest.fixture
+def upstream_server(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> ServerProcess:
+    """The shared server (the default chat and embedding models), its tenant's key in the environment."""
+    monkeypatch.setenv(SERVER_KEY_ENV, API_KEY)
+    return server
 
 
 def deployment(url: str, **fields: Any) -> RemoteDeploymentConfig:
@@ -66,6 +63,10 @@ def deployment(url: str, **fields: Any) -> RemoteDeploymentConfig:
 
 def on_stub(stub: StubProcess, **fields: Any) -> RemoteDeploymentConfig:
     return deployment(stub.url, api_key_env=KEY_ENV, **fields)
+
+
+def on_server(server: ServerProcess, **fields: Any) -> RemoteDeploymentConfig:
+    return deployment(server.url, api_key_env=SERVER_KEY_ENV, **fields)
 
 
 def run(config: RemoteDeploymentConfig, work: Callable[[RemoteBackend], Awaitable[T]]) -> T:
@@ -340,18 +341,19 @@ def test_closing_early_aborts_the_upstream_request(upstream: StubProcess) -> Non
     assert stats["in_flight"] == 0
 
 
-# ---- against a second inferline server ------------------------------------------------------------
+# ---- against the shared inferline server --------------------------------------------------------
 
 
-def test_greedy_completion_matches_the_server(server: ServerProcess) -> None:
+def test_greedy_completion_matches_the_server(upstream_server: ServerProcess) -> None:
     prompt = "The capital of France is"
     own = httpx.post(
-        f"{server.url}/v1/completions",
+        f"{upstream_server.url}/v1/completions",
         json={"model": LLM, "prompt": prompt, "max_tokens": 12, "temperature": 0},
+        headers=AUTH,
         timeout=60,
     ).json()
     deltas = run(
-        deployment(server.url, upstream_model=LLM),
+        on_server(upstream_server, upstream_model=LLM),
         lambda b: collect(b, completion(prompt, max_tokens=12, temperature=0.0)),
     )
     assert texts(deltas) == {0: own["choices"][0]["text"]}
@@ -363,10 +365,10 @@ def test_greedy_completion_matches_the_server(server: ServerProcess) -> None:
     )
 
 
-def test_greedy_chat_streams_with_logprobs_like_the_server(server: ServerProcess) -> None:
+def test_greedy_chat_streams_with_logprobs_like_the_server(upstream_server: ServerProcess) -> None:
     question = "What is the capital of France?"
     own = httpx.post(
-        f"{server.url}/v1/chat/completions",
+        f"{upstream_server.url}/v1/chat/completions",
         json={
             "model": LLM,
             "messages": [{"role": "user", "content": question}],
@@ -375,10 +377,11 @@ def test_greedy_chat_streams_with_logprobs_like_the_server(server: ServerProcess
             "logprobs": True,
             "top_logprobs": 2,
         },
+        headers=AUTH,
         timeout=60,
     ).json()
     deltas = run(
-        deployment(server.url, name=LLM),  # upstream_model defaults to the deployment's name
+        on_server(upstream_server, name=LLM),  # upstream_model defaults to the deployment's name
         lambda b: collect(b, chat(question, max_tokens=10, temperature=0.0, logprobs=2)),
     )
     content = [d for d in deltas if d.text]
@@ -398,35 +401,39 @@ def test_greedy_chat_streams_with_logprobs_like_the_server(server: ServerProcess
     assert usage.completion_tokens == own["usage"]["completion_tokens"]
 
 
-def test_token_id_prompt_matches_the_server(server: ServerProcess) -> None:
+def test_token_id_prompt_matches_the_server(upstream_server: ServerProcess) -> None:
     ids = [504, 3575, 282, 4649, 314]
     own = httpx.post(
-        f"{server.url}/v1/completions",
+        f"{upstream_server.url}/v1/completions",
         json={"model": LLM, "prompt": ids, "max_tokens": 6, "temperature": 0},
+        headers=AUTH,
         timeout=60,
     ).json()
     deltas = run(
-        deployment(server.url, upstream_model="default"),  # an alias on the upstream
+        on_server(upstream_server, upstream_model="default"),  # an alias on the upstream
         lambda b: collect(b, completion(ids, max_tokens=6, temperature=0.0)),
     )
     assert texts(deltas) == {0: own["choices"][0]["text"]}
 
 
-def test_server_refusal_is_invalid_request(server: ServerProcess) -> None:
+def test_server_refusal_is_invalid_request(upstream_server: ServerProcess) -> None:
     with pytest.raises(InvalidRequestError, match="ask for at most") as caught:
         run(
-            deployment(server.url, upstream_model=LLM),
+            on_server(upstream_server, upstream_model=LLM),
             lambda b: collect(b, completion("Hello", max_tokens=1_000_000)),
         )
     assert caught.value.param == "max_tokens"
 
 
-def test_embeddings_match_the_server(server: ServerProcess) -> None:
+def test_embeddings_match_the_server(upstream_server: ServerProcess) -> None:
     inputs = ["The cat sat on the mat.", "Paris is the capital of France."]
     own = httpx.post(
-        f"{server.url}/v1/embeddings", json={"model": EMBEDDER, "input": inputs}, timeout=60
+        f"{upstream_server.url}/v1/embeddings",
+        json={"model": EMBEDDER, "input": inputs},
+        headers=AUTH,
+        timeout=60,
     ).json()
-    result = run(deployment(server.url, upstream_model=EMBEDDER), lambda b: b.embed(inputs))
+    result = run(on_server(upstream_server, upstream_model=EMBEDDER), lambda b: b.embed(inputs))
     expected = np.asarray([row["embedding"] for row in own["data"]], dtype=np.float32)
     assert result.vectors.shape == (2, 384)
     np.testing.assert_allclose(result.vectors, expected, atol=1e-6)

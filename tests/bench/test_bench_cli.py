@@ -1,4 +1,5 @@
-"""`inferline bench` run as a user runs it: real processes, a real server, files on disk."""
+"""`inferline bench` run as a user runs it: real processes, a real server (the suite's shared one, from
+tests/conftest.py), files on disk."""
 
 import json
 import subprocess
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from inferline.bench.schema import validate
-from tests.server.conftest import ServerProcess, free_port
+from tests.server.conftest import API_KEY, ServerProcess, free_port
 
 BIN = Path(sys.executable).with_name("inferline")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,10 +29,10 @@ def most_in_flight(requests: list[dict[str, Any]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def serve_run(bench_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def serve_run(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("run")
     done = bench(
-        "serve", "--base-url", bench_server.url, "--model", "default",
+        "serve", "--base-url", server.url, "--api-key", API_KEY, "--model", "default",
         "--concurrency", "1,4", "--num-prompts", "8", "--input-len", "16", "--output-len", "8",
         "--ignore-eos", "--warmup", "1", "--slo", "ttft=30,tpot=30",
         "--json", str(out / "run.json"), "--plot", str(out / "run.png"),
@@ -88,10 +89,10 @@ def test_plot_rejects_a_file_that_is_not_a_result(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_server_errors_are_counted_and_reported(bench_server: ServerProcess, tmp_path: Path) -> None:
+def test_server_errors_are_counted_and_reported(server: ServerProcess, tmp_path: Path) -> None:
     done = bench(
-        "serve", "--base-url", bench_server.url, "--model", "no-such-model", "--num-prompts", "3",
-        "--output-len", "4", "--warmup", "0", "--json", str(tmp_path / "r.json"),
+        "serve", "--base-url", server.url, "--api-key", API_KEY, "--model", "no-such-model",
+        "--num-prompts", "3", "--output-len", "4", "--warmup", "0", "--json", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert done.returncode == 1  # every request failed
     assert "Traceback" not in done.stderr

@@ -1,4 +1,4 @@
-"""Stub upstreams and a real `inferline serve` routing between them, shared by a module's tests."""
+"""Stub upstreams shared by a module's tests (the real-model upstream is tests/conftest.py's `server`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from inferline.testing.stub_upstream import StubProcess, start_stub
-from tests.server.conftest import server  # noqa: F401  (the shared real-model server, as an upstream)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,11 @@ def front(
         "deployments": [
             remote("fast", stubs["fast"]),
             remote("slow", stubs["slow"], max_concurrency=1),
-            remote("flaky", stubs["flaky"], circuit_breaker={"failure_threshold": 2, "cooldown_s": 1}),
+            # Once open, stays open for the rest of the module however slow the machine: the requests
+            # sent while it is open are then sure to come before its probe.
+            remote("flaky", stubs["flaky"], circuit_breaker={"failure_threshold": 2, "cooldown_s": 3600}),
+            # The same upstream behind a breaker that lets its probe through quickly.
+            remote("recovering", stubs["flaky"], circuit_breaker={"failure_threshold": 2, "cooldown_s": 0.5}),
             remote("bad", stubs["bad"]),
             remote("priced", stubs["fast"], price_input_per_1m=0, price_output_per_1m=200_000),
             remote(
@@ -51,6 +55,7 @@ def front(
             {"name": "degrading", "deployments": ["slow"], "degrade_to": "fast"},
             {"name": "slow-only", "deployments": ["slow"]},
             {"name": "guarded", "deployments": ["flaky"], "fallbacks": ["fast"]},
+            {"name": "probed", "deployments": ["recovering"], "fallbacks": ["fast"]},
             {
                 "name": "canaried",
                 "policy": "canary",
@@ -164,18 +169,27 @@ def test_circuit_opens_on_failures_and_recovers_after_a_probe(
     front: ServerProcess, stubs: dict[str, StubProcess]
 ) -> None:
     stubs["flaky"].set_faults(error_rate=1.0, status=503)
-    for _ in range(2):
-        assert chat(front, "guarded").headers["x-inferline-model"] == "fast"
-    assert admin_routes(front)["guarded"]["arms"]["flaky"]["circuit"] == "open"
-    seen = stubs["flaky"].stats()["requests"]
-    for _ in range(5):
-        assert chat(front, "guarded").headers["x-inferline-model"] == "fast"
-        assert chat(front, "split").status_code == 200  # the weighted route skips it too
-    assert stubs["flaky"].stats()["requests"] == seen
-    stubs["flaky"].set_faults()
-    time.sleep(1.1)  # the cooldown: the next request is the probe
-    assert chat(front, "guarded").headers["x-inferline-model"] == "flaky"
-    assert admin_routes(front)["guarded"]["arms"]["flaky"]["circuit"] == "closed"
+    try:
+        for _ in range(2):
+            assert chat(front, "guarded").headers["x-inferline-model"] == "fast"
+        assert admin_routes(front)["guarded"]["arms"]["flaky"]["circuit"] == "open"
+        seen = stubs["flaky"].stats()["requests"]
+        for _ in range(5):
+            assert chat(front, "guarded").headers["x-inferline-model"] == "fast"
+            assert chat(front, "split").status_code == 200  # the weighted route skips it too
+        assert stubs["flaky"].stats()["requests"] == seen
+        for _ in range(2):
+            assert chat(front, "probed").headers["x-inferline-model"] == "fast"
+        assert admin_routes(front)["probed"]["arms"]["recovering"]["circuit"] != "closed"
+    finally:
+        stubs["flaky"].set_faults()
+    # Once the cooldown is over the next request is the probe; until then each falls back.
+    deadline = time.monotonic() + 30
+    while (answered := chat(front, "probed").headers["x-inferline-model"]) != "recovering":
+        assert answered == "fast"
+        assert time.monotonic() < deadline, "no probe within 30 s of a 0.5 s cooldown"
+        time.sleep(0.05)
+    assert admin_routes(front)["probed"]["arms"]["recovering"]["circuit"] == "closed"
 
 
 def test_requests_per_minute_quota_says_which_limit_and_when(front: ServerProcess) -> None:

@@ -1,4 +1,5 @@
-"""A real `inferline serve` process on a loopback port, as users run it."""
+"""A real `inferline serve` process on a loopback port, as users run it (the suite's shared one is the
+`server` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import yaml
 
 from inferline.bench.harness import free_port, wait_ready
@@ -143,26 +142,3 @@ def write_typed_onnx(path: Path) -> Path:
     model.graph.node.sort(key=lambda node: node.output[0] != "m_zero")  # topological: m_zero first
     save(model, path)
     return path
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The shared server: the default chat and embedding models, an ONNX model, tenants alpha and beta."""
-    tmp_path = tmp_path_factory.mktemp("server")
-    onnx_path = write_affine_onnx(tmp_path / "affine.onnx")
-    typed_path = write_typed_onnx(tmp_path / "typed.onnx")
-    config = {
-        "tenants": [
-            {"name": "alpha", "api_keys": [API_KEY], "priority": "interactive"},
-            {"name": "beta", "api_keys": [OTHER_KEY]},
-        ],
-        "deployments": [
-            llm_deployment(),
-            {"name": "all-minilm-l6-v2", "kind": "embedding", "source": "all-minilm-l6-v2"},
-            {"name": "affine", "kind": "onnx", "source": str(onnx_path), "max_queue_delay_us": 5000},
-            {"name": "typed", "kind": "onnx", "source": str(typed_path)},
-        ],
-    }
-    process = start_server(config, tmp_path)
-    yield process
-    process.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,11 +14,13 @@ from inferline.backends.base import (
     UnsupportedOperationError,
 )
 from inferline.config import LLMDeploymentConfig
-from inferline.engine.async_engine import AsyncEngine
 from inferline.errors import InvalidRequestError, PromptTooLongError, QueueFullError
 from inferline.models.tokenizer import Tokenizer
 from inferline.telemetry.tracing import trace_engine
 from inferline.types import Delta, Request
+
+if TYPE_CHECKING:  # the engine imports torch: seconds that a server of remote deployments need not spend
+    from inferline.engine.async_engine import AsyncEngine
 
 
 class LLMBackend:
@@ -49,6 +51,8 @@ class LLMBackend:
         return self.engine
 
     async def load(self) -> None:
+        from inferline.engine.async_engine import AsyncEngine
+
         self.engine = await AsyncEngine.load(self.engine_config)
         self._metadata.max_model_len = self.engine.core.max_model_len
         loaded = self.engine.core.loaded
