@@ -24,11 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from inferline.bench.harness import INFERLINE, free_port
+from inferline.bench.harness import INFERLINE, find_llama_server, free_port
 from inferline.models.store import resolve
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_cpu import find_llama_server  # noqa: E402  (a sibling script, not a package)
 
 LOAD_LINE = re.compile(r"loaded (\S+) on .* in ([\d.]+) s")
 
@@ -64,7 +61,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="one start of each")
     args = parser.parse_args()
     runs = 1 if args.smoke else args.runs
-    llama = find_llama_server(args.smoke)
+    llama = find_llama_server(required=not args.smoke)
     times: dict[str, list[float]] = {"inferline serve": [], "llama-server": []}
     loads: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp_name:

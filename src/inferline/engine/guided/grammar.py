@@ -14,6 +14,7 @@ import json
 import threading
 from collections import OrderedDict
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import llguidance
 from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
@@ -22,9 +23,12 @@ from inferline.errors import InvalidRequestError
 from inferline.models.tokenizer import Tokenizer
 from inferline.types import StructuredOutput
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # declared in the type stub only
+
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
 """json_object: any JSON object."""
-JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,20}"}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,20}"}
 """At most 20 whitespace characters between two JSON tokens (a newline and indentation): unbounded, a
 small model can fall into emitting newlines until max_tokens. A schema's "x-guidance" key may change it."""
 
