@@ -8,7 +8,7 @@ from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.runner import allocate_kv_caches
 from inferline.layers.attention import AttentionMetadata, DecodeBatch, PrefillChunk
-from inferline.layers.cpu_decode import MAX_ROWS, CpuDecodeStep
+from inferline.layers.cpu_decode import MAX_QUANTIZED_ROWS, MAX_ROWS
 from inferline.layers.cpu_kernels import load_cpu_kernels
 
 BLOCK_SIZE = 4
@@ -62,7 +62,7 @@ def _decode_both_ways(
         assert model.use_cpu_decode_step()
         try:
             assert model.cpu_decode is not None
-            assert CpuDecodeStep.handles(meta)
+            assert model.cpu_decode.handles(meta)
             fused = model(ids, positions, fused_caches, meta)
         finally:
             model.cpu_decode = None
@@ -95,17 +95,27 @@ def test_bfloat16_and_quantized_steps_are_as_close_to_float32_as_eager_layers(
     assert _relative(fused, reference) < 1.2 * _relative(eager, reference)
 
 
-def test_only_small_decode_only_batches_take_the_step() -> None:
+@pytest.mark.parametrize(
+    ("options", "max_rows"), [({"dtype": "float32"}, MAX_ROWS), ({}, MAX_QUANTIZED_ROWS)]
+)
+def test_only_small_decode_only_batches_take_the_step(
+    default_model: LoadedModel, options: dict[str, str], max_rows: int
+) -> None:
+    loaded = default_model if options else load_model(EngineConfig(device="cpu"))  # {}: int4, the default
+    assert loaded.model.use_cpu_decode_step()
+    step = loaded.model.cpu_decode
+    loaded.model.cpu_decode = None  # the shared model stays as other tests expect it
+    assert step is not None
     table = torch.zeros(1, 1, dtype=torch.long)
-    decode = DecodeBatch(MAX_ROWS, table, torch.zeros(1), torch.ones(1, dtype=torch.long))
+    decode = DecodeBatch(max_rows, table, torch.zeros(1), torch.ones(1, dtype=torch.long))
     slots = torch.zeros(1, dtype=torch.long)
-    assert CpuDecodeStep.handles(AttentionMetadata(slots, decode))
-    decode.num_seqs = MAX_ROWS + 1
-    assert not CpuDecodeStep.handles(AttentionMetadata(slots, decode))
+    assert step.handles(AttentionMetadata(slots, decode))
+    decode.num_seqs = max_rows + 1
+    assert not step.handles(AttentionMetadata(slots, decode))
     chunk = PrefillChunk(1, 3, 0, table[0])
-    assert not CpuDecodeStep.handles(AttentionMetadata(slots, None, [chunk]))
+    assert not step.handles(AttentionMetadata(slots, None, [chunk]))
     decode.num_seqs = 1
-    assert not CpuDecodeStep.handles(AttentionMetadata(slots, decode, [chunk]))
+    assert not step.handles(AttentionMetadata(slots, decode, [chunk]))
 
 
 def test_engine_greedy_output_is_unchanged_by_the_step(default_model: LoadedModel) -> None:

@@ -5,9 +5,9 @@ Run op by op, a decode step of SmolLM2-135M on the CPU spent about half its time
 kernels: ~45 eager ops per layer, each a few microseconds of dispatch and allocation, and a gather
 of every sequence's blocks for attention. The C++ step calls the same weight kernels and does the rest
 in plain loops over the batch's rows, reading keys and values in place through the block table.
-It takes decode-only batches of up to MAX_ROWS sequences; larger batches and prefills amortise the
-dispatch over many rows and stay on the eager path (layers/attention.py), which it matches to
-rounding (tests/layers/test_cpu_decode.py).
+It takes decode-only batches of up to MAX_ROWS sequences (MAX_QUANTIZED_ROWS with int4/int8
+weights); larger batches and prefills amortise the dispatch over many rows and stay on the eager
+path (layers/attention.py), which it matches to rounding (tests/layers/test_cpu_decode.py).
 
 The C++ source is layers/csrc/cpu_kernels.cpp, built by layers/cpu_kernels.py.
 """
@@ -25,7 +25,13 @@ from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.layers.rotary import RopeTable
 
 MAX_ROWS = 16
-"""Largest decode batch the C++ step takes: the int8 kernels' limit too (quant_linear.SMALL_BATCH_ROWS)."""
+"""Largest decode batch the C++ step takes with float weights: the int8 kernels' limit too
+(quant_linear.SMALL_BATCH_ROWS)."""
+MAX_QUANTIZED_ROWS = 32
+"""Largest decode batch it takes with int4/int8 weights: the default max_num_seqs. At 32 rows the
+step is still well ahead of the eager layers and their weights widened per call (the default model,
+int4, 32 sequences decoding, 2 cores: 251 against 204 tok/s), whose ~45 ops a layer cost more than
+the kernels' per-row work."""
 
 _WEIGHT_KINDS = {nn.Linear: 0, Int8Linear: 1, Int4Linear: 2}
 
@@ -79,9 +85,9 @@ class CpuDecodeStep:
         self.num_kv_heads = num_kv_heads
         self.eps = eps
 
-    @staticmethod
-    def handles(meta: AttentionMetadata) -> bool:
-        return meta.decode is not None and not meta.prefills and meta.decode.num_seqs <= MAX_ROWS
+    def handles(self, meta: AttentionMetadata) -> bool:
+        max_rows = MAX_ROWS if self.weight_kind == _WEIGHT_KINDS[nn.Linear] else MAX_QUANTIZED_ROWS
+        return meta.decode is not None and not meta.prefills and meta.decode.num_seqs <= max_rows
 
     def __call__(
         self, x: torch.Tensor, rope: RopeTable, kv_caches: list[torch.Tensor], meta: AttentionMetadata
