@@ -91,13 +91,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=20)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--single-stream-threads", type=int, help="the engine setting (default: the server's own choice)"
+    )
     parser.add_argument("--smoke", action="store_true", help="2 requests of 16 tokens")
     args = parser.parse_args()
     if args.smoke:
         args.requests, args.output_len = 2, 16
     port = free_port()
+    engine = {"single_stream_threads": args.single_stream_threads} if args.single_stream_threads else {}
     config = ServerConfig.model_validate(
-        {"port": port, "deployments": [{"name": "smollm2", "kind": "llm", "source": "default"}]}
+        {
+            "port": port,
+            "deployments": [{"name": "smollm2", "kind": "llm", "source": "default", "engine": engine}],
+        }
     )
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", access_log=False))

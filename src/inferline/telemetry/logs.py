@@ -250,7 +250,8 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(config: TelemetryConfig) -> None:
     """Every log line of the process, uvicorn's included, to stderr in `config.log_format`; the root
-    level stays as the command line set it, and access lines are written at any level."""
+    level stays as the command line set it, and access lines and inferline's INFO lines are written
+    at any level."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -258,3 +259,6 @@ def configure_logging(config: TelemetryConfig) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     access_logger.setLevel(logging.INFO)
+    # What a server loaded and how it runs it (device, dtype, quantization and why) belongs in its
+    # start-up log whatever the root level: inferline's own INFO lines are written.
+    logging.getLogger("inferline").setLevel(logging.INFO)
