@@ -65,6 +65,7 @@ try:
     from inferline.bench.report import environment, write_json
     from inferline.engine.llm import LLM
     from inferline.engine.model_loader import LoadedModel
+    from inferline.engine.quantization import QuantizationChoice
     from inferline.models.hf_loader import hf_config
     from inferline.models.tokenizer import Tokenizer
     from inferline.models.weights import build_model
@@ -249,6 +250,7 @@ def build_ours(hf_model: Any, device: torch.device, dtype: torch.dtype) -> Loade
         config=config,
         device=device,
         dtype=dtype,
+        quantization=QuantizationChoice("none", "random weights of a real shape, in the benchmark's dtype"),
         load_time_s=time.perf_counter() - started,
     )
 

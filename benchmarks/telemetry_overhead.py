@@ -241,7 +241,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]]
 
 
 def _count_rows(db: Path) -> int:
+    """Usage rows in a server's database; 0 when its writer never got to create the table (the file
+    may exist for the server's other tables: stored responses, batches)."""
     with sqlite3.connect(db) as connection:
+        tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
+        if "usage_records" not in tables:
+            return 0
         return int(connection.execute("select count(*) from usage_records").fetchone()[0])
 
 

@@ -149,7 +149,7 @@ def test_a_database_that_cannot_be_written_keeps_a_bounded_buffer_then_catches_u
     wait_for(lambda: len(stored_ids(store)) == 100)
     # The oldest were dropped; the newest 100 survived the outage, in order.
     assert stored_ids(store) == [f"req-{i}" for i in range(50, 150)]
-    assert metric(registry, "inferline_usage_buffered_records") == 0
+    wait_for(lambda: metric(registry, "inferline_usage_buffered_records") == 0)  # set after the commit
     recovered = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(recovered) == 1
     assert "writable again" in recovered[0].getMessage()
