@@ -8,8 +8,8 @@ objects, arrays, enums, bounded numbers, optional fields, patterns, anyOf/oneOf,
   /v1/chat/completions with response_format json_schema; an output counts when it parses and
   validates with `jsonschema` (one cut by max_tokens does not).
 - throughput: output tok/s of schema-constrained requests at 1 and 16 streams, beside unconstrained
-  requests of the same prompts held to the same mean length (ignore_eos, max_tokens = the constrained
-  mean), so both decode the same number of tokens.
+  requests of the same prompts, each held to its constrained answer's length (ignore_eos, max_tokens =
+  that length), so both decode the same number of tokens per request.
 - TTFT (streamed): unconstrained; with a schema the server has never seen (the grammar compiles
   inside the request: each schema gets a fresh "title"); with the same schemas again (cached).
 - engine: in-process, one step of 16 constrained sequences beside 16 unconstrained ones, and the
@@ -79,7 +79,21 @@ def load_cases(num: int | None) -> list[Case]:
 async def chat(
     client: httpx.AsyncClient, server: Server, case: Case, **fields: Any
 ) -> tuple[str, int, float | None]:
-    """(text, completion tokens, TTFT in seconds when streamed)."""
+    """(text, completion tokens, TTFT in seconds when streamed); ("", 0, None) past the client's timeout,
+    counted in the server's results: a peer that takes minutes over one schema must not stall the run."""
+    try:
+        try:
+            return await _chat(client, server, case, **fields)
+        except httpx.RemoteProtocolError:  # a kept-alive connection the peer closed meanwhile: ask again
+            return await _chat(client, server, case, **fields)
+    except httpx.TimeoutException:
+        server.results["timeouts"] = server.results.get("timeouts", 0) + 1
+        return "", 0, None
+
+
+async def _chat(
+    client: httpx.AsyncClient, server: Server, case: Case, **fields: Any
+) -> tuple[str, int, float | None]:
     body = {"model": MODEL, "messages": case.messages(), "max_tokens": MAX_TOKENS, **fields}
     if not body.get("stream"):
         reply = (await client.post(f"{server.url}/v1/chat/completions", json=body)).raise_for_status().json()
@@ -126,25 +140,32 @@ async def validity(client: httpx.AsyncClient, server: Server, cases: list[Case])
 async def throughput(
     client: httpx.AsyncClient, server: Server, cases: list[Case], streams: int, per_stream: int
 ) -> tuple[float, float]:
-    """(constrained tok/s, unconstrained tok/s at the constrained mean length)."""
+    """(constrained tok/s, unconstrained tok/s decoding the same number of tokens per request).
+
+    The unconstrained run asks each case for exactly as many tokens as its constrained (greedy, so
+    repeatable) answer had, with ignore_eos, so both runs decode the same work in the same order.
+    """
+    lengths: dict[str, int] = {}
 
     async def closed_loop(fields_of: Callable[[Case], dict[str, Any]]) -> tuple[int, float]:
         queue = [cases[i % len(cases)] for i in range(streams * per_stream)]
-        num_tokens = 0
+        counted: list[int] = []
 
         async def worker() -> None:
-            nonlocal num_tokens
             while queue:
                 case = queue.pop()
-                num_tokens += (await chat(client, server, case, temperature=0, **fields_of(case)))[1]
+                _, num_tokens, _ = await chat(client, server, case, temperature=0, **fields_of(case))
+                lengths.setdefault(case.name, num_tokens)
+                counted.append(num_tokens)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(streams)))
-        return num_tokens, time.perf_counter() - started
+        return sum(counted), time.perf_counter() - started
 
     tokens, elapsed = await closed_loop(lambda c: {"response_format": c.response_format()})
-    mean_len = max(1, round(tokens / (streams * per_stream)))
-    free_tokens, free_elapsed = await closed_loop(lambda c: {"max_tokens": mean_len, "ignore_eos": True})
+    free_tokens, free_elapsed = await closed_loop(
+        lambda c: {"max_tokens": max(1, lengths[c.name]), "ignore_eos": True}
+    )
     return tokens / elapsed, free_tokens / free_elapsed
 
 
@@ -160,11 +181,12 @@ async def ttfts(client: httpx.AsyncClient, server: Server, cases: list[Case]) ->
             (await chat(client, server, c, temperature=0, max_tokens=4, stream=True, **fields_of(c)))[2]
             for c in cases
         ]
-        server.results[f"ttft {label}"] = statistics.median(t for t in measured if t is not None) * 1e3
+        answered = [t for t in measured if t is not None] or [float("nan")]
+        server.results[f"ttft {label}"] = statistics.median(answered) * 1e3
 
 
 async def measure(server: Server, cases: list[Case], args: argparse.Namespace) -> None:
-    async with httpx.AsyncClient(timeout=600, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=args.request_timeout_s, trust_env=False) as client:
         await validity(client, server, cases)
         await ttfts(client, server, cases)
         for streams in [int(s) for s in args.streams.split(",")]:
@@ -234,6 +256,9 @@ def main() -> None:
     parser.add_argument("--streams", default="1,16")
     parser.add_argument("--requests-per-stream", type=int, default=3)
     parser.add_argument("--engine-steps", type=int, default=24)
+    parser.add_argument(
+        "--request-timeout-s", type=float, default=120, help="per request; past it an answer counts invalid"
+    )
     parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
     if args.smoke:
@@ -280,7 +305,8 @@ def print_server(s: Server, args: argparse.Namespace) -> None:
         constrained, free = s.results[f"tok/s {streams}"]
         print(f"| {s.label} | {streams} | {constrained:.1f} | {free:.1f} | {constrained / free:.2f} |")
     cells = ", ".join(f"{k.removeprefix('ttft ')} {s.results[k]:.0f}" for k in s.results if "ttft" in k)
-    print(f"TTFT p50 ms {s.label}: {cells}", flush=True)
+    timeouts = s.results.get("timeouts", 0)
+    print(f"TTFT p50 ms {s.label}: {cells}; requests past the timeout: {timeouts}", flush=True)
 
 
 def print_engine(engine: dict[str, float]) -> None:
