@@ -1,12 +1,13 @@
 """Scheduler behaviour with hand-built model outputs: no tensors, no model."""
 
+import time
 from collections import Counter
 
 import pytest
 
 from inferline.engine.kv_cache import KVCacheManager, hash_block
 from inferline.engine.scheduler import Proposal, ScheduledChunk, Scheduler, SchedulerLimits, SchedulerOutput
-from inferline.engine.sequence import Sequence
+from inferline.engine.sequence import Sequence, SequenceStatus
 from inferline.types import Priority, Request, SamplingParams
 
 EOS = 0
@@ -133,6 +134,29 @@ def test_interactive_request_preempts_a_batch_flood() -> None:
     _, advanced = step(scheduler)
     assert urgent in advanced, "the interactive request should get its first token in the very next step"
     assert scheduler.num_preemptions == 1
+
+
+def test_batch_work_narrows_while_foreground_requests_are_near_and_widens_after() -> None:
+    kv = KVCacheManager(400, 4, enable_prefix_caching=True)
+    limits = SchedulerLimits(8, 512, 256, max_batch_seqs_while_busy=2, foreground_grace_s=0.2)
+    scheduler = Scheduler(limits, kv, frozenset({EOS}))
+    for i in range(8):
+        add(scheduler, f"batch{i}", prompt_len=8, max_tokens=200, priority=Priority.BATCH, tenant="flood")
+    output, _ = step(scheduler)
+    assert len(output.chunks) == 8, "alone, batch work takes every slot"
+    chat = add(scheduler, "chat", prompt_len=8, max_tokens=3, priority=Priority.INTERACTIVE, tenant="app")
+    output, _ = step(scheduler)
+    assert [c.seq_id for c in output.chunks] == ["chat#0"], "the chat's prefill runs alone"
+    while chat.status is not SequenceStatus.FINISHED:
+        output, _ = step(scheduler)
+        batch_rows = [c for c in output.chunks if c.seq_id.startswith("batch")]
+        assert len(batch_rows) <= 2, "while a foreground request runs, at most 2 batch sequences compute"
+    output, _ = step(scheduler)
+    assert len(output.chunks) == 2, "within the grace period the cap still holds"
+    assert scheduler.num_preemptions == 1, "only the chat's slot was taken: capped sequences keep their KV"
+    time.sleep(0.25)
+    output, _ = step(scheduler)
+    assert len(output.chunks) == 8, "after the grace period batch work widens again (the preempted one back)"
 
 
 def test_waiting_batch_work_is_not_ahead_of_higher_classes() -> None:

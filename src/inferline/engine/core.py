@@ -91,6 +91,8 @@ class EngineCore:
             input_token_weight=config.tenant_input_token_weight,
             output_token_weight=config.tenant_output_token_weight,
             num_speculative_tokens=spec.num_speculative_tokens if spec is not None else 0,
+            max_batch_seqs_while_busy=config.max_batch_seqs_while_busy,
+            foreground_grace_s=config.foreground_grace_s,
         )
         self.runner = ModelRunner(
             self.loaded.model,

@@ -9,6 +9,13 @@ running sequence not yet scheduled, or itself. Preemption is by recompute: the v
 freed and it goes back to the head of its queue, keeping its generated tokens (and, through the
 prefix cache, often its KV).
 
+Batch work yields: while any interactive or conversational sequence is in the engine (or was, within
+`foreground_grace_s`), at most `max_batch_seqs_while_busy` batch-class sequences compute in a step,
+and none in a step that prefills a foreground prompt. The rest keep their KV and wait. A step is as
+slow as its widest batch (32 decoding rows took ~130 ms on 2 cores, 4 rows ~15 ms, and a prefill
+mixed with decodes leaves the C++ decode step), and a new prompt's first token waits for the step in
+flight.
+
 With speculative decoding on, a sequence that samples after one token reserves budget and KV slots
 for up to k draft tokens besides it (never past max_tokens or the context length, and never at the
 cost of preempting anyone). Once the step is planned, the proposer is shown it and fills those slots
@@ -105,6 +112,10 @@ class SchedulerLimits:
     output_token_weight: float = 2.0
     num_speculative_tokens: int = 0
     """Draft tokens a decoding sequence may verify per step; 0 turns speculation off."""
+    max_batch_seqs_while_busy: int | None = None
+    """Batch-class sequences computed per step while foreground work is present; None: no cap."""
+    foreground_grace_s: float = 1.0
+    """How long after the last foreground sequence the cap holds (the next request is often near)."""
 
 
 @dataclass
@@ -157,6 +168,7 @@ class Scheduler:
         self.seqs: dict[str, Sequence] = {}
         self.num_preemptions = 0
         self.spec = SpecDecodeCounters()
+        self._foreground_seen_at = -float("inf")
 
     @property
     def num_waiting(self) -> int:
@@ -196,18 +208,40 @@ class Scheduler:
         self.running.sort(key=_rank)
         scheduled: set[str] = set()
         budget = self.limits.max_num_batched_tokens
+        max_batch_seqs = self._max_batch_seqs()
         for priority in sorted(Priority, reverse=True):
+            num_seqs = 0 if priority is Priority.BATCH else None
+            capped = num_seqs is not None and max_batch_seqs < self.limits.max_num_seqs
+            if capped and any(len(c.token_ids) > 1 for c in plan.chunks):
+                max_batch_seqs = 0  # a foreground prompt's prefill runs alone: its first token waits less
             for seq in [s for s in self.running if s.priority == priority]:
-                if budget == 0:
+                if budget == 0 or (num_seqs is not None and num_seqs >= max_batch_seqs):
                     break
                 if seq.status is SequenceStatus.RUNNING and self._grow(seq, budget, scheduled, plan):
                     budget -= len(plan.chunks[-1].token_ids) + plan.chunks[-1].num_lookahead_tokens
-            while budget > 0:
+                    num_seqs = None if num_seqs is None else num_seqs + 1
+            while budget > 0 and (num_seqs is None or num_seqs < max_batch_seqs):
                 candidate = self.waiting.peek(priority)
                 if candidate is None or not self._admit(candidate, budget, scheduled, plan):
                     break
                 budget -= len(plan.chunks[-1].token_ids)
+                num_seqs = None if num_seqs is None else num_seqs + 1
         return SchedulerOutput(self._with_proposals(plan.chunks), plan.preempted_seq_ids)
+
+    def _max_batch_seqs(self) -> int:
+        """How many batch-class sequences this step may compute: all, unless foreground work is near."""
+        cap = self.limits.max_batch_seqs_while_busy
+        if cap is None:
+            return self.limits.max_num_seqs
+        now = time.monotonic()
+        foreground = self.waiting.num_at_or_above(Priority.CONVERSATIONAL) or any(
+            s.priority > Priority.BATCH for s in self.running
+        )
+        if foreground:
+            self._foreground_seen_at = now
+        elif now - self._foreground_seen_at > self.limits.foreground_grace_s:
+            return self.limits.max_num_seqs
+        return cap
 
     def _with_proposals(self, chunks: list[ScheduledChunk]) -> list[ScheduledChunk]:
         """The planned chunks, each carrying the drafts proposed for its reserved lookahead. The proposer
