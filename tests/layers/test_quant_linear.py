@@ -33,6 +33,21 @@ def test_int4_matches_float_within_four_bit_error(rows: int) -> None:
     assert _relative_error(layer, weight, None, rows) < 0.1
 
 
+def test_a_vocabulary_sized_matrix_keeps_32_rows_on_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Widening 49152 x 576 weights costs more than the kernel's per-row work up to ~100 rows.
+    weight = torch.randn(16384, 512, generator=torch.Generator().manual_seed(4)) * 0.05
+    layer = Int8Linear.quantize(weight, None, torch.bfloat16)
+    small = Int8Linear.quantize(weight[:96, :128], None, torch.bfloat16)
+    assert layer.max_kernel_rows == quant_linear.LARGE_WEIGHT_KERNEL_ROWS
+    assert small.max_kernel_rows == SMALL_BATCH_ROWS
+    if not quant_linear.load_cpu_kernels():
+        pytest.skip("the C++ kernels are not built here")
+    widened: list[int] = []
+    monkeypatch.setattr(Int8Linear, "dequantized", lambda self, dtype: widened.append(1) or torch.zeros(0))
+    assert _relative_error(layer, weight, None, 32) < 0.02
+    assert widened == [], "32 rows of a large matrix went through the widened GEMM"
+
+
 def test_int4_keeps_weights_that_already_lie_on_a_four_bit_grid() -> None:
     # GGUF Q4 checkpoints hold 16 levels per block of 32: re-quantizing them must lose (almost) nothing.
     levels = torch.randint(0, 16, (64, 128), generator=torch.Generator().manual_seed(3)).float()
