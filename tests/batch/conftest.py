@@ -26,7 +26,12 @@ def batch_config(tmp_path: Path, **batch: Any) -> dict[str, Any]:
         "tenants": [
             {"name": "alpha", "api_keys": [API_KEY]},
             {"name": "beta", "api_keys": [OTHER_KEY]},
-            {"name": "gamma", "api_keys": [GAMMA_KEY], "budget": {"limit_usd": 0.001, "period": "total"}},
+            {
+                "name": "gamma",
+                "api_keys": [GAMMA_KEY],
+                "budget": {"limit_usd": 0.001, "period": "total"},
+                "quotas": {"tokens_per_minute": 1000},
+            },
         ],
         "deployments": [
             {**llm_deployment(), "price_output_per_1m": 10.0},

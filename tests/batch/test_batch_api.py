@@ -97,6 +97,20 @@ def test_budget_is_checked_against_the_worst_case_before_the_batch_starts(gamma:
     assert failed.output_file_id is None
 
 
+def test_a_line_over_the_tokens_per_minute_quota_fails_the_batch_up_front(gamma: openai.OpenAI) -> None:
+    lines = [chat_line("small", "Hi", max_tokens=8), chat_line("huge", "Hi", max_tokens=2000)]
+    batch = gamma.batches.create(
+        input_file_id=upload(gamma, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    failed = wait_for(gamma, batch.id)
+    assert failed.status == "failed"
+    (error,) = failed.errors.data
+    assert error.code == "quota_exceeded"
+    assert error.line == 2
+    assert "tokens_per_minute quota of 1000" in error.message
+    assert failed.output_file_id is None
+
+
 def test_tenant_isolation(alpha: openai.OpenAI, beta: openai.OpenAI) -> None:
     file_id = upload(alpha, jsonl([chat_line("x", "Hi")]))
     batch = alpha.batches.create(

@@ -5,7 +5,7 @@ custom_id of its own and a body the endpoint accepts for a model this server ser
 context. Errors name their line (1-based) and stop at MAX_ERRORS. What survives is a compact index, a
 byte offset and custom_id per line, sorted so lines that share a prompt prefix run side by side (the
 prefix cache computes it once) and lengths run together (a step's sequences finish together), plus the
-batch's worst-case tokens and cost for the budget check.
+batch's worst-case tokens and cost for the budget check, and its largest line for the quota check.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class Plan:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    largest_line: tuple[int, int] = (0, 0)
+    """(line number, worst-case prompt + completion tokens) of the line that may use the most."""
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -162,6 +164,9 @@ def plan_file(path: Path, endpoint: str, executor: LineExecutor) -> Plan:
         plan.prompt_tokens += check.prompt_tokens
         plan.completion_tokens += check.completion_tokens
         plan.cost_usd += check.cost_usd
+        line_tokens = check.prompt_tokens + check.completion_tokens
+        if line_tokens > plan.largest_line[1]:
+            plan.largest_line = (number, line_tokens)
         line_key = (check.model, hash(check.prefix), check.prompt_tokens)
         keyed.append((*line_key, IndexedLine(offset, number, custom_id)))
     if not keyed and not plan.errors:

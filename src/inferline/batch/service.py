@@ -223,6 +223,16 @@ class BatchService:
                 errors=plan.errors,
                 num_total=len(plan.lines) + len(plan.errors),
             )
+        over_quota = self._quota_error(_principal(record).tenant, plan)
+        if over_quota is not None:
+            return await asyncio.to_thread(
+                self.store.update,
+                record,
+                status="failed",
+                failed_at=now,
+                errors=[over_quota],
+                num_total=len(plan.lines),
+            )
         refusal = await self._budget_refusal(_principal(record), plan.cost_usd)
         if refusal is not None:
             error = {
@@ -264,6 +274,22 @@ class BatchService:
             error_file_id=errors.id,
             in_progress_at=now if start.at_s <= now else None,
         )
+
+    def _quota_error(self, tenant: str, plan: Plan) -> dict[str, Any] | None:
+        """A line that can never pass the tenant's tokens-per-minute quota fails the batch up front: it
+        would otherwise wait for a bucket that never holds enough tokens."""
+        quota = self.limiter.quotas.get(tenant)
+        number, tokens = plan.largest_line
+        if quota is None or quota.tokens_per_minute is None or tokens <= quota.tokens_per_minute:
+            return None
+        return {
+            "code": "quota_exceeded",
+            "message": f"line {number}: its prompt plus max_tokens ({tokens} tokens) is over tenant "
+            f"{tenant!r}'s tokens_per_minute quota of {quota.tokens_per_minute}, so it could never run: "
+            "lower the line's max_tokens or raise the quota",
+            "param": "max_tokens",
+            "line": number,
+        }
 
     async def _budget_refusal(self, principal: Principal, cost_usd: float) -> str | None:
         """Why the tenant's budgets cannot take the batch's worst-case cost now, or None when they can."""
