@@ -65,3 +65,16 @@ def test_model_built_from_blocks_runs_them_in_quantized_layers(tmp_path: Path) -
     want = reference.layers[0].self_attn.qkv_proj(x)
     # The int4 kernel quantizes activations to int8 per group of 32: close to the float model's matmul.
     assert ((qkv(x).float() - want.float()).norm() / want.float().norm()).item() < 0.02
+
+
+def test_a_tied_projection_keeps_the_embedding_tables_own_q8_0_blocks(tmp_path: Path) -> None:
+    hf = random_hf_state_dict(attention_bias=False, tied=True)
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", hf, quantized=Q.Q8_0)
+    kept = load_gguf(path, keep_blocks="int8")
+    assert isinstance(kept.state_dict["lm_head.weight"], BlockWeight)
+    model = build_model(kept.config, kept.state_dict, torch.bfloat16, torch.device("cpu"))
+    assert isinstance(model.lm_head, Int8Linear)
+    table = load_gguf(path).state_dict["model.embed_tokens.weight"]
+    # Exactly the file's table (float32), not the bfloat16 table quantized a second time.
+    assert torch.equal(model.lm_head.dequantized(torch.float32), table)
+    assert torch.equal(model.embed_tokens.weight.float(), table.bfloat16().float())

@@ -107,6 +107,21 @@ class _Cursor:
         # errors="replace": a few vocabularies carry invalid UTF-8 pieces; they must not stop the load.
         return bytes(self.buf[start : self.pos]).decode("utf-8", errors="replace")
 
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row: a vocabulary's 49k pieces and merges, in one tight loop (item by item
+        through `string` they took a quarter of a second of the default model's load)."""
+        buf, pos, unpack, end = self.buf, self.pos, struct.unpack_from, len(self.buf)
+        values = []
+        append = values.append
+        for _ in range(count):
+            (length,) = unpack("<Q", buf, pos)
+            start, pos = pos + 8, pos + 8 + length
+            if pos > end:
+                raise struct.error(f"a string runs past the end of the file at byte {start}")
+            append(str(buf[start:pos], "utf-8", "replace"))
+        self.pos = pos
+        return values
+
     def value(self, type_id: int) -> Any:
         if type_id == _STRING:
             return self.string()
@@ -127,7 +142,7 @@ class _Cursor:
             self.pos += values.nbytes
             return values.tolist()
         if item_type == _STRING:
-            return [self.string() for _ in range(count)]
+            return self.strings(count)
         return [self.value(item_type) for _ in range(count)]
 
 

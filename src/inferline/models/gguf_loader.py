@@ -57,7 +57,8 @@ def load_gguf(path: Path, keep_blocks: BlockMode | None = None) -> LoadedWeights
 
     Tensors are float32, except that with `keep_blocks` the linear layers' weights stored in that
     mode's block types (Q4_0/Q4_1 for int4, Q8_0 for int8) stay BlockWeights; the vocabulary
-    projection keeps Q8_0 under either mode, as the int4 layers keep it in int8.
+    projection keeps Q8_0 under either mode, as the int4 layers keep it in int8 (a tied one too: then
+    `lm_head.weight` holds the embedding table's blocks beside its float copy).
     """
     start_s = time.perf_counter()
     gguf_file = read_gguf(Path(path))
@@ -73,6 +74,17 @@ def load_gguf(path: Path, keep_blocks: BlockMode | None = None) -> LoadedWeights
                 state_dict[name] = _load_blocks(tensor, config)
             else:
                 state_dict[name] = _load_tensor(tensor, config)
+        embedding = gguf_file.tensors.get("token_embd.weight")
+        tied = "lm_head.weight" not in state_dict
+        if (
+            tied
+            and embedding is not None
+            and keep_blocks
+            and _keeps_blocks("lm_head.weight", embedding, keep_blocks)
+        ):
+            # A tied projection is the embedding table, kept in its own Q8_0 blocks as well: quantizing
+            # the widened table again took a fifth of the default model's load and moved every scale.
+            state_dict["lm_head.weight"] = _load_blocks(embedding, config)
     logger.info(
         "loaded %s (%s, %d tensors) in %.2f s",
         gguf_file.path.name,

@@ -67,7 +67,8 @@ def fuse_checkpoint(config: ModelConfig, hf_state_dict: Mapping[str, Weight]) ->
             source, hf + "post_attention_layernorm.weight"
         )
     lm_head = source.pop("lm_head.weight", None)
-    if config.tie_word_embeddings or lm_head is None:
+    # A tied projection may come as blocks of the embedding table (a GGUF with kept blocks).
+    if lm_head is None or (config.tie_word_embeddings and not isinstance(lm_head, BlockWeight)):
         lm_head = fused["embed_tokens.weight"]
     fused["lm_head.weight"] = lm_head
     source.pop("model.rotary_emb.inv_freq", None)
