@@ -13,7 +13,6 @@ from nats.js.api import ConsumerConfig
 from pydantic import TypeAdapter
 
 from inferline.config import ServerConfig, SinkConfig
-
 from inferline.streams.message import Output
 from inferline.streams.service import open_sink
 

@@ -71,7 +71,7 @@ class NatsSource:
     async def _fetch(self, batch: int, timeout_s: float) -> list[nats.aio.msg.Msg]:
         try:
             return await self._subscription.fetch(batch=batch, timeout=max(0.001, timeout_s))
-        except (TimeoutError, asyncio.TimeoutError, NatsTimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             return []
 
     @staticmethod
