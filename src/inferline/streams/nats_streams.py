@@ -13,6 +13,7 @@ import asyncio
 import json
 
 import nats
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
@@ -68,14 +69,14 @@ class NatsSource:
             received = await self._fetch(1, timeout_s - FIRST_PROBE_S)
         return [self._message(m) for m in received]
 
-    async def _fetch(self, batch: int, timeout_s: float) -> list[nats.aio.msg.Msg]:
+    async def _fetch(self, batch: int, timeout_s: float) -> list[Msg]:
         try:
             return await self._subscription.fetch(batch=batch, timeout=max(0.001, timeout_s))
         except (TimeoutError, NatsTimeoutError):
             return []
 
     @staticmethod
-    def _message(msg: nats.aio.msg.Msg) -> Message:
+    def _message(msg: Msg) -> Message:
         meta = msg.metadata
         return Message(
             str(meta.sequence.stream), msg.data, meta.timestamp.timestamp(), meta.num_delivered, msg

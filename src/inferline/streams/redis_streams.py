@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
@@ -69,7 +70,8 @@ class RedisSource:
             return messages
         # BLOCK 0 would wait for ever; with claimed entries in hand, do not wait at all.
         block_ms = max(1, round(timeout_s * 1000)) if not messages and timeout_s > 0 else None
-        reply = await self.client.xreadgroup(
+        # RESP2, not decoded: [[stream, [(entry id, {field: value})]]]; redis-py types every protocol's shape.
+        reply: Any = await self.client.xreadgroup(
             self.config.group, self.consumer, {self.config.stream: ">"}, count=wanted, block=block_ms
         )
         for _, entries in reply or []:
