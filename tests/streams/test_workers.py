@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,8 +47,7 @@ def server_config(broker: Broker, model: Path, **stream: Any) -> ServerConfig:
                     "source": broker.source(**stream.pop("source", {})),
                     "sink": broker.sink(),
                     "model": "fraud",
-                    "max_batch_size": 16,
-                    **stream,
+                    **({"max_batch_size": 16} | stream),
                 }
             ],
         }
@@ -73,9 +73,11 @@ def sample(registry: CollectorRegistry, metric: str, stream: str, **labels: str)
 
 
 def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
-    broker: Broker, fraud_model: Path
+    broker: Broker, fraud_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = server_config(broker, fraud_model, max_deliveries=2)
+    # Batches of up to 48 against the deployment's max_batch_size of 32: scored in two calls.
+    config = server_config(broker, fraud_model, max_deliveries=2, max_batch_size=48)
+    caplog.set_level(logging.INFO, "inferline.streams")
     name = broker.name
     rows = features(60)
 
@@ -112,6 +114,7 @@ def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
         assert dead[ids[30]].startswith("bad payload: not JSON")
         assert "has shape [2]; one row of the model is [30]" in dead[ids[31]]
         assert await broker.in_flight() == 0
+        assert "one by one" not in caplog.text  # no model call was refused
         assert snapshot["num_processed"] == len(good_ids)  # the pre-written one was scored, not written
         assert snapshot["num_dead_lettered"] == 2
         assert snapshot["state"] == "running"
@@ -149,7 +152,9 @@ def test_a_slow_model_slows_consumption_and_loses_nothing(broker: Broker, tmp_pa
             await until(all_written, 60, "every message has a result")
             await until(no_lag, 10, "lag back to 0")
         assert sorted(i for i, _ in await broker.results()) == sorted(ids)
-        assert max(in_flight) <= 4, in_flight
+        # Redis: the one batch being scored. NATS: a pull request that expired on the client side may
+        # still deliver up to one more batch into the client's buffer, scored next.
+        assert max(in_flight) <= (4 if broker.kind == "redis" else 8), in_flight
         peak = lags.index(max(lags))
         assert lags[peak] > num_messages / 2, lags  # a backlog built up while the model worked
         assert lags[peak:] == sorted(lags[peak:], reverse=True), lags  # and then only shrank

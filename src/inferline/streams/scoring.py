@@ -127,6 +127,11 @@ class Scorer:
         return {name: _row(name, value, specs) for name, value in inputs.items()}
 
     async def _call_batch(self, items: list[Any]) -> list[dict[str, Any]]:
+        """One model call per deployment-sized chunk (a call over its max_batch_size would be refused)."""
+        size = getattr(self._deployment().config, "max_batch_size", len(items))
+        if len(items) > size:
+            chunks = [items[i : i + size] for i in range(0, len(items), size)]
+            return [r for part in await asyncio.gather(*map(self._call_batch, chunks)) for r in part]
         if self.config.task == "embed":
             texts: list[str] = items
 
