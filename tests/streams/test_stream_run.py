@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from sqlalchemy import create_engine, text
 
+from inferline.bench.harness import free_port
 from inferline.testing.fraud_model import write_fraud_mlp
 from tests.streams.brokers import RedisBroker
 from tests.streams.conftest import features, payload
@@ -26,9 +28,9 @@ from tests.streams.conftest import features, payload
 START_TIMEOUT_S = 60.0
 
 
-def start(config: Path, home: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(config: Path, home: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "INFERLINE_HOME": str(home)}
-    command = [sys.executable, "-m", "inferline.cli", "stream", "run", str(config)]
+    command = [sys.executable, "-m", "inferline.cli", "stream", "run", str(config), *options]
     with log.open("ab") as output:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
 
@@ -92,10 +94,16 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
         assert len(await results()) < len(ids), "the worker finished before it was killed: slow the model"
         assert await broker.in_flight() > 0  # the dead worker held messages it had not acknowledged
         ids += await produce(40, 1)
-        second = start(config_path, tmp_path, log)
+        metrics_port = free_port()
+        second = start(config_path, tmp_path, log, "--metrics-port", str(metrics_port))
         try:
             await wait_for(len(ids), second)
             await asyncio.sleep(0.5)  # a second result for a redelivered message would show up now
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            # The restarted worker scored what the first left: the new messages and the reclaimed ones.
+            processed = f'inferline_stream_messages_total{{outcome="processed",stream="{name}"}}'
+            assert processed in metrics
             second.send_signal(signal.SIGTERM)
             assert second.wait(timeout=30) == 0
         finally:
