@@ -101,6 +101,7 @@ class StreamWorker:
             self.status.state = "stopped"
             if watching is not None:
                 watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
             for closing in (self.source, self.sink, self.dead_letters):
                 try:
                     await closing.close()
