@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
@@ -50,6 +51,7 @@ def database_results(home: Path) -> list[tuple[str, Any]]:
     return [(message_id, json.loads(json.loads(fields)["result"])) for message_id, fields in rows]
 
 
+@pytest.mark.slow  # two process starts: about 50 s on 2 loaded cores
 def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
     redis_url: str, tmp_path: Path
 ) -> None:
