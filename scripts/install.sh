@@ -18,6 +18,8 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 if $with_tests; then
     # The router's quota and budget tests start a real Redis server on loopback.
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    # The stream workers' tests start a real NATS server with JetStream on loopback.
+    command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
     # The dashboard test loads /dashboard in headless Chromium and screenshots it.
     if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
         missing+=(chromium)

@@ -36,6 +36,12 @@ FIGURES = {
     "quant_quality.py": [r"\| default \| \d+\.\d\d \| [+-]\d+\.\d%"],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
+    "streams.py": [
+        r"^\| redis \| inferline \| \d+ \| 50% \| \d+ \| \d+\.\d\d \| \d+\.\d\d \|",
+        r"^\| redis \| plain \| \d+ \| 90% \| \d+ \| \d+\.\d\d \| \d+\.\d\d \|",
+        r"^\| nats \| inferline \| \d+ \| 50% \| \d+ \| \d+\.\d\d \| \d+\.\d\d \|",
+        r"^\| nats \| plain \| \d+ \| 90% \| \d+ \| \d+\.\d\d \| \d+\.\d\d \|",
+    ],
     "structured.py": [
         r"^validity inferline: greedy \d+/\d+, sampled \d+/\d+",
         r"^\| inferline \| 1 \| \d+\.\d \| \d+\.\d \| \d\.\d\d \|",

@@ -19,6 +19,7 @@ from inferline.cli.models import add_models_parser
 from inferline.cli.registry import add_registry_parser
 from inferline.cli.rollout import add_rollout_parser
 from inferline.cli.serve import add_serve_parser
+from inferline.cli.stream import add_stream_parser
 from inferline.cli.usage import add_usage_parser
 from inferline.errors import InferlineError
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_models_parser,
         add_bench_parser,
         add_batch_parser,
+        add_stream_parser,
         add_usage_parser,
         add_registry_parser,
         add_rollout_parser,

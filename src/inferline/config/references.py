@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from inferline.config.deployments import DeploymentConfig
 from inferline.config.routing import RouteConfig
+from inferline.config.streams import StreamConfig
 from inferline.config.tenants import ApiKeyConfig, OrganisationConfig, TeamConfig, TenantConfig
 
 Location = tuple[str | int, ...]
@@ -27,6 +28,7 @@ def check_references(
     tenants: Sequence[TenantConfig],
     teams: Sequence[TeamConfig],
     organisations: Sequence[OrganisationConfig],
+    streams: Sequence[StreamConfig] = (),
 ) -> None:
     """Raise ConfigReferenceError at the first name that points nowhere or is used twice."""
     names: dict[str, Location] = {}
@@ -38,6 +40,7 @@ def check_references(
     for i, route in enumerate(routes):
         _unique(names, route.name, ("routes", i, "name"))
         _check_route(route, ("routes", i), deployment_names)
+    _check_streams(streams, names)
     _check_unique_people(tenants, teams, organisations)
     team_names = {t.name for t in teams}
     for i, tenant in enumerate(tenants):
@@ -51,6 +54,17 @@ def check_references(
             raise ConfigReferenceError(
                 ("teams", i, "organisation"),
                 f"organisation {team.organisation!r} is not defined in `organisations`",
+            )
+
+
+def _check_streams(streams: Sequence[StreamConfig], models: dict[str, Location]) -> None:
+    seen: dict[str, Location] = {}
+    for i, stream in enumerate(streams):
+        _unique(seen, stream.name, ("streams", i, "name"))
+        if stream.model not in models:
+            known = ", ".join(sorted(models))
+            raise ConfigReferenceError(
+                ("streams", i, "model"), f"model {stream.model!r} is no route or deployment; defined: {known}"
             )
 
 

@@ -12,6 +12,7 @@ from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
 from inferline.config.references import ConfigReferenceError, check_references
 from inferline.config.routing import RouteConfig
+from inferline.config.streams import StreamConfig
 from inferline.config.telemetry import TelemetryConfig
 from inferline.config.tenants import AdmissionConfig, OrganisationConfig, TeamConfig, TenantConfig
 
@@ -83,6 +84,11 @@ class ServerConfig(BaseModel):
     registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    streams: list[StreamConfig] = Field(
+        default_factory=list,
+        description="Stream workers `inferline serve` runs beside the HTTP APIs (`inferline stream run` "
+        "runs only them): messages from Redis Streams or NATS JetStream, scored, results to a sink.",
+    )
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
     )
@@ -100,7 +106,9 @@ class ServerConfig(BaseModel):
     @model_validator(mode="after")
     def _references(self) -> ServerConfig:
         try:
-            check_references(self.deployments, self.routes, self.tenants, self.teams, self.organisations)
+            check_references(
+                self.deployments, self.routes, self.tenants, self.teams, self.organisations, self.streams
+            )
         except ConfigReferenceError as error:
             # A ValidationError, not a ValueError: it keeps the field's path for file:line messages.
             detail = InitErrorDetails(

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from inferline.router.route_state import RouteState
 from inferline.router.router import Router
 from inferline.server.errors import HTTPError
+from inferline.streams.service import StreamWorkers
 
 
 class WeightsUpdate(BaseModel):
@@ -26,7 +27,7 @@ class CanaryUpdate(BaseModel):
     percent: float | None = Field(None, ge=0, le=100)
 
 
-def admin_router(router: Router, admin: Callable[..., Awaitable[None]]) -> APIRouter:
+def admin_router(router: Router, admin: Callable[..., Awaitable[None]], streams: StreamWorkers) -> APIRouter:
     api = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
 
     def explicit(name: str) -> RouteState:
@@ -46,6 +47,11 @@ def admin_router(router: Router, admin: Callable[..., Awaitable[None]]) -> APIRo
     @api.get("/limits")
     async def limits() -> dict[str, Any]:
         return {"limits": await router.limiter.snapshot()}
+
+    @api.get("/streams")
+    async def stream_workers() -> dict[str, Any]:
+        """Each stream worker: its source, state, counts, lag and last error."""
+        return {"streams": streams.snapshot()}
 
     @api.post("/routes/{name}/weights")
     async def set_weights(name: str, update: WeightsUpdate) -> dict[str, Any]:

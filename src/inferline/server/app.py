@@ -46,6 +46,7 @@ from inferline.server.responses_serving import ResponsesServing
 from inferline.server.rollout_admin import rollout_admin_router, rollout_controller
 from inferline.server.slo import slo_router
 from inferline.server.usage import Metering, usage_router
+from inferline.streams.service import StreamWorkers
 from inferline.telemetry.logs import AccessLog, RequestLog, record_usage, set_tenant
 from inferline.telemetry.metrics import Metrics
 from inferline.telemetry.slo import SloCollector, SloTracker
@@ -195,6 +196,7 @@ def create_app(
     files = FileStore(batch_database, config.batch.data_dir or inferline_home() / "files")
     executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
+    streams = StreamWorkers(config, router, metrics.registry, inferline_home())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -211,7 +213,9 @@ def create_app(
         except ResponseStoreError as error:  # served once the database is back; pruned on its next write
             logger.warning("stored responses not pruned at startup: %s", error)
         await batches.start()  # each unfinished batch carries on once its models have loaded
+        streams.start()  # each worker reads once the models have loaded
         yield
+        await streams.close()  # messages in flight are delivered again; their results are written once
         await batches.close()  # unfinished batches resume where their output files end on the next start
         loading.cancel()
         sampling.cancel()
@@ -273,7 +277,7 @@ def create_app(
     app.include_router(files_router(files, config.batch.max_file_bytes, tenant))
     app.include_router(batch_router(batches, tenant))
     app.include_router(oip_router(router, tenant))
-    app.include_router(admin_router(router, admin))
+    app.include_router(admin_router(router, admin, streams))
     app.include_router(deployments_admin_router(config, pool, sources, admin))
     app.include_router(rollout_admin_router(rollouts, admin))
     app.include_router(slo_router(slo, admin))

@@ -1,0 +1,78 @@
+"""The stream workers of a config: built from `streams:`, run as tasks beside the server (or alone, by
+`inferline stream run`), stopped with it. Messages in flight when they stop stay unacknowledged and are
+delivered again; their results are written once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from inferline.config import (
+    NatsSinkConfig,
+    NatsSourceConfig,
+    RedisSinkConfig,
+    ServerConfig,
+    SinkConfig,
+    SourceConfig,
+)
+from inferline.db import database_url
+from inferline.router.router import Router
+from inferline.streams.database_sink import DatabaseSink
+from inferline.streams.message import Sink, Source
+from inferline.streams.metrics import StreamMetrics
+from inferline.streams.redis_streams import RedisSink, RedisSource
+from inferline.streams.worker import StreamWorker
+
+
+def open_source(config: SourceConfig) -> Source:
+    if isinstance(config, NatsSourceConfig):
+        from inferline.streams.nats_streams import NatsSource  # nats-py: the `streams` extra
+
+        return NatsSource(config)
+    return RedisSource(config)
+
+
+def open_sink(config: SinkConfig, server: ServerConfig, home: Path) -> Sink:
+    if isinstance(config, NatsSinkConfig):
+        from inferline.streams.nats_streams import NatsSink
+
+        return NatsSink(config)
+    if isinstance(config, RedisSinkConfig):
+        return RedisSink(config)
+    return DatabaseSink(database_url(config.database_url or server.telemetry.database_url, home))
+
+
+class StreamWorkers:
+    def __init__(self, config: ServerConfig, router: Router, registry: CollectorRegistry, home: Path) -> None:
+        metrics = StreamMetrics(registry)
+        allow_failed = config.on_load_failure == "serve_rest"
+        self.workers = [
+            StreamWorker(
+                stream,
+                router,
+                open_source(stream.source),
+                open_sink(stream.sink, config, home),
+                metrics,
+                allow_failed,
+            )
+            for stream in config.streams
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(w.run(), name=f"stream {w.config.name}") for w in self.workers]
+
+    async def wait(self) -> None:
+        """Until every worker has stopped (they stop only when cancelled)."""
+        await asyncio.gather(*self._tasks)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [w.snapshot() for w in self.workers]

@@ -1,0 +1,163 @@
+"""Stream workers on real brokers (Redis Streams, NATS JetStream), in process: every message one result,
+poison messages to the dead-letter stream with their reason, a dead consumer's messages taken over,
+lag that moves, and a slow model that slows consumption without losing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from inferline.config import OnnxDeploymentConfig, ServerConfig
+from inferline.router.deployments import DeploymentPool
+from inferline.router.limits import Limiter
+from inferline.router.router import Router
+from inferline.streams.service import StreamWorkers
+from inferline.testing.fraud_model import fraud_probabilities, write_fraud_mlp
+from tests.streams.brokers import NatsBroker, RedisBroker, write_result
+from tests.streams.conftest import features, payload, until
+
+Broker = RedisBroker | NatsBroker
+
+
+@pytest.fixture(params=["redis", "nats"])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    name = f"fraud-{secrets.token_hex(3)}"
+    if request.param == "redis":
+        return RedisBroker(request.getfixturevalue("redis_url"), name)
+    return NatsBroker(request.getfixturevalue("nats_url"), name)
+
+
+def server_config(broker: Broker, model: Path, **stream: Any) -> ServerConfig:
+    return ServerConfig.model_validate(
+        {
+            "deployments": [OnnxDeploymentConfig(name="fraud", source=str(model)).model_dump()],
+            "streams": [
+                {
+                    "name": broker.name,
+                    "source": broker.source(**stream.pop("source", {})),
+                    "sink": broker.sink(),
+                    "model": "fraud",
+                    **({"max_batch_size": 16} | stream),
+                }
+            ],
+        }
+    )
+
+
+@asynccontextmanager
+async def running(config: ServerConfig, registry: CollectorRegistry) -> AsyncIterator[StreamWorkers]:
+    pool = DeploymentPool(config.deployments)
+    await pool.load_all()
+    router = Router(config, pool, Limiter.from_config(config))
+    workers = StreamWorkers(config, router, registry, Path.home())
+    workers.start()
+    try:
+        yield workers
+    finally:
+        await workers.close()
+        await pool.unload_all()
+
+
+def sample(registry: CollectorRegistry, metric: str, stream: str, **labels: str) -> float | None:
+    return registry.get_sample_value(metric, {"stream": stream, **labels})
+
+
+def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
+    broker: Broker, fraud_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Batches of up to 48 against the deployment's max_batch_size of 32: scored in two calls.
+    config = server_config(broker, fraud_model, max_deliveries=2, max_batch_size=48)
+    caplog.set_level(logging.INFO, "inferline.streams")
+    name = broker.name
+    rows = features(60)
+
+    async def scenario() -> None:
+        bodies = [json.dumps(payload(row)).encode() for row in rows]
+        poison = [b"not json", json.dumps({"inputs": {"features": [1.0, 2.0]}}).encode()]
+        ids = await broker.produce([*bodies[:30], *poison, *bodies[30:]])
+        good_ids = ids[:30] + ids[32:]
+        # A consumer took eight messages, wrote the first one's result and was killed before its ack.
+        await broker.die_holding(8)
+        await write_result(broker.sink(), name, ids[0], {"outputs": "first"})
+        registry = CollectorRegistry()
+        async with running(config, registry) as workers:
+
+            async def all_written() -> bool:
+                return len(await broker.results()) >= len(good_ids)
+
+            async def no_lag() -> bool:
+                return sample(registry, "inferline_stream_lag_messages", name) == 0
+
+            await until(all_written, 30, "every good message has a result")
+            await until(no_lag, 10, "lag back to 0")
+            snapshot = workers.snapshot()[0]
+        written = await broker.results()
+        assert sorted(i for i, _ in written) == sorted(good_ids)  # each exactly once, the reclaimed too
+        by_id = dict(written)
+        assert by_id[ids[0]] == {"outputs": "first"}  # written before the crash: not written again
+        expected = fraud_probabilities(rows)
+        for index, message_id in enumerate(good_ids[1:], start=1):
+            got = by_id[message_id]["outputs"]["probabilities"]
+            np.testing.assert_allclose(got, expected[index], rtol=1e-4, atol=1e-6)
+        dead = await broker.dead_letters()
+        assert dead.keys() == set(ids[30:32])
+        assert dead[ids[30]].startswith("bad payload: not JSON")
+        assert "has shape [2]; one row of the model is [30]" in dead[ids[31]]
+        assert await broker.in_flight() == 0
+        assert "one by one" not in caplog.text  # no model call was refused
+        assert snapshot["num_processed"] == len(good_ids)  # the pre-written one was scored, not written
+        assert snapshot["num_dead_lettered"] == 2
+        assert snapshot["state"] == "running"
+        assert sample(registry, "inferline_stream_messages_total", name, outcome="processed") == len(good_ids)
+        assert sample(registry, "inferline_stream_latency_seconds_count", name) == len(good_ids)
+        await broker.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_model_slows_consumption_and_loses_nothing(broker: Broker, tmp_path: Path) -> None:
+    slow = write_fraud_mlp(tmp_path / "slow.onnx", hidden=1024, num_hidden_layers=6)
+    config = server_config(broker, slow, max_batch_size=4)
+    num_messages = 120
+
+    async def scenario() -> None:
+        ids = await broker.produce([json.dumps(payload(r)).encode() for r in features(num_messages)])
+        registry = CollectorRegistry()
+        lags: list[float] = []
+        in_flight: list[int] = []
+        async with running(config, registry):
+
+            async def all_written() -> bool:
+                # The worker holds one batch at most: the rest waits in the broker, not in memory.
+                in_flight.append(await broker.in_flight())
+                lag = sample(registry, "inferline_stream_lag_messages", broker.name)
+                if lag is not None:
+                    lags.append(lag)
+                return len(await broker.results()) >= num_messages
+
+            async def no_lag() -> bool:
+                lags.append(sample(registry, "inferline_stream_lag_messages", broker.name) or 0.0)
+                return lags[-1] == 0
+
+            await until(all_written, 60, "every message has a result")
+            await until(no_lag, 10, "lag back to 0")
+        assert sorted(i for i, _ in await broker.results()) == sorted(ids)
+        # Redis: the one batch being scored. NATS: a pull request that expired on the client side may
+        # still deliver up to one more batch into the client's buffer, scored next.
+        assert max(in_flight) <= (4 if broker.kind == "redis" else 8), in_flight
+        peak = lags.index(max(lags))
+        assert lags[peak] > num_messages / 2, lags  # a backlog built up while the model worked
+        assert lags[peak:] == sorted(lags[peak:], reverse=True), lags  # and then only shrank
+        await broker.close()
+
+    asyncio.run(scenario())
