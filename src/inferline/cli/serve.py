@@ -8,12 +8,20 @@ from typing import Any
 from inferline.cli.options import add_field
 from inferline.config import ServerConfig
 
+LOCAL_RAY = "local"
+"""`--ray` without an address: start a Ray instance on this machine."""
+
 
 def _serve(args: argparse.Namespace) -> int:
     from inferline.server.serve import load_server_config, serve
 
     config = load_server_config(args.config, host=args.host, port=args.port, api_keys=args.api_keys)
-    return serve(config)
+    if args.ray is None:
+        return serve(config)
+    from inferline.cluster.serve import serve_on_ray  # imports Ray: only when asked for
+
+    address = None if args.ray == LOCAL_RAY else args.ray
+    return serve_on_ray(config, address, num_cpus=args.ray_num_cpus)
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -30,5 +38,20 @@ def add_serve_parser(commands: Any) -> None:
         "--api-key",
         action="append",
         help="bearer key of the default tenant (repeatable)",
+    )
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        default=None,
+        metavar="ADDRESS",
+        help="serve local deployments on Ray Serve replicas: 'auto' joins this machine's cluster, an "
+        "address (host:6379, ray://host:10001) a remote one; without a value a Ray instance starts here",
+    )
+    serve.add_argument(
+        "--ray-num-cpus",
+        type=int,
+        default=None,
+        help="cores of the Ray instance started here (--ray without an address); all by default",
     )
     serve.set_defaults(handler=_serve)

@@ -2,6 +2,7 @@
 public name is importable from here."""
 
 from inferline.config.batch import BatchConfig, CarbonConfig
+from inferline.config.cluster import ReplicaResourcesConfig, ReplicasConfig
 from inferline.config.deployments import (
     BatchedDeploymentBase,
     CircuitBreakerConfig,
@@ -65,6 +66,8 @@ __all__ = [
     "QuotaConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",
+    "ReplicaResourcesConfig",
+    "ReplicasConfig",
     "ResponsesConfig",
     "RolloutPlanConfig",
     "RouteConfig",

@@ -1,0 +1,149 @@
+"""`inferline serve --ray` end to end: a local Ray instance started by the server, two replicas of the
+default model, real requests; one replica killed under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.server.conftest import ServerProcess, llm_deployment, start_server
+
+pytestmark = pytest.mark.slow
+
+ADMIN_KEY = "sk-test-admin"
+DEPLOYMENT = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp_path: Path = tmp_path_factory.mktemp("ray-server")
+    deployment = {
+        **llm_deployment(kv_cache_bytes=32 << 20),
+        "replicas": {"min": 2, "max": 2},
+        "resources": {"num_cpus": 0.5},
+    }
+    config = {"deployments": [deployment], "admin_api_keys": [ADMIN_KEY]}
+    server = start_server(config, tmp_path, ready_timeout_s=180, args=("--ray", "--ray-num-cpus", "2"))
+    try:
+        yield server
+    finally:
+        ray_processes = _descendants(server)
+        assert server.stop() == 0, server.log()[-3000:]
+        # The Ray instance the server started stops with it: no replica, raylet or GCS is left behind.
+        _, alive = psutil.wait_procs(ray_processes, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], server.log()[-3000:]
+
+
+def _descendants(server: ServerProcess) -> list[psutil.Process]:
+    return psutil.Process(server.process.pid).children(recursive=True)
+
+
+def _replica_processes(server: ServerProcess) -> list[psutil.Process]:
+    return [p for p in _descendants(server) if "ServeReplica:inferline-" in " ".join(p.cmdline())]
+
+
+def _cluster(server: ServerProcess) -> dict[str, Any]:
+    response = httpx.get(
+        f"{server.url}/admin/cluster", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    )
+    response.raise_for_status()
+    view: dict[str, Any] = response.json()["deployments"][DEPLOYMENT]
+    return view
+
+
+def _chat(content: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": "default",
+        "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+
+
+def test_chat_completions_are_served_by_ray_replicas_routed_by_prompt_prefix(ray_server: ServerProcess) -> None:
+    answer = httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 8), timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"]
+    assert answer.headers["x-inferline-deployment"] == f"{DEPLOYMENT}@1"
+
+    with httpx.stream(
+        "POST", f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 6, stream=True), timeout=60
+    ) as stream:
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert "".join(
+        json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1]
+    ), "the stream carried no text"
+
+    before = _cluster(ray_server)["routing"]["decisions"].get("affinity", 0)
+    for _ in range(3):  # the same prompt: its prefix lives on one replica, which gets it every time
+        httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 2), timeout=60)
+    view = _cluster(ray_server)
+    assert view["status"] == "HEALTHY"
+    assert view["replica_states"] == {"RUNNING": 2}
+    assert view["routing"]["decisions"]["affinity"] == before + 3
+    assert view["autoscaling"]["replicas_needed"] == 2  # min = max = 2
+    metrics = httpx.get(f"{ray_server.url}/metrics").text
+    assert f'inferline_cluster_replicas{{deployment="{DEPLOYMENT}"}} 2.0' in metrics
+
+
+async def _whole(client: httpx.AsyncClient, i: int) -> httpx.Response:
+    return await client.post("/v1/chat/completions", json=_chat(f"Count to {i}.", 24))
+
+
+async def _streamed(client: httpx.AsyncClient, i: int, started: asyncio.Event) -> list[str]:
+    events = []
+    async with client.stream("POST", "/v1/chat/completions", json=_chat(f"Name {i} colours.", 24, True)) as r:
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+                started.set()
+    return events
+
+
+def test_a_replica_killed_under_load_fails_no_whole_request_and_hangs_no_stream(
+    ray_server: ServerProcess,
+) -> None:
+    async def load_and_kill() -> tuple[list[httpx.Response], list[list[str]]]:
+        started = asyncio.Event()
+        async with httpx.AsyncClient(base_url=ray_server.url, timeout=90) as client:
+            whole = [asyncio.create_task(_whole(client, i)) for i in range(8)]
+            streams = [asyncio.create_task(_streamed(client, i, started)) for i in range(4)]
+            await asyncio.wait_for(started.wait(), 60)  # tokens are flowing: requests are mid-generation
+            _replica_processes(ray_server)[0].send_signal(signal.SIGKILL)
+            return await asyncio.gather(*whole), await asyncio.gather(*streams)
+
+    killed_at = time.monotonic()
+    whole, streams = asyncio.run(load_and_kill())
+    # Every non-streamed request is answered: one that was on the dead replica ran again on the other.
+    assert [r.status_code for r in whole] == [200] * 8, [r.text for r in whole if r.status_code != 200]
+    assert all(r.json()["choices"][0]["message"]["content"] for r in whole)
+    # Every stream ended (none hangs): normally, or with an error frame once tokens had gone out.
+    num_broken = 0
+    for events in streams:
+        assert events[-1] == "data: [DONE]"
+        frames = [json.loads(e[6:]) for e in events[:-1]]
+        errors = [f for f in frames if "error" in f]
+        assert not errors or ("failed mid-stream" in errors[0]["error"]["message"] and frames[-1] is errors[0])
+        num_broken += bool(errors)
+    # The kill landed on requests in flight (else this test would prove nothing).
+    assert num_broken or "trying another" in ray_server.log(), ray_server.log()[-3000:]
+
+    # The dead replica is replaced, and the deployment serves on two replicas again.
+    deadline = time.monotonic() + 120
+    while _cluster(ray_server)["replica_states"] != {"RUNNING": 2}:
+        assert time.monotonic() < deadline, _cluster(ray_server)
+        time.sleep(1)
+    replaced_s = time.monotonic() - killed_at
+    print(f"replica replaced {replaced_s:.1f} s after the kill")
+    answer = httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 4), timeout=60)
+    assert answer.status_code == 200, answer.text
