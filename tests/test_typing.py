@@ -1,4 +1,4 @@
-"""The engine, the server, telemetry, the registry, the edge agent and the CLI type-check (STYLE.md: mypy on
+"""The engine, the server, telemetry, the registry, the edge agent, the cluster and the CLI type-check
 engine/ and server/), with the backends and the router they import."""
 
 import subprocess
@@ -21,6 +21,7 @@ def test_mypy_passes() -> None:
             "src/inferline/registry",
             "src/inferline/cli",
             "src/inferline/batch",
+            "src/inferline/cluster",
         ],
         cwd=ROOT,
         capture_output=True,

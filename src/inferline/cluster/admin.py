@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 from ray import serve
 
 from inferline.cluster.autoscaling import replicas_needed
-from inferline.cluster.deploy import app_name
 from inferline.cluster.board import ROUTERS
+from inferline.cluster.deploy import app_name
 from inferline.config import LocalDeploymentConfig
 
 SIGNALS = ("load_tokens", "kv_usage", "queue_wait_s")
@@ -62,9 +62,7 @@ def cluster_admin_router(
             application = applications.get(app_name(deployment))
             status = application.deployments.get(deployment.name) if application is not None else None
             views[deployment.name]["status"] = status.status if status is not None else "NOT_DEPLOYED"
-            views[deployment.name]["replica_states"] = (
-                dict(status.replica_states) if status else {}
-            )
+            views[deployment.name]["replica_states"] = dict(status.replica_states) if status else {}
         return {"deployments": views}
 
     return api

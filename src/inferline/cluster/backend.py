@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from inferline.backends.base import BackendStats, EmbeddingResult, ModelMetadata
 from inferline.cluster.affinity import affinity_key
-from inferline.cluster.deploy import deploy
 from inferline.cluster.board import ROUTERS
+from inferline.cluster.deploy import deploy
 from inferline.config import LocalDeploymentConfig
 from inferline.errors import BackendUnavailableError
 from inferline.types import Delta, Request
@@ -79,9 +79,10 @@ class RayReplicaBackend:
         self._in_flight += 1
         try:
             for attempt in range(1, MAX_TRIES + 1):
-                stream = self.handle.options(stream=True).generate.remote(
+                call = self.handle.options(stream=True).generate.remote(
                     request, **self._routing(request, key)
                 )
+                stream = cast("DeploymentResponseGenerator[Delta]", call)  # stream=True: a generator
                 sent = False
                 try:
                     async for delta in stream:

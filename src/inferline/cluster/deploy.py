@@ -43,19 +43,20 @@ def replica_options(deployment: LocalDeploymentConfig) -> dict[str, Any]:
         if isinstance(deployment, LLMDeploymentConfig)
         else deployment.max_batch_size
     )
+    router: dict[str, Any] = {
+        "request_router_class": PrefixAffinityRouter,
+        "request_router_kwargs": {
+            "deployment": deployment.name,
+            "max_imbalance_tokens": replicas.max_imbalance_tokens,
+        },
+        "request_routing_stats_period_s": STATS_PERIOD_S,
+    }
     options: dict[str, Any] = {
         "name": deployment.name,
         "ray_actor_options": actor,
         "max_ongoing_requests": running + deployment.max_queued_requests,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
-        "request_router_config": RequestRouterConfig(
-            request_router_class=PrefixAffinityRouter,
-            request_router_kwargs={
-                "deployment": deployment.name,
-                "max_imbalance_tokens": replicas.max_imbalance_tokens,
-            },
-            request_routing_stats_period_s=STATS_PERIOD_S,
-        ),
+        "request_router_config": RequestRouterConfig(**router),
     }
     if replicas.min == replicas.max:
         options["num_replicas"] = replicas.min
@@ -82,7 +83,7 @@ def replica_options(deployment: LocalDeploymentConfig) -> dict[str, Any]:
 
 async def deploy(deployment: LocalDeploymentConfig) -> DeploymentHandle:
     """Start (or roll to this version) the deployment's replicas; returns once they serve."""
-    app = serve.deployment(Replica).options(**replica_options(deployment))
+    app = serve.deployment(**replica_options(deployment))(Replica)
     async with _deploying:
         handle: DeploymentHandle = await asyncio.to_thread(
             serve.run,

@@ -27,7 +27,7 @@ MAX_REMEMBERED_KEYS = 4096
 
 
 class Replica:
-    async def __init__(self, deployment: LocalDeploymentConfig) -> None:
+    async def __init__(self, deployment: LocalDeploymentConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         self.backend = build_backend(deployment)
         await self.backend.load()
         self._ids = itertools.count()

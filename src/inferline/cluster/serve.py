@@ -55,7 +55,7 @@ def stop_ray(deployments: list[LocalDeploymentConfig], started_here: bool) -> No
 
 def build_cluster_backend(deployment: DeploymentConfig) -> Backend:
     if isinstance(deployment, LocalDeploymentBase):
-        return RayReplicaBackend(deployment)  # type: ignore[arg-type]  # the union's members are these
+        return RayReplicaBackend(deployment)
     return build_backend(deployment)
 
 
@@ -71,7 +71,7 @@ def add_cluster_admin(config: ServerConfig, app: FastAPI) -> None:
 
 
 def local_deployments(config: ServerConfig) -> list[LocalDeploymentConfig]:
-    return [d for d in config.deployments if isinstance(d, LocalDeploymentBase)]  # type: ignore[misc]
+    return [d for d in config.deployments if isinstance(d, LocalDeploymentBase)]
 
 
 def serve_on_ray(config: ServerConfig, address: str | None, num_cpus: int | None = None) -> int:
