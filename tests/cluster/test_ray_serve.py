@@ -1,5 +1,5 @@
-"""`inferline serve --ray` end to end: a local Ray instance started by the server, two replicas of the
-default model, real requests; one replica killed under load."""
+"""`inferline serve --ray` end to end: a local Ray instance started by the server, one replica of the
+default model scaled to two by token load, real requests; one replica killed under load."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     tmp_path: Path = tmp_path_factory.mktemp("ray-server")
     deployment = {
         **llm_deployment(kv_cache_bytes=32 << 20),
-        "replicas": {"min": 2, "max": 2},
+        # A low token target: a handful of concurrent requests is enough load for a second replica.
+        "replicas": {"min": 1, "max": 2, "target_tokens": 64, "upscale_delay_s": 1, "downscale_delay_s": 600},
         "resources": {"num_cpus": 0.5},
     }
     config = {"deployments": [deployment], "admin_api_keys": [ADMIN_KEY]}
@@ -89,11 +90,34 @@ def test_chat_completions_are_served_by_ray_replicas_routed_by_prefix(ray_server
         httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 2), timeout=60)
     view = _cluster(ray_server)
     assert view["status"] == "HEALTHY"
-    assert view["replica_states"] == {"RUNNING": 2}
+    assert view["replica_states"] == {"RUNNING": 1}
     assert view["routing"]["decisions"]["affinity"] == before + 3
-    assert view["autoscaling"]["replicas_needed"] == 2  # min = max = 2
+    assert view["autoscaling"]["replicas_needed"] == 1
+    assert view["autoscaling"]["reason"].endswith("tokens in flight, target 64")
+    metrics = httpx.get(f"{ray_server.url}/metrics").text
+    assert f'inferline_cluster_replicas{{deployment="{DEPLOYMENT}"}} 1.0' in metrics
+
+
+def test_token_load_adds_a_replica(ray_server: ServerProcess) -> None:
+    async def load() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=ray_server.url, timeout=90) as client:
+            return await asyncio.gather(*(_whole(client, i) for i in range(8)))
+
+    started = time.monotonic()
+    assert all(r.status_code == 200 for r in asyncio.run(load()))
+    _wait_for_replicas(ray_server, 2)
+    print(f"second replica serving {time.monotonic() - started:.1f} s after the load began")
+    view = _cluster(ray_server)
+    assert view["status"] == "HEALTHY"
     metrics = httpx.get(f"{ray_server.url}/metrics").text
     assert f'inferline_cluster_replicas{{deployment="{DEPLOYMENT}"}} 2.0' in metrics
+
+
+def _wait_for_replicas(server: ServerProcess, num_replicas: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _cluster(server)["replica_states"] != {"RUNNING": num_replicas}:
+        assert time.monotonic() < deadline, _cluster(server)
+        time.sleep(0.5)
 
 
 async def _whole(client: httpx.AsyncClient, i: int) -> httpx.Response:
@@ -113,6 +137,8 @@ async def _streamed(client: httpx.AsyncClient, i: int, started: asyncio.Event) -
 def test_a_replica_killed_under_load_fails_no_whole_request_and_hangs_no_stream(
     ray_server: ServerProcess,
 ) -> None:
+    _wait_for_replicas(ray_server, 2)
+
     async def load_and_kill() -> tuple[list[httpx.Response], list[list[str]]]:
         started = asyncio.Event()
         async with httpx.AsyncClient(base_url=ray_server.url, timeout=90) as client:
@@ -141,10 +167,7 @@ def test_a_replica_killed_under_load_fails_no_whole_request_and_hangs_no_stream(
     assert num_broken or "trying another" in ray_server.log(), ray_server.log()[-3000:]
 
     # The dead replica is replaced, and the deployment serves on two replicas again.
-    deadline = time.monotonic() + 120
-    while _cluster(ray_server)["replica_states"] != {"RUNNING": 2}:
-        assert time.monotonic() < deadline, _cluster(ray_server)
-        time.sleep(1)
+    _wait_for_replicas(ray_server, 2)
     replaced_s = time.monotonic() - killed_at
     print(f"replica replaced {replaced_s:.1f} s after the kill")
     answer = httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 4), timeout=60)
