@@ -1,5 +1,6 @@
 """`inferline serve --ray` end to end: a local Ray instance started by the server, one replica of the
-default model scaled to two by token load, real requests; one replica killed under load."""
+default model (registry version 1), real requests; a rolling update to version 2 under load; the replica
+scaled to two by token load; one replica killed under load. The tests run in this order on one server."""
 
 from __future__ import annotations
 
@@ -15,24 +16,41 @@ import httpx
 import psutil
 import pytest
 
+from tests.registry.conftest import ADMIN_KEY, ServedRegistry, served_registry  # noqa: F401  (fixture)
 from tests.server.conftest import ServerProcess, llm_deployment, start_server
 
 pytestmark = pytest.mark.slow
 
-ADMIN_KEY = "sk-test-admin"
 DEPLOYMENT = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def ray_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    served_registry: ServedRegistry,  # noqa: F811  (the fixture imported above)
+) -> Iterator[ServerProcess]:
     tmp_path: Path = tmp_path_factory.mktemp("ray-server")
     deployment = {
         **llm_deployment(kv_cache_bytes=32 << 20),
+        "source": "registry:bot:1",
         # A low token target: a handful of concurrent requests is enough load for a second replica.
-        "replicas": {"min": 1, "max": 2, "target_tokens": 64, "upscale_delay_s": 1, "downscale_delay_s": 600},
+        "replicas": {
+            "min": 1,
+            "max": 2,
+            "target_tokens": 100,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 600,
+        },
         "resources": {"num_cpus": 0.5},
     }
-    config = {"deployments": [deployment], "admin_api_keys": [ADMIN_KEY]}
+    config = {
+        "deployments": [deployment],
+        "admin_api_keys": [ADMIN_KEY],
+        "registry": {
+            "trusted_public_keys": [str(served_registry.public_key)],
+            "database_url": served_registry.database_url,
+        },
+    }
     server = start_server(config, tmp_path, ready_timeout_s=180, args=("--ray", "--ray-num-cpus", "2"))
     try:
         yield server
@@ -93,9 +111,43 @@ def test_chat_completions_are_served_by_ray_replicas_routed_by_prefix(ray_server
     assert view["replica_states"] == {"RUNNING": 1}
     assert view["routing"]["decisions"]["affinity"] == before + 3
     assert view["autoscaling"]["replicas_needed"] == 1
-    assert view["autoscaling"]["reason"].endswith("tokens in flight, target 64")
+    assert view["autoscaling"]["reason"].endswith("tokens in flight, target 100")
     metrics = httpx.get(f"{ray_server.url}/metrics").text
     assert f'inferline_cluster_replicas{{deployment="{DEPLOYMENT}"}} 1.0' in metrics
+
+
+def test_a_rolling_update_under_load_fails_no_request(ray_server: ServerProcess) -> None:
+    async def client(client: httpx.AsyncClient, i: int, stop: asyncio.Event) -> list[tuple[int, str, bool]]:
+        outcomes = []
+        while not stop.is_set():
+            body = _chat(f"Count to {i}.", 4, stream=i % 2 == 1)
+            async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                text = (await reply.aread()).decode()
+            complete = "[DONE]" in text and '"error"' not in text if i % 2 else '"choices"' in text
+            outcomes.append((reply.status_code, reply.headers.get("x-inferline-version", ""), complete))
+        return outcomes
+
+    async def update_under_load() -> tuple[httpx.Response, list[list[tuple[int, str, bool]]]]:
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(base_url=ray_server.url, timeout=120) as http:
+            # Two clients: under the token target, so that the update alone changes the replicas.
+            clients = [asyncio.create_task(client(http, i, stop)) for i in range(2)]
+            await asyncio.sleep(1)
+            swapped = await http.post(
+                f"/admin/deployments/{DEPLOYMENT}/version",
+                json={"version": "2"},
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            )
+            await asyncio.sleep(2)  # requests after the update
+            stop.set()
+            return swapped, await asyncio.gather(*clients)
+
+    swapped, outcomes = asyncio.run(update_under_load())
+    assert swapped.status_code == 200, swapped.text
+    every = [o for per_client in outcomes for o in per_client]
+    assert all(status == 200 and complete for status, _, complete in every), every
+    assert {version for _, version, _ in every} == {"1", "2"}
+    assert all(per_client[-1][1] == "2" for per_client in outcomes)
 
 
 def test_token_load_adds_a_replica(ray_server: ServerProcess) -> None:
