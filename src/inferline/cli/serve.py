@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from inferline.cli.options import add_field
+from inferline.cli.options import LOCAL_RAY, add_field, add_ray_options
 from inferline.config import ServerConfig
-
-LOCAL_RAY = "local"
-"""`--ray` without an address: start a Ray instance on this machine."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,19 +36,5 @@ def add_serve_parser(commands: Any) -> None:
         action="append",
         help="bearer key of the default tenant (repeatable)",
     )
-    serve.add_argument(
-        "--ray",
-        nargs="?",
-        const=LOCAL_RAY,
-        default=None,
-        metavar="ADDRESS",
-        help="serve local deployments on Ray Serve replicas: 'auto' joins this machine's cluster, an "
-        "address (host:6379, ray://host:10001) a remote one; without a value a Ray instance starts here",
-    )
-    serve.add_argument(
-        "--ray-num-cpus",
-        type=int,
-        default=None,
-        help="cores of the Ray instance started here (--ray without an address); all by default",
-    )
+    add_ray_options(serve, "serve local deployments on Ray Serve replicas")
     serve.set_defaults(handler=_serve)

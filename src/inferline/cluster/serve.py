@@ -28,8 +28,7 @@ logger = logging.getLogger(__name__)
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to the cluster at `address` ("auto": the one this machine belongs to), or start one
-    here when None (with `num_cpus` cores, all of them by default). Serve's own HTTP proxy stays off:
-    requests come in through inferline's app."""
+    here when None (with `num_cpus` cores, all of them by default)."""
     ray.init(
         address=address,
         num_cpus=num_cpus if address is None else None,
@@ -40,7 +39,6 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         if address is None
         else None,
     )
-    serve.start(proxy_location="Disabled")
 
 
 def stop_ray(deployments: list[LocalDeploymentConfig], started_here: bool) -> None:
@@ -76,6 +74,7 @@ def local_deployments(config: ServerConfig) -> list[LocalDeploymentConfig]:
 
 def serve_on_ray(config: ServerConfig, address: str | None, num_cpus: int | None = None) -> int:
     start_ray(address, num_cpus)
+    serve.start(proxy_location="Disabled")  # requests come in through inferline's app, not Serve's proxy
     try:
         return serve_http(
             config, build=build_cluster_backend, extend=lambda app: add_cluster_admin(config, app)
