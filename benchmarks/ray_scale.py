@@ -128,25 +128,29 @@ async def run_load(url: str, num_requests: int, concurrency: int, max_tokens: in
     )
 
 
-def replicas_running(process: ServerProcess) -> int:
+def replicas(process: ServerProcess) -> tuple[set[str], dict[str, int]]:
+    """The replica ids the router sends to, and Serve's replica states."""
     reply = httpx.get(f"{process.url}/admin/cluster", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     reply.raise_for_status()
-    states: dict[str, int] = reply.json()["deployments"][DEPLOYMENT]["replica_states"]
-    return states.get("RUNNING", 0) if set(states) == {"RUNNING"} else 0
+    view = reply.json()["deployments"][DEPLOYMENT]
+    return set(view["routing"]["replicas"]), view["replica_states"]
 
 
 def time_to_replace(process: ServerProcess, num_replicas: int) -> float:
-    """SIGKILL one replica process; seconds until every replica runs again."""
+    """SIGKILL one replica process; seconds until the router sends to `num_replicas` replicas again, a
+    new one among them, and Serve reports every replica RUNNING."""
+    before, _ = replicas(process)
     descendants = psutil.Process(process.pid).children(recursive=True)
     replica = next(p for p in descendants if "ServeReplica:inferline-" in " ".join(p.cmdline()))
     killed = time.perf_counter()
     replica.send_signal(signal.SIGKILL)
-    replica.wait(timeout=30)
-    while replicas_running(process) != num_replicas:
+    while True:
+        ids, states = replicas(process)
+        if len(ids) == num_replicas and ids - before and states == {"RUNNING": num_replicas}:
+            return time.perf_counter() - killed
         if time.perf_counter() - killed > 300:
             raise SystemExit("the killed replica was not replaced within 300 s")
         time.sleep(0.1)
-    return time.perf_counter() - killed
 
 
 def line(label: str, result: LoadResult, extra: str = "") -> str:

@@ -165,10 +165,17 @@ def test_token_load_adds_a_replica(ray_server: ServerProcess) -> None:
     assert f'inferline_cluster_replicas{{deployment="{DEPLOYMENT}"}} 2.0' in metrics
 
 
-def _wait_for_replicas(server: ServerProcess, num_replicas: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _cluster(server)["replica_states"] != {"RUNNING": num_replicas}:
-        assert time.monotonic() < deadline, _cluster(server)
+def _wait_for_replicas(server: ServerProcess, num_replicas: int, replaced: set[str] | None = None) -> None:
+    """Until Serve runs `num_replicas` replicas and the router sends to as many; with `replaced` (the ids
+    before a replica died), until a new one is among them."""
+    deadline = time.monotonic() + 120
+    while True:
+        view = _cluster(server)
+        ids = set(view["routing"]["replicas"])
+        running = view["replica_states"] == {"RUNNING": num_replicas} and len(ids) == num_replicas
+        if running and (replaced is None or ids - replaced):
+            return
+        assert time.monotonic() < deadline, view
         time.sleep(0.5)
 
 
@@ -200,6 +207,7 @@ def test_a_replica_killed_under_load_fails_no_whole_request_and_hangs_no_stream(
             _replica_processes(ray_server)[0].send_signal(signal.SIGKILL)
             return await asyncio.gather(*whole), await asyncio.gather(*streams)
 
+    before = set(_cluster(ray_server)["routing"]["replicas"])
     killed_at = time.monotonic()
     whole, streams = asyncio.run(load_and_kill())
     # Every non-streamed request is answered: one that was on the dead replica ran again on the other.
@@ -218,8 +226,8 @@ def test_a_replica_killed_under_load_fails_no_whole_request_and_hangs_no_stream(
     # The kill landed on requests in flight (else this test would prove nothing).
     assert num_broken or "trying another" in ray_server.log(), ray_server.log()[-3000:]
 
-    # The dead replica is replaced, and the deployment serves on two replicas again.
-    _wait_for_replicas(ray_server, 2)
+    # The dead replica is replaced, and the deployment serves on two replicas again, a new one among them.
+    _wait_for_replicas(ray_server, 2, replaced=before)
     replaced_s = time.monotonic() - killed_at
     print(f"replica replaced {replaced_s:.1f} s after the kill")
     answer = httpx.post(f"{ray_server.url}/v1/chat/completions", json=_chat("Say hello.", 4), timeout=60)

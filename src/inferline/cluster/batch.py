@@ -78,13 +78,10 @@ class LineAnswerer:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
 
-def actor_resources(config: ServerConfig) -> dict[str, float]:
-    """What one actor reserves: the per-replica resources of every local deployment it loads."""
+def actor_resources(config: ServerConfig) -> tuple[float, float]:
+    """CPUs and GPUs one actor reserves: the per-replica resources of every local deployment it loads."""
     local = [d for d in config.deployments if isinstance(d, LocalDeploymentBase)]
-    return {
-        "num_cpus": sum(d.resources.num_cpus for d in local),
-        "num_gpus": sum(d.resources.num_gpus for d in local),
-    }
+    return sum(d.resources.num_cpus for d in local), sum(d.resources.num_gpus for d in local)
 
 
 def run_lines_on_ray(
@@ -116,12 +113,14 @@ def run_lines_on_ray(
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # committed in the plan's order, as without Ray
     context.enable_progress_bars = False  # the CLI shows its own
+    num_cpus, num_gpus = actor_resources(config)
     answered = ray.data.from_items(rows).map_batches(
         LineAnswerer,
         fn_constructor_args=(config, endpoint, batch_id),
         batch_size=lines_per_block,
         concurrency=num_actors,
-        **actor_resources(config),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
     )
     for block in answered.iter_batches(batch_size=None, batch_format="numpy"):
         results = [
