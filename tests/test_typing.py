@@ -1,5 +1,5 @@
-"""The engine, the server, telemetry, the registry, the edge agent, batch, streams and the CLI type-check
-(STYLE.md: mypy on engine/ and server/), with the backends and the router they import."""
+"""The engine, the server, telemetry, the registry, the edge agent, batch, streams, the cluster and the CLI
+type-check (STYLE.md: mypy on engine/ and server/), with the backends and the router they import."""
 
 import subprocess
 import sys
@@ -22,6 +22,7 @@ def test_mypy_passes() -> None:
             "src/inferline/cli",
             "src/inferline/batch",
             "src/inferline/streams",
+            "src/inferline/cluster",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -173,6 +173,9 @@ class Request:
     """Completion requests given as text rather than token ids."""
     traceparent: str | None = None
     """W3C trace context of the span this request runs under; a remote backend passes it upstream."""
+    stream: bool = True
+    """False when the caller collects the whole answer before it replies: a backend in front of several
+    replicas may then run it again, whole, on another replica when the first one fails midway."""
 
 
 @dataclass

@@ -34,6 +34,11 @@ FIGURES = {
         r"inferline 1 client \d+\.\d, 32 clients \d",
     ],
     "quant_quality.py": [r"\| default \| \d+\.\d\d \| [+-]\d+\.\d%"],
+    "ray_scale.py": [
+        r"^serve +\d+\.\d tok/s +TTFT p50 +\d+\.\d ms +p99 +\d+\.\d ms +failed 0",
+        r"^serve --ray, 1 replica +\d+\.\d tok/s .*failed 0 +ratio \d+\.\d\dx +added TTFT p50 [+-]\d+\.\d ms",
+        r"^replace a killed replica \(1 of 1\): \d+\.\d s",
+    ],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
     "streams.py": [

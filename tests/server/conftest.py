@@ -49,13 +49,15 @@ def read_port(tmp_path: Path) -> int:
     return int(yaml.safe_load((tmp_path / "inferline.yaml").read_text())["port"])
 
 
-def start_server(config: dict[str, Any], tmp_path: Path, ready_timeout_s: float = 90) -> ServerProcess:
+def start_server(
+    config: dict[str, Any], tmp_path: Path, ready_timeout_s: float = 90, args: tuple[str, ...] = ()
+) -> ServerProcess:
     config_path = write_config(tmp_path, config)
     port = read_port(tmp_path)
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(BIN), "serve", "--config", str(config_path)],
+            [str(BIN), "serve", "--config", str(config_path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,

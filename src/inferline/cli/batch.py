@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inferline.batch.lines import ENDPOINTS
-from inferline.cli.options import add_field
+from inferline.cli.options import LOCAL_RAY, add_field, add_ray_options
 from inferline.config import BatchConfig, EmbeddingDeploymentConfig, LLMDeploymentConfig, ServerConfig
 
 
@@ -45,8 +45,13 @@ async def _run(args: argparse.Namespace, config: ServerConfig, work: Path, resul
     from inferline.server.openai_serving import OpenAIServing
     from inferline.types import Priority
 
-    pool = DeploymentPool(config.deployments)
-    await pool.load_all()
+    if args.ray is None:
+        pool = DeploymentPool(config.deployments)
+        await pool.load_all()
+    else:  # the models load on the Ray actors; here lines are only planned, with a byte bound on tokens
+        from inferline.cluster.serve import build_cluster_backend
+
+        pool = DeploymentPool(config.deployments, build=build_cluster_backend)
     router = Router(config, pool, Limiter.from_config(config))
     executor = ServingExecutor(OpenAIServing(router))
     try:
@@ -70,9 +75,25 @@ async def _run(args: argparse.Namespace, config: ServerConfig, work: Path, resul
             return LineResult(line.custom_id, status, body, caller.request_id)
 
         log = OutputLog(results, results.with_name(results.name + ".errors.jsonl"))
+        window = args.max_in_flight_lines or config.batch.max_in_flight_lines
         with _Progress(len(plan.lines)) as progress:
-            window = args.max_in_flight_lines or config.batch.max_in_flight_lines
-            await run_lines(plan.lines, work, log, run_line, window, asyncio.Event(), progress.add)
+            if args.ray is None:
+                await run_lines(plan.lines, work, log, run_line, window, asyncio.Event(), progress.add)
+            else:
+                from inferline.cluster.batch import run_lines_on_ray
+
+                await asyncio.to_thread(
+                    run_lines_on_ray,
+                    plan.lines,
+                    work,
+                    log,
+                    config,
+                    args.endpoint,
+                    batch_id,
+                    args.ray_actors,
+                    window,
+                    progress.add,
+                )
         print(
             f"{log.num_completed} lines answered, {log.num_failed} failed (in {log.error_path})",
             file=sys.stderr,
@@ -133,7 +154,16 @@ def _batch_run(args: argparse.Namespace) -> int:
     results = output.with_name(output.name + ".partial.jsonl") if is_parquet(output) else output
     work = output.with_name(output.name + ".input.jsonl")
     normalise(source, work, args.endpoint, args.model)
-    code = asyncio.run(_run(args, config, work, results))
+    if args.ray is None:
+        code = asyncio.run(_run(args, config, work, results))
+    else:
+        from inferline.cluster.serve import start_ray, stop_ray
+
+        start_ray(None if args.ray == LOCAL_RAY else args.ray, args.ray_num_cpus)
+        try:
+            code = asyncio.run(_run(args, config, work, results))
+        finally:
+            stop_ray([], started_here=args.ray == LOCAL_RAY)
     if code != 2 and is_parquet(output):
         num_rows = write_parquet(results, output)
         print(f"{num_rows} rows written to {output}", file=sys.stderr)
@@ -154,4 +184,8 @@ def add_batch_parser(commands: Any) -> None:
     )
     run.add_argument("--config", default=None, help="YAML server config whose deployments serve the lines")
     add_field(run, BatchConfig, "max_in_flight_lines", "--max-in-flight", type=int)
+    add_ray_options(run, "run the lines on Ray Data engine actors")
+    run.add_argument(
+        "--ray-actors", type=int, default=1, help="engine actors with --ray (each loads the models once)"
+    )
     run.set_defaults(handler=_batch_run)

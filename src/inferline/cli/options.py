@@ -107,3 +107,26 @@ def key_values(pairs: list[str], option: str, example: str) -> dict[str, str]:
             raise InferlineError(f"{option}: {pair!r} is not KEY=VALUE; write e.g. {option} {example}")
         parsed[key] = value
     return parsed
+
+
+LOCAL_RAY = "local"
+"""`--ray` without an address: start a Ray instance on this machine."""
+
+
+def add_ray_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--ray [ADDRESS] and --ray-num-cpus, the same for every command that can run on Ray."""
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        default=None,
+        metavar="ADDRESS",
+        help=f"{what}: 'auto' joins this machine's cluster, an address (host:6379, ray://host:10001) a "
+        "remote one; without a value a Ray instance starts here",
+    )
+    parser.add_argument(
+        "--ray-num-cpus",
+        type=int,
+        default=None,
+        help="cores of the Ray instance started here (--ray without an address); all by default",
+    )

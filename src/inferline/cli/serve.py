@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from inferline.cli.options import add_field
+from inferline.cli.options import LOCAL_RAY, add_field, add_ray_options
 from inferline.config import ServerConfig
 
 
@@ -13,7 +13,12 @@ def _serve(args: argparse.Namespace) -> int:
     from inferline.server.serve import load_server_config, serve
 
     config = load_server_config(args.config, host=args.host, port=args.port, api_keys=args.api_keys)
-    return serve(config)
+    if args.ray is None:
+        return serve(config)
+    from inferline.cluster.serve import serve_on_ray  # imports Ray: only when asked for
+
+    address = None if args.ray == LOCAL_RAY else args.ray
+    return serve_on_ray(config, address, num_cpus=args.ray_num_cpus)
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -31,4 +36,5 @@ def add_serve_parser(commands: Any) -> None:
         action="append",
         help="bearer key of the default tenant (repeatable)",
     )
+    add_ray_options(serve, "serve local deployments on Ray Serve replicas")
     serve.set_defaults(handler=_serve)

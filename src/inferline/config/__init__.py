@@ -2,6 +2,7 @@
 public name is importable from here."""
 
 from inferline.config.batch import BatchConfig, CarbonConfig
+from inferline.config.cluster import ReplicaResourcesConfig, ReplicasConfig
 from inferline.config.deployments import (
     BatchedDeploymentBase,
     CircuitBreakerConfig,
@@ -81,6 +82,8 @@ __all__ = [
     "RedisSourceConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",
+    "ReplicaResourcesConfig",
+    "ReplicasConfig",
     "ResponsesConfig",
     "RolloutPlanConfig",
     "RouteConfig",

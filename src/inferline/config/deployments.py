@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from inferline.config.cluster import ReplicaResourcesConfig, ReplicasConfig
 from inferline.config.engine import EngineConfig
 
 DeploymentKind = Literal["llm", "embedding", "onnx", "remote"]
@@ -82,6 +83,14 @@ class LocalDeploymentBase(DeploymentBase):
     )
     max_queued_requests: int = Field(
         256, ge=1, le=1_000_000, description="Requests waiting beyond this are refused at once with 429."
+    )
+    replicas: ReplicasConfig = Field(
+        default_factory=ReplicasConfig,
+        description="With `inferline serve --ray`: how many Ray Serve replicas, and the load they scale on.",
+    )
+    resources: ReplicaResourcesConfig = Field(
+        default_factory=ReplicaResourcesConfig,
+        description="With `inferline serve --ray`: what Ray reserves for each replica.",
     )
 
 

@@ -232,11 +232,15 @@ class DeploymentPool:
         configs: list[DeploymentConfig],
         backends: list[Backend] | None = None,
         prepare: Callable[[DeploymentConfig], DeploymentConfig] | None = None,
+        build: Callable[[DeploymentConfig], Backend] = build_backend,
     ) -> None:
         """`prepare` (blocking; run on a thread at load) turns a configured deployment into the one to load,
-        e.g. a registry source into its verified bundle folder; it raises to refuse the deployment."""
+        e.g. a registry source into its verified bundle folder; it raises to refuse the deployment.
+        `build` makes a deployment's backend, at start and for each new version (`inferline serve --ray`
+        builds handles to Ray Serve replicas)."""
         self.prepare = prepare
-        built = backends if backends is not None else [build_backend(c) for c in configs]
+        self.build = build
+        built = backends if backends is not None else [build(c) for c in configs]
         self.deployments = [Deployment(c, b) for c, b in zip(configs, built, strict=True)]
         self.by_name: dict[str, Deployment] = {}
         for deployment in self.deployments:
@@ -296,7 +300,7 @@ class DeploymentPool:
                     await deployment.backend.load()
                     deployment.ready = True
                 else:
-                    await deployment.swap(prepared, build_backend(prepared), drain_timeout_s=0)
+                    await deployment.swap(prepared, self.build(prepared), drain_timeout_s=0)
                 logger.info("model %s ready", deployment.config.name)
             except Exception as error:
                 deployment.error = str(error)

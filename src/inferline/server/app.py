@@ -17,15 +17,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferline.backends.base import Backend
 from inferline.batch.files import FileStore
 from inferline.batch.jobs import BatchStore
 from inferline.batch.service import BatchService
-from inferline.config import ServerConfig
+from inferline.config import DeploymentConfig, ServerConfig
 from inferline.db import database_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.serving import RegistrySources
-from inferline.router.deployments import DeploymentPool
+from inferline.router.deployments import DeploymentPool, build_backend
 from inferline.router.limits import Limiter
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
@@ -163,12 +164,18 @@ class RequestContext:
 
 
 def create_app(
-    config: ServerConfig, pool: DeploymentPool | None = None, stop: Callable[[], None] | None = None
+    config: ServerConfig,
+    pool: DeploymentPool | None = None,
+    stop: Callable[[], None] | None = None,
+    build: Callable[[DeploymentConfig], Backend] = build_backend,
 ) -> FastAPI:
     """The app serving `config`. `stop` asks the HTTP server running it to shut down; with
-    `on_load_failure: exit` it is called as soon as a deployment fails to load."""
+    `on_load_failure: exit` it is called as soon as a deployment fails to load. `build` makes each
+    deployment's backend (the local engine or runner by default; handles to Ray replicas with --ray)."""
     sources = RegistrySources(config.registry, config.telemetry.database_url)
-    pool = pool if pool is not None else DeploymentPool(config.deployments, prepare=sources.prepare)
+    pool = (
+        pool if pool is not None else DeploymentPool(config.deployments, prepare=sources.prepare, build=build)
+    )
     metrics = Metrics()
     metrics.registry.register(PoolCollector(pool))
     slo = SloTracker(config.routes)

@@ -14,7 +14,7 @@ from inferline.config import LocalDeploymentBase, ServerConfig
 from inferline.errors import InferlineError
 from inferline.registry.catalog import RegistryError
 from inferline.registry.serving import RegistrySources, parse_registry_source
-from inferline.router.deployments import Deployment, DeploymentPool, build_backend
+from inferline.router.deployments import Deployment, DeploymentPool
 from inferline.server.errors import HTTPError
 
 
@@ -63,7 +63,7 @@ def deployments_admin_router(
         except InferlineError as error:
             raise HTTPError(409, _kept(deployment, str(error)), "conflict_error", "version") from None
         try:
-            await deployment.swap(target, build_backend(target), config.drain_timeout_s)
+            await deployment.swap(target, pool.build(target), config.drain_timeout_s)
         except Exception as error:
             message = f"version {target.version} failed to load: {error}"
             raise HTTPError(409, _kept(deployment, message), "conflict_error", "version") from None

@@ -216,6 +216,7 @@ class OpenAIServing:
                         caller.principal.tenant,
                         messages=messages,
                         tools=template_tools,
+                        stream=body.stream,
                     )
                 )
             ]
@@ -342,6 +343,7 @@ class OpenAIServing:
                         caller.priority,
                         caller.principal.tenant,
                         prompt_text=prompt if isinstance(prompt, str) else None,
+                        stream=body.stream,
                     )
                 )
                 for i, prompt in enumerate(prompts)

@@ -7,14 +7,18 @@ import logging
 import math
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
 import yaml
+from fastapi import FastAPI
 from pydantic import ValidationError
 
-from inferline.config import LocalDeploymentBase, ServerConfig
+from inferline.backends.base import Backend
+from inferline.config import DeploymentConfig, LocalDeploymentBase, ServerConfig
 from inferline.errors import InferlineError, InvalidRequestError
+from inferline.router.deployments import build_backend
 from inferline.server.app import create_app
 from inferline.telemetry.logs import configure_logging
 
@@ -106,14 +110,22 @@ def check_exposure(config: ServerConfig) -> None:
         )
 
 
-def serve(config: ServerConfig) -> int:
+def serve(
+    config: ServerConfig,
+    build: Callable[[DeploymentConfig], Backend] = build_backend,
+    extend: Callable[[FastAPI], None] | None = None,
+) -> int:
+    """Serve `config` until SIGTERM or SIGINT. `build` makes each deployment's backend; `extend` adds
+    routes to the app (`inferline serve --ray` adds the cluster's admin API)."""
     check_exposure(config)
     configure_logging(config.telemetry)
 
     def stop() -> None:
         server.should_exit = True  # uvicorn's own stop: the lifespan's shutdown still runs
 
-    app = create_app(config, stop=stop)
+    app = create_app(config, stop=stop, build=build)
+    if extend is not None:
+        extend(app)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
