@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from inferline.cli.batch import add_batch_parser
 from inferline.cli.bench import add_bench_parser
 from inferline.cli.chat import add_chat_parser
+from inferline.cli.data import add_data_parser
 from inferline.cli.edge import add_edge_parser
 from inferline.cli.models import add_models_parser
 from inferline.cli.registry import add_registry_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_registry_parser,
         add_rollout_parser,
         add_edge_parser,
+        add_data_parser,
     ):
         add_parser(commands)
     return parser

@@ -17,6 +17,7 @@ from inferline.config.deployments import (
     default_deployments,
 )
 from inferline.config.engine import EngineConfig, SpeculativeConfig
+from inferline.config.quality import CaptureConfig, DriftConfig, QualityConfig
 from inferline.config.routing import (
     CanaryConfig,
     CascadeConfig,
@@ -46,12 +47,14 @@ __all__ = [
     "BatchedDeploymentBase",
     "BudgetConfig",
     "CanaryConfig",
+    "CaptureConfig",
     "CarbonConfig",
     "CascadeConfig",
     "CircuitBreakerConfig",
     "DeploymentBase",
     "DeploymentConfig",
     "DeploymentKind",
+    "DriftConfig",
     "EmbeddingDeploymentConfig",
     "EngineConfig",
     "LLMDeploymentConfig",
@@ -62,6 +65,7 @@ __all__ = [
     "OrganisationConfig",
     "Period",
     "PriorityName",
+    "QualityConfig",
     "QuotaConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",

@@ -10,6 +10,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
+from inferline.config.quality import QualityConfig
 from inferline.config.references import ConfigReferenceError, check_references
 from inferline.config.routing import RouteConfig
 from inferline.config.telemetry import TelemetryConfig
@@ -83,6 +84,7 @@ class ServerConfig(BaseModel):
     registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
     )
