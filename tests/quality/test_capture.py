@@ -66,7 +66,9 @@ async def quality_app(tmp_path: Path, stub: StubProcess) -> AsyncIterator[tuple[
     await pool.load_all()
     app = create_app(config, pool)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://inferline") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://inferline"
+        ) as client:
             yield client, app.state.quality
     finally:
         await pool.unload_all()
@@ -76,7 +78,9 @@ def planted_prompt() -> str:
     return "my details: " + ", ".join(SECRETS.values()) + ". Please keep them."
 
 
-async def chat(client: httpx.AsyncClient, model: str, headers: dict[str, str], **extra: Any) -> httpx.Response:
+async def chat(
+    client: httpx.AsyncClient, model: str, headers: dict[str, str], **extra: Any
+) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": planted_prompt()}], **extra}
     response = await client.post("/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 200, response.text
