@@ -72,8 +72,6 @@ class PayloadCapture:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferline-capture")
         self._pending: list[Future[None]] = []
         self._num_writes = 0
-        self.feedback_listeners: list[Callable[[FeedbackRow], None]] = []
-        """Called with every accepted feedback (the canary's live quality signal)."""
 
     def start(self) -> None:
         if self.config.enabled:
@@ -187,8 +185,6 @@ class PayloadCapture:
         self.store.add_feedback(row)
         if body.is_negative() and self.config.enabled and self.config.capture_thumbs_down:
             self._thumbs_down(known)
-        for listener in self.feedback_listeners:
-            listener(row)
         return row
 
     def _thumbs_down(self, known: CapturedRow) -> None:

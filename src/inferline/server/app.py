@@ -202,7 +202,10 @@ def create_app(
     executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
     quality = QualityLoop(
-        config.quality, database_url(config.telemetry.database_url, inferline_home()), metrics.registry
+        config.quality,
+        database_url(config.telemetry.database_url, inferline_home()),
+        metrics.registry,
+        router,
     )
 
     @asynccontextmanager

@@ -39,6 +39,7 @@ def quality_router(
     async def feedback(body: FeedbackRequest, who: Tenant = Depends(tenant)) -> dict[str, Any]:
         parsed = FeedbackBody(body.request_id, body.score, body.label, body.comment)
         row = await asyncio.to_thread(loop.capture.feedback, who.principal.tenant, parsed)
+        loop.record_feedback(row)
         return {"object": "feedback", "request_id": row.request_id, "model_version": row.model_version}
 
     @api.get("/drift", dependencies=[Depends(admin)])
