@@ -17,6 +17,7 @@ from inferline.cli.chat import add_chat_parser
 from inferline.cli.data import add_data_parser
 from inferline.cli.edge import add_edge_parser
 from inferline.cli.eval import add_eval_parser
+from inferline.cli.finetune import add_finetune_parser
 from inferline.cli.models import add_models_parser
 from inferline.cli.registry import add_registry_parser
 from inferline.cli.rollout import add_rollout_parser
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_edge_parser,
         add_data_parser,
         add_eval_parser,
+        add_finetune_parser,
     ):
         add_parser(commands)
     return parser

@@ -3,8 +3,8 @@
 A share of a route's traffic goes to the candidate. Once both arms have `min_samples` recent
 requests, the candidate is rolled back (share 0) when its error rate exceeds the baseline's by more
 than the margin, or its p95 latency exceeds the baseline's by more than the ratio; and, when configured,
-when the quality loop's live signals say so (a higher refusal rate, a lower mean feedback score). The decision is
-logged and kept for the admin API; an operator can pause, resume, or change the share.
+when the quality loop's live signals say so (a higher refusal rate, a lower mean feedback score). The
+decision is logged and kept for the admin API; an operator can pause, resume, or change the share.
 """
 
 from __future__ import annotations
