@@ -145,3 +145,20 @@ def test_the_canary_judges_refusal_rates() -> None:
     canary.judge(baseline, candidate)
     assert canary.status == "rolled_back"
     assert "refusal rate 50.0%" in canary.decisions[-1].reason
+
+
+def test_teacher_answers_replace_the_served_ones(stubs: dict[str, StubProcess], tmp_path: Path) -> None:
+    exported = tmp_path / "flagged.jsonl"
+    row = {
+        "source": "server",
+        "request_id": "r1",
+        "ts": 1.0,
+        "prompt": [{"role": "user", "content": "Capital?"}],
+    }
+    exported.write_text(json.dumps({**row, "completion": ["Lyon"], "lineage": {"policy": "fixed"}}) + "\n")
+    out = tmp_path / "taught.jsonl"
+    argv = ["data", "teach", str(exported), "-o", str(out), "--base-url", f"{stubs['good'].url}/v1"]
+    assert main([*argv, "--model", "big", "--system", "Answer in one word."]) == 0
+    [taught] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert taught["completion"] == ["Paris"]
+    assert taught["lineage"] == {"policy": "fixed", "teacher": "big", "student_completion": ["Lyon"]}

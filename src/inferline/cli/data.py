@@ -43,6 +43,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _teach(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from inferline.quality.evaluation import remote_answerer
+    from inferline.quality.export import write_rows
+    from inferline.quality.teacher import teach
+
+    rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
+    answer = remote_answerer(args.base_url, args.model, args.api_key, args.max_tokens)
+    taught = teach(rows, answer, args.model, args.system)
+    write_rows(taught, Path(args.out), "jsonl")
+    print(f"wrote {len(taught)} rows answered by {args.model} to {args.out}", file=sys.stderr)
+    return 0
+
+
 def add_data_parser(sub: Any) -> None:
     from inferline.quality.capture import FLAGS
     from inferline.registry.dataset import EXPORT_FORMATS
@@ -58,3 +74,15 @@ def add_data_parser(sub: Any) -> None:
     export.add_argument("--config", help="the server's config file (its database and redact_patterns)")
     export.add_argument("--database-url", help="default: telemetry.database_url, else inferline.db")
     export.set_defaults(handler=_export)
+
+    teach = data_sub.add_parser("teach", help="answer exported rows with a stronger teacher route")
+    teach.add_argument("input", help="an export (JSONL)")
+    teach.add_argument(
+        "-o", "--out", required=True, help="the JSONL file to write (inferline finetune reads it)"
+    )
+    teach.add_argument("--base-url", required=True, help="the teacher's OpenAI-compatible API root (.../v1)")
+    teach.add_argument("--model", required=True, help="the teacher's route or model name")
+    teach.add_argument("--api-key", help="the key for --base-url")
+    teach.add_argument("--system", help="a system message put before each conversation")
+    teach.add_argument("--max-tokens", type=int, default=128)
+    teach.set_defaults(handler=_teach)
