@@ -1,5 +1,5 @@
-"""The engine, the server, telemetry, the registry, the edge agent and the CLI type-check (STYLE.md: mypy on
-engine/ and server/), with the backends and the router they import."""
+"""The engine, the server, telemetry, the registry, the edge agent, the quality loop and the CLI type-check
+(STYLE.md: mypy on engine/ and server/), with the backends and the router they import."""
 
 import subprocess
 import sys
@@ -21,6 +21,7 @@ def test_mypy_passes() -> None:
             "src/inferline/registry",
             "src/inferline/cli",
             "src/inferline/batch",
+            "src/inferline/quality",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -162,11 +162,12 @@ class DriftMonitor:
     def _feature_signals(self, ref: list[Observation], cur: list[Observation]) -> Iterator[Signal]:
         names = sorted({name for o in ref for name in o.features})
         for name in names:
-            values = [[v for o in side for v in o.features.get(name, [])] for side in (ref, cur)]
-            if min(len(v) for v in values) < MIN_VALUES:
+            reference = [v for o in ref for v in o.features.get(name, [])]
+            current = [v for o in cur for v in o.features.get(name, [])]
+            if min(len(reference), len(current)) < MIN_VALUES:
                 continue
-            yield _signal(f"psi:{name}", drift_stats.psi(*values), self.config.max_psi)
-            distance = drift_stats.wasserstein_sd(*values)
+            yield _signal(f"psi:{name}", drift_stats.psi(reference, current), self.config.max_psi)
+            distance = drift_stats.wasserstein_sd(reference, current)
             yield _signal(f"wasserstein:{name}", distance, self.config.max_wasserstein_sd)
 
     def _embedding_signal(self, windows: Windows) -> Signal | None:
