@@ -29,9 +29,9 @@ def _eval(args: argparse.Namespace) -> int:
     elif registry is not None and args.store is None:
         with open_catalog(args.database_url) as catalog:
             path = catalog.resolve(registry.name, registry.ref).path
-        answer = local_answerer(str(path), args.max_tokens)
+        answer = local_answerer(str(path), args.max_tokens, args.quantization)
     else:
-        answer = local_answerer(args.model, args.max_tokens)
+        answer = local_answerer(args.model, args.max_tokens, args.quantization)
     judge = None
     if args.judge_url is not None:
         judge = remote_answerer(args.judge_url, args.judge_model, args.judge_api_key, max_tokens=4)
@@ -62,6 +62,12 @@ def add_eval_parser(sub: Any) -> None:
         "--metrics", default="exact_match,contains", help=f"comma-separated: {','.join(METRICS)}"
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="per answer (greedy)")
+    parser.add_argument(
+        "--quantization",
+        choices=("auto", "none", "int8", "int4"),
+        default="auto",
+        help="weights of a model loaded here, as the deployment's engine.quantization will serve it",
+    )
     parser.add_argument(
         "--base-url", help="an OpenAI-compatible API root (http://HOST:PORT/v1) serving MODEL"
     )

@@ -179,12 +179,13 @@ def evaluate(
     return EvalResult(scores, len(cases), answers, per_case)
 
 
-def local_answerer(source: str, max_tokens: int) -> Answer:
-    """Greedy answers from a model loaded here (a store name, a GGUF file, a model or bundle folder)."""
+def local_answerer(source: str, max_tokens: int, quantization: str = "auto") -> Answer:
+    """Greedy answers from a model loaded here (a store name, a GGUF file, a model or bundle folder), its
+    weights quantized as a deployment's `engine.quantization` would (evaluate what will be served)."""
     from inferline.engine.llm import LLM
     from inferline.types import SamplingParams
 
-    llm = LLM(source)
+    llm = LLM(source, quantization=quantization)
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0)
 
     def answer(conversations: list[Messages]) -> list[str]:
