@@ -282,6 +282,12 @@ def run(loop: Loop) -> dict[str, Any]:
         print("  the gate or the canary said no: prod stays on bot:1, nothing is published to the fleet")
         return {"scores": scores, "rollout": plan["status"]}
 
+    answer = publish_to_edge(loop)
+    return {"scores": scores, "rollout": plan["status"], "edge_version": "2", "edge_answer": answer}
+
+
+def publish_to_edge(loop: Loop) -> str:
+    """Step 7; the edge's answer to a planted question."""
     step("7. publish bot:prod to the fleet over TUF; an edge agent installs it")
     repo, repo_keys = loop.workdir / "repo", loop.workdir / "repo-keys"
     loop.cli("registry", "repo-init", "--repo", str(repo), "--keys", str(repo_keys))
@@ -336,7 +342,7 @@ def run(loop: Loop) -> dict[str, Any]:
             "content"
         ]
         print(f"  the edge serves bot:2: {EVAL_CASES[1]['prompt']} -> {answer!r}")
-    return {"scores": scores, "rollout": plan["status"], "edge_version": "2"}
+    return str(answer)
 
 
 def main() -> int:
@@ -349,6 +355,8 @@ def main() -> int:
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    # A stopped script (Ctrl-C, a timeout's SIGTERM) still stops the servers and the agent it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     summary = run(Loop(workdir, args.steps))
     print(f"\n{json.dumps(summary)}\ndone in {time.monotonic() - started:.0f} s", flush=True)
