@@ -1,5 +1,6 @@
-"""The engine, the server, telemetry, the registry, the edge agent, batch, streams, the cluster and the CLI
-type-check (STYLE.md: mypy on engine/ and server/), with the backends and the router they import."""
+"""The engine, the server, telemetry, the registry, the edge agent, batch, streams, the cluster, the
+quality loop and the CLI type-check (STYLE.md: mypy on engine/ and server/), with the backends and the
+router they import."""
 
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def test_mypy_passes() -> None:
             "src/inferline/batch",
             "src/inferline/streams",
             "src/inferline/cluster",
+            "src/inferline/quality",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from inferline.cli.batch import add_batch_parser
 from inferline.cli.bench import add_bench_parser
 from inferline.cli.chat import add_chat_parser
+from inferline.cli.data import add_data_parser
 from inferline.cli.edge import add_edge_parser
+from inferline.cli.eval import add_eval_parser
+from inferline.cli.finetune import add_finetune_parser
 from inferline.cli.models import add_models_parser
 from inferline.cli.registry import add_registry_parser
 from inferline.cli.rollout import add_rollout_parser
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_registry_parser,
         add_rollout_parser,
         add_edge_parser,
+        add_data_parser,
+        add_eval_parser,
+        add_finetune_parser,
     ):
         add_parser(commands)
     return parser

@@ -18,6 +18,7 @@ from inferline.config.deployments import (
     default_deployments,
 )
 from inferline.config.engine import EngineConfig, SpeculativeConfig
+from inferline.config.quality import CaptureConfig, DriftConfig, QualityConfig
 from inferline.config.routing import (
     CanaryConfig,
     CascadeConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "BatchedDeploymentBase",
     "BudgetConfig",
     "CanaryConfig",
+    "CaptureConfig",
     "CarbonConfig",
     "CascadeConfig",
     "CircuitBreakerConfig",
@@ -65,6 +67,7 @@ __all__ = [
     "DeploymentBase",
     "DeploymentConfig",
     "DeploymentKind",
+    "DriftConfig",
     "EmbeddingDeploymentConfig",
     "EngineConfig",
     "LLMDeploymentConfig",
@@ -77,6 +80,7 @@ __all__ = [
     "OrganisationConfig",
     "Period",
     "PriorityName",
+    "QualityConfig",
     "QuotaConfig",
     "RedisSinkConfig",
     "RedisSourceConfig",

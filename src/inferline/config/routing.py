@@ -92,6 +92,21 @@ class CanaryConfig(BaseModel):
     max_p95_latency_ratio: float = Field(
         1.5, ge=1, description="Roll back when candidate p95 latency > baseline's × this."
     )
+    max_refusal_rate_increase: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Roll back when the candidate's refusal rate (quality.capture.refusal_patterns) > "
+        "baseline's + this, over min_samples answers of each arm; none: refusals are not judged.",
+    )
+    max_feedback_drop: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Roll back when the candidate's mean feedback score (POST /v1/feedback, in [-1, 1]) < "
+        "baseline's - this, once each arm has min_feedback ratings; none: feedback is not judged.",
+    )
+    min_feedback: int = Field(10, ge=1, le=1_000_000, description="Ratings each arm needs for a verdict.")
     rollout: RolloutPlanConfig | None = Field(
         None, description="Advance `percent` through these steps on live metrics (overrides `percent`)."
     )

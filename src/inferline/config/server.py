@@ -10,6 +10,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
+from inferline.config.quality import QualityConfig
 from inferline.config.references import ConfigReferenceError, check_references
 from inferline.config.routing import RouteConfig
 from inferline.config.streams import StreamConfig
@@ -89,6 +90,7 @@ class ServerConfig(BaseModel):
         description="Stream workers `inferline serve` runs beside the HTTP APIs (`inferline stream run` "
         "runs only them): messages from Redis Streams or NATS JetStream, scored, results to a sink.",
     )
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
     )

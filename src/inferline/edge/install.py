@@ -121,14 +121,18 @@ class Installer:
         return target
 
     def model_file(self, version: str) -> Path:
-        """The GGUF file of an installed version (the edge agent serves single-file LLM bundles)."""
-        found = sorted(self.version_dir(version).glob("*.gguf"))
-        if len(found) != 1:
-            raise InstallError(
-                f"{self.version_dir(version)} holds {len(found)} .gguf files; an edge bundle must hold"
-                " exactly one: re-push the model as a single GGUF file"
-            )
-        return found[0]
+        """What the engine loads of an installed version: its one GGUF file, or the folder itself when it
+        is a Hugging Face model folder (config.json and safetensors, as `inferline finetune` writes)."""
+        folder = self.version_dir(version)
+        found = sorted(folder.glob("*.gguf"))
+        if len(found) == 1:
+            return found[0]
+        if not found and (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+            return folder
+        raise InstallError(
+            f"{folder} holds {len(found)} .gguf files and is no model folder; an edge bundle holds exactly "
+            "one GGUF file, or config.json with safetensors: re-push the model as one of those"
+        )
 
     def remove(self, version: str) -> None:
         shutil.rmtree(self.version_dir(version), ignore_errors=True)

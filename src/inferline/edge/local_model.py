@@ -39,7 +39,7 @@ class ModelSpec:
 
     name: str  # the name clients send as `model`
     version: str  # reported in x-inferline-version
-    model_file: Path  # the bundle's GGUF file
+    model_file: Path  # the bundle's GGUF file, or its folder when it is a Hugging Face model folder
     home: Path  # the agent home: the usage database lives there, on the device
 
 

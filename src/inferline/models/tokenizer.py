@@ -114,6 +114,11 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return self._chat_template is not None
 
+    @property
+    def chat_template_source(self) -> str | None:
+        """The chat template's Jinja source (to save it beside fine-tuned weights); None without one."""
+        return self._chat_template.source if self._chat_template is not None else None
+
     # --- text <-> ids -------------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -205,6 +205,20 @@ class Catalog:
         with self._engine.connect() as connection:
             return [_version_record(row) for row in connection.execute(query).mappings()]
 
+    def set_scores(self, name: str, ref: str, scores: dict[str, float]) -> VersionRecord:
+        """Merge evaluation `scores` into those of version (or alias) `ref` of `name`: the catalog's
+        scores are what rollouts compare (the bundle's own file keeps the scores it was pushed with,
+        since the signature covers it)."""
+        record = self.resolve(name, ref)
+        merged = {**record.scores, **scores}
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(registry_versions)
+                .where(registry_versions.c.name == name, registry_versions.c.version == record.version)
+                .values(scores=json.dumps(merged, sort_keys=True))
+            )
+        return self.resolve(name, record.version)
+
     def resolve(self, name: str, ref: str) -> VersionRecord:
         """The version `ref` of `name`, where `ref` is a version or an alias (a version wins a tie)."""
         record = self.find(name, ref)

@@ -28,6 +28,10 @@ class ArmStats:
         """EWMA of the time to the first token (whole answer for non-LLMs)."""
         self.latency_s: float | None = None
         """EWMA of the end-to-end latency of successful requests."""
+        self.refusals: deque[bool] = deque(maxlen=window)
+        """Whether each recent answer was a refusal (the quality loop judges answers it reads)."""
+        self.feedback_scores: deque[float] = deque(maxlen=window)
+        """Recent feedback scores in [-1, 1] (POST /v1/feedback) on this arm's answers."""
 
     def record(self, latency_s: float, error: bool) -> None:
         self.recent.append(Outcome(latency_s, error))
@@ -39,8 +43,24 @@ class ArmStats:
     def record_first_result(self, seconds: float) -> None:
         self.first_result_s = _ewma(self.first_result_s, seconds, self.EWMA_ALPHA)
 
+    def record_refusal(self, refused: bool) -> None:
+        self.refusals.append(refused)
+
+    def record_feedback(self, score: float) -> None:
+        self.feedback_scores.append(score)
+
     def resize(self, window: int) -> None:
         self.recent = deque(self.recent, maxlen=window)
+        self.refusals = deque(self.refusals, maxlen=window)
+        self.feedback_scores = deque(self.feedback_scores, maxlen=window)
+
+    @property
+    def refusal_rate(self) -> float:
+        return sum(self.refusals) / len(self.refusals) if self.refusals else 0.0
+
+    @property
+    def mean_feedback(self) -> float:
+        return sum(self.feedback_scores) / len(self.feedback_scores) if self.feedback_scores else 0.0
 
     @property
     def num_recent(self) -> int:

@@ -2,8 +2,9 @@
 
 A share of a route's traffic goes to the candidate. Once both arms have `min_samples` recent
 requests, the candidate is rolled back (share 0) when its error rate exceeds the baseline's by more
-than the margin, or its p95 latency exceeds the baseline's by more than the ratio. The decision is
-logged and kept for the admin API; an operator can pause, resume, or change the share.
+than the margin, or its p95 latency exceeds the baseline's by more than the ratio; and, when configured,
+when the quality loop's live signals say so (a higher refusal rate, a lower mean feedback score). The
+decision is logged and kept for the admin API; an operator can pause, resume, or change the share.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ class Canary:
         if self.status != "active":
             return
         needed = self.config.min_samples
-        if baseline.num_recent < needed or candidate.num_recent < needed:
-            return
-        reason = self._regression(baseline, candidate)
+        sampled = baseline.num_recent >= needed and candidate.num_recent >= needed
+        # Refusals and feedback count their own samples: ratings come long after the requests.
+        reason = (self._regression(baseline, candidate) if sampled else None) or self._quality_regression(
+            baseline, candidate
+        )
         if reason is not None:
             self.status = "rolled_back"
             self._decide("rollback", reason)
@@ -73,6 +76,25 @@ class Canary:
             return (
                 f"p95 latency {candidate.p95_latency_s * 1000:.0f} ms vs baseline "
                 f"{baseline.p95_latency_s * 1000:.0f} ms (allowed ×{ratio:g})"
+            )
+        return None
+
+    def _quality_regression(self, baseline: ArmStats, candidate: ArmStats) -> str | None:
+        """The live quality signals the quality loop feeds the arms: refusals and feedback."""
+        config = self.config
+        margin = config.max_refusal_rate_increase
+        judged = min(len(baseline.refusals), len(candidate.refusals)) >= config.min_samples
+        if margin is not None and judged and candidate.refusal_rate > baseline.refusal_rate + margin:
+            return (
+                f"refusal rate {candidate.refusal_rate:.1%} vs baseline {baseline.refusal_rate:.1%} "
+                f"(allowed +{margin:.1%})"
+            )
+        drop = config.max_feedback_drop
+        rated = min(len(baseline.feedback_scores), len(candidate.feedback_scores)) >= config.min_feedback
+        if drop is not None and rated and candidate.mean_feedback < baseline.mean_feedback - drop:
+            return (
+                f"mean feedback {candidate.mean_feedback:+.2f} over {len(candidate.feedback_scores)} ratings "
+                f"vs baseline {baseline.mean_feedback:+.2f} (allowed -{drop:g})"
             )
         return None
 

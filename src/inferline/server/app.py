@@ -25,6 +25,7 @@ from inferline.config import DeploymentConfig, ServerConfig
 from inferline.db import database_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
+from inferline.quality.loop import QualityLoop
 from inferline.registry.serving import RegistrySources
 from inferline.router.deployments import DeploymentPool, build_backend
 from inferline.router.limits import Limiter
@@ -41,6 +42,7 @@ from inferline.server.metrics import PoolCollector
 from inferline.server.oip import oip_router
 from inferline.server.openai_routes import openai_router
 from inferline.server.openai_serving import OpenAIServing
+from inferline.server.quality_routes import quality_router
 from inferline.server.response_store import ResponseStore, ResponseStoreError
 from inferline.server.responses_routes import responses_router
 from inferline.server.responses_serving import ResponsesServing
@@ -81,6 +83,7 @@ class RequestContext:
         tracing: Tracing,
         access_log: AccessLog,
         max_upload_bytes: int,
+        quality: QualityLoop,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -89,6 +92,7 @@ class RequestContext:
         self.metrics = metrics
         self.tracing = tracing
         self.access_log = access_log
+        self.quality = quality
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,6 +104,7 @@ class RequestContext:
         started = time.perf_counter()
         scope.setdefault("state", {}).update(request_id=request_id, started=started)
         log, receive, send = self.access_log.begin(request_id, receive, send)
+        log.prompt_template = headers.get(b"x-inferline-prompt-template", b"").decode("latin-1")[:256] or None
         span = self.tracing.start_http(scope["method"], scope["path"], request_id, headers)
         status = 500
         response_started = False
@@ -158,6 +163,7 @@ class RequestContext:
         if self.metrics is not None:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_http(route, status, time.perf_counter() - started)
+        self.quality.observe(log)
         self.access_log.end(log, scope["method"], scope["path"], status, time.perf_counter() - started)
         if span is not None:
             span.end(status, getattr(scope.get("route"), "path", None))
@@ -204,6 +210,12 @@ def create_app(
     executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
     streams = StreamWorkers(config, router, metrics.registry, inferline_home())
+    quality = QualityLoop(
+        config.quality,
+        database_url(config.telemetry.database_url, inferline_home()),
+        metrics.registry,
+        router,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -213,6 +225,7 @@ def create_app(
         )
         sampling = asyncio.create_task(dashboard.sample_forever())
         metering.start()
+        quality.capture.start()
         rollouts.start()  # before the first request: each planned canary resumes at its stored step
         rolling = asyncio.create_task(rollouts.run_forever())
         try:  # the retention limits may have been lowered since the last run
@@ -233,6 +246,7 @@ def create_app(
         await router.limiter.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
         stored_responses.close()
+        await asyncio.to_thread(quality.capture.close)  # the captures still queued are written
         await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
         batch_database.dispose()
 
@@ -241,6 +255,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.slo = slo
     app.state.tracing = tracing
+    app.state.quality = quality
     app.add_exception_handler(InferlineError, error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, starlette_error_response)  # type: ignore[arg-type]
@@ -250,7 +265,8 @@ def create_app(
         max_body_bytes=config.max_body_bytes,
         metrics=metrics if config.telemetry.metrics else None,
         tracing=tracing,
-        access_log=AccessLog(config.telemetry),
+        access_log=AccessLog(config.telemetry, copy_bodies=quality.reads_bodies),
+        quality=quality,
         # the multipart framing around the file is a few hundred bytes; the file part itself is checked
         max_upload_bytes=config.batch.max_file_bytes + 65536,
     )
@@ -289,5 +305,6 @@ def create_app(
     app.include_router(rollout_admin_router(rollouts, admin))
     app.include_router(slo_router(slo, admin))
     app.include_router(usage_router(metering.store, auth))
+    app.include_router(quality_router(quality, router, tenant, admin))
     app.include_router(dashboard.routes())
     return app

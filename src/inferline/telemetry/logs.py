@@ -50,9 +50,11 @@ class RequestLog:
     usage: UsageRecord | None = None
     """The request's UsageRecord once the router has emitted it (route, deployment, tokens, outcome)."""
     request_body: bytearray | None = None
-    """capture_text only: the request body as received."""
+    """capture_text or the quality loop only: the request body as received."""
     response_body: bytearray | None = None
-    """capture_text only: the response body as sent (SSE frames for a stream)."""
+    """capture_text or the quality loop only: the response body as sent (SSE frames for a stream)."""
+    prompt_template: str | None = None
+    """The client's x-inferline-prompt-template header, kept with a captured request."""
     token: Token[RequestLog | None] | None = None
     """Resets the contextvar when the request ends."""
 
@@ -90,16 +92,19 @@ def record_usage(record: UsageRecord) -> None:
 class AccessLog:
     """Opens a request's RequestLog and writes its access line when the response has gone."""
 
-    def __init__(self, config: TelemetryConfig) -> None:
+    def __init__(self, config: TelemetryConfig, copy_bodies: bool = False) -> None:
         self.enabled = config.access_log
         self.capture_text = config.capture_text
+        self.copy_bodies = copy_bodies or config.capture_text
+        """Copy both bodies into the RequestLog: for the access line, or for the quality loop's capture
+        and drift monitors (which read them once the response has gone)."""
 
     def begin(self, request_id: str, receive: Receive, send: Send) -> tuple[RequestLog, Receive, Send]:
         """The request's RequestLog, made current, and `receive` and `send` (copying the bodies when
         text is captured)."""
         log = RequestLog(request_id)
         log.token = _CURRENT.set(log)
-        if self.capture_text:
+        if self.copy_bodies:
             log.request_body, log.response_body = bytearray(), bytearray()
             receive, send = _capturing(log, receive, send)
         return log, receive, send
@@ -109,14 +114,16 @@ class AccessLog:
         try:
             wanted = status >= 400 or path.startswith(API_PREFIXES)
             if self.enabled and wanted and access_logger.isEnabledFor(logging.INFO):
-                extra = _access_fields(log, method, path, status, latency_s)
+                extra = _access_fields(log, method, path, status, latency_s, self.capture_text)
                 access_logger.info("%s %s %d %.1f ms", method, path, status, latency_s * 1000, extra=extra)
         finally:
             if log.token is not None:
                 _CURRENT.reset(log.token)
 
 
-def _access_fields(log: RequestLog, method: str, path: str, status: int, latency_s: float) -> dict[str, Any]:
+def _access_fields(
+    log: RequestLog, method: str, path: str, status: int, latency_s: float, capture_text: bool
+) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "method": method,
         "path": path,
@@ -131,7 +138,7 @@ def _access_fields(log: RequestLog, method: str, path: str, status: int, latency
             outcome=usage.outcome,
             cost=usage.cost,
         )
-    if log.request_body is not None and log.response_body is not None:
+    if capture_text and log.request_body is not None and log.response_body is not None:
         fields.update(captured_text(bytes(log.request_body), bytes(log.response_body)))
     return fields
 

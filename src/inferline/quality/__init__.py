@@ -1,0 +1,1 @@
+"""The quality loop: capture and redaction, feedback, drift monitors, evaluation, fine-tuning."""
