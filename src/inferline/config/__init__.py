@@ -17,6 +17,7 @@ from inferline.config.deployments import (
     default_deployments,
 )
 from inferline.config.engine import EngineConfig, SpeculativeConfig
+from inferline.config.retrieval import CacheConfig, RagConfig, VectorStoresConfig
 from inferline.config.routing import (
     CanaryConfig,
     CascadeConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "BatchConfig",
     "BatchedDeploymentBase",
     "BudgetConfig",
+    "CacheConfig",
     "CanaryConfig",
     "CarbonConfig",
     "CascadeConfig",
@@ -63,6 +65,7 @@ __all__ = [
     "Period",
     "PriorityName",
     "QuotaConfig",
+    "RagConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",
     "ResponsesConfig",
@@ -76,5 +79,6 @@ __all__ = [
     "TelemetryConfig",
     "TenantConfig",
     "TracingConfig",
+    "VectorStoresConfig",
     "default_deployments",
 ]

@@ -11,6 +11,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
 from inferline.config.references import ConfigReferenceError, check_references
+from inferline.config.retrieval import VectorStoresConfig
 from inferline.config.routing import RouteConfig
 from inferline.config.telemetry import TelemetryConfig
 from inferline.config.tenants import AdmissionConfig, OrganisationConfig, TeamConfig, TenantConfig
@@ -83,6 +84,7 @@ class ServerConfig(BaseModel):
     registry: RegistryServingConfig = Field(default_factory=RegistryServingConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
     )

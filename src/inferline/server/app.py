@@ -25,6 +25,7 @@ from inferline.db import database_url, open_engine
 from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.serving import RegistrySources
+from inferline.retrieval.stores import open_stores
 from inferline.router.deployments import DeploymentPool
 from inferline.router.limits import Limiter
 from inferline.router.router import Router
@@ -46,6 +47,7 @@ from inferline.server.responses_serving import ResponsesServing
 from inferline.server.rollout_admin import rollout_admin_router, rollout_controller
 from inferline.server.slo import slo_router
 from inferline.server.usage import Metering, usage_router
+from inferline.server.vector_store_routes import vector_store_router
 from inferline.telemetry.logs import AccessLog, RequestLog, record_usage, set_tenant
 from inferline.telemetry.metrics import Metrics
 from inferline.telemetry.slo import SloCollector, SloTracker
@@ -195,6 +197,9 @@ def create_app(
     files = FileStore(batch_database, config.batch.data_dir or inferline_home() / "files")
     executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
+    vector_stores = open_stores(
+        config.vector_stores, batch_database, config.batch.data_dir or inferline_home()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -222,6 +227,7 @@ def create_app(
         await router.limiter.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
         stored_responses.close()
+        vector_stores.backend.close()
         await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
         batch_database.dispose()
 
@@ -272,6 +278,8 @@ def create_app(
     app.include_router(responses_router(ResponsesServing(serving, stored_responses), tenant))
     app.include_router(files_router(files, config.batch.max_file_bytes, tenant))
     app.include_router(batch_router(batches, tenant))
+    embedding = config.vector_stores.embedding_deployment
+    app.include_router(vector_store_router(vector_stores, files, router, embedding, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))
     app.include_router(deployments_admin_router(config, pool, sources, admin))
