@@ -100,6 +100,15 @@ class ServerConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _shared_caches_have_redis(self) -> ServerConfig:
+        for route in self.routes:
+            if route.cache is not None and route.cache.store == "redis" and self.redis_url is None:
+                raise ValueError(
+                    f"route {route.name!r} has cache.store 'redis' but redis_url is not set: set it"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> ServerConfig:
         try:
             check_references(self.deployments, self.routes, self.tenants, self.teams, self.organisations)

@@ -26,6 +26,7 @@ from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.registry.serving import RegistrySources
 from inferline.retrieval.stores import open_stores
+from inferline.router.caching import RouteCaches
 from inferline.router.deployments import DeploymentPool
 from inferline.router.limits import Limiter
 from inferline.router.router import Router
@@ -190,7 +191,8 @@ def create_app(
     stored_responses = ResponseStore(
         database_url(config.telemetry.database_url, inferline_home()), config.responses
     )
-    serving = OpenAIServing(router)
+    caches = RouteCaches(router, config.redis_url, config.vector_stores.embedding_deployment)
+    serving = OpenAIServing(router, caches)
     batch_database = open_engine(
         database_url(config.telemetry.database_url, inferline_home()), "telemetry.database_url"
     )
@@ -225,6 +227,7 @@ def create_app(
         rollouts.close()
         await pool.unload_all()
         await router.limiter.close()
+        await caches.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
         stored_responses.close()
         vector_stores.backend.close()

@@ -23,10 +23,13 @@ import numpy as np
 
 from inferline.backends.base import EmbeddingResult
 from inferline.router.attempt import Routed
+from inferline.router.caching import RouteCaches
 from inferline.router.deployments import Deployment
 from inferline.router.request import Answer, Caller, WorstCase
 from inferline.router.router import Router
+from inferline.server import chat_cache
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
+from inferline.server.generation import Generation, Tagged
 from inferline.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -44,25 +47,11 @@ from inferline.server.tool_calls import ToolCalling
 from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
-Tagged = tuple[int, Delta]
-"""(prompt index, delta)"""
 T = TypeVar("T")
 
 CHAT_TEMPLATE_TOKENS = 64
 """Budget holds count each prompt byte as a token (no tokenizer produces more) plus this allowance per
 message for the chat template's own tokens."""
-
-
-@dataclass
-class Generation:
-    firsts: list[Tagged]
-    """Everything, when collected; otherwise the first delta of each request."""
-    rest: AsyncIterator[Tagged] | None = None
-    """The stream's remaining deltas; None when collected."""
-
-    def deltas(self) -> AsyncIterator[Tagged]:
-        """Every delta, the firsts then the rest."""
-        return _chain(self.firsts, self.rest)
 
 
 @dataclass
@@ -128,8 +117,10 @@ def _confidence(generation: Generation, tools: ToolCalling | None = None) -> Ans
 
 
 class OpenAIServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, caches: RouteCaches | None = None) -> None:
         self.router = router
+        self.caches = caches
+        """Routes' response caches (chat completions); None: no route caches."""
 
     # ---- generation through the router ----------------------------------------------------------
 
@@ -231,7 +222,14 @@ class OpenAIServing:
         self, body: ChatCompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         tools = body.tool_calling()
-        routed = await self.route_chat(body, caller, watch, tools)
+        caches = self.caches
+        lookup = None if caches is None else await chat_cache.lookup(caches, body, caller)
+        if caches is not None and lookup is not None and lookup.hit is not None:
+            routed = chat_cache.served(caches, body, caller, lookup)
+        else:
+            routed = await self.route_chat(body, caller, watch, tools)
+            if lookup is not None:
+                routed = chat_cache.recording(routed, lookup)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
             return routed, self._chat_stream(body, response_id, routed, tools)
@@ -432,14 +430,6 @@ def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | st
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode()
     return vector.tolist()
-
-
-async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged] | None) -> AsyncIterator[Tagged]:
-    for item in firsts:
-        yield item
-    if rest is not None:
-        async for item in rest:
-            yield item
 
 
 async def _merge(streams: list[AsyncGenerator[Delta, None]], done: list[bool]) -> AsyncIterator[Tagged]:

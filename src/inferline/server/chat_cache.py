@@ -1,0 +1,96 @@
+"""Chat completions through a route's response cache (router/caching.py): look up before routing,
+serve a hit as the same `Generation` a deployment would produce (so a streaming client gets it as a
+stream, and tool calls are parsed as usual), and keep a miss's answer once it was delivered whole."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from inferline.retrieval.cache import CachedAnswer
+from inferline.router.attempt import Delivered, Routed
+from inferline.router.caching import CacheLookup, RouteCaches
+from inferline.router.request import Caller
+from inferline.server.generation import Generation, Tagged
+from inferline.server.openai_protocol import ChatCompletionRequest
+from inferline.types import Delta, Usage
+
+_NOT_IN_KEY = {"messages", "stream", "stream_options", "user", "priority"}
+"""How an answer is delivered, and who asked, do not change it; everything else in the body does."""
+
+
+async def lookup(
+    caches: RouteCaches, body: ChatCompletionRequest, caller: Caller, context: str = ""
+) -> CacheLookup:
+    *history, last = body.messages
+    settings = body.model_dump(exclude=_NOT_IN_KEY, exclude_none=True, mode="json")
+    history_key = [m.model_dump(exclude_none=True, mode="json") for m in history]
+    history_key.append({"role": last.role, "tool_call_id": last.tool_call_id})
+    sampled = body.temperature is None or body.temperature > 0 or body.n > 1
+    return await caches.lookup(body.model, caller, settings, history_key, last.text(), sampled, context)
+
+
+def served(
+    caches: RouteCaches, body: ChatCompletionRequest, caller: Caller, lookup: CacheLookup
+) -> Routed[Generation]:
+    """A hit as a routed answer: its deltas, the cache headers, metered as 'cached' once delivered."""
+    if lookup.hit is None:
+        raise ValueError("served() takes a lookup that hit")
+    answer = lookup.hit.answer
+    started = time.perf_counter()
+    last = len(answer.texts) - 1
+    firsts: list[Tagged] = []
+    for index, (text, reason) in enumerate(zip(answer.texts, answer.finish_reasons, strict=True)):
+        usage = Usage(answer.prompt_tokens, answer.completion_tokens) if index == last else None
+        firsts.append((0, Delta(caller.request_id, index, text, [], finish_reason=reason, usage=usage)))
+    route = caches.router.resolve(body.model).config
+    recorded = False
+
+    async def finish(delivered: Delivered) -> None:
+        nonlocal recorded
+        if not recorded:
+            recorded = True
+            caches.record_hit(body.model, caller, answer, time.perf_counter() - started)
+
+    headers = {"x-inferline-route": route.name, **lookup.headers()}
+    deployment = caches.router.pool.find(route.members()[0])
+    return Routed(Generation(firsts), deployment, headers, 0.0, None, False, finish)
+
+
+def recording(routed: Routed[Generation], lookup: CacheLookup) -> Routed[Generation]:
+    """The routed answer, unchanged for its client, kept in the cache once delivered whole."""
+    texts: dict[int, str] = {}
+    reasons: dict[int, str | None] = {}
+
+    def see(delta: Delta) -> None:
+        texts[delta.index] = texts.get(delta.index, "") + delta.text
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+
+    generation = routed.value
+    for _, delta in generation.firsts:
+        see(delta)
+
+    async def watched(rest: AsyncIterator[Tagged]) -> AsyncIterator[Tagged]:
+        async for item in rest:
+            see(item[1])
+            yield item
+
+    async def finish(delivered: Delivered) -> None:
+        await routed.complete(
+            delivered.prompt_tokens, delivered.completion_tokens, delivered.outcome, delivered.mean_logprob
+        )
+        if delivered.outcome == "ok" and texts and len(reasons) == len(texts):
+            order = sorted(texts)
+            answer = CachedAnswer(
+                [texts[i] for i in order],
+                [reasons[i] for i in order],
+                delivered.prompt_tokens,
+                delivered.completion_tokens,
+            )
+            await lookup.store(answer)
+
+    rest = None if generation.rest is None else watched(generation.rest)
+    headers = {**routed.headers, **lookup.headers()}
+    return replace(routed, value=Generation(generation.firsts, rest), headers=headers, _finish=finish)
