@@ -62,13 +62,21 @@ def retrieval_app(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     pool = DeploymentPool(config.deployments)
-    asyncio.run_coroutine_threadsafe(pool.load_all(), loop).result(timeout=300)
     app = create_app(config, pool)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://inferline", timeout=120)
     served = InProcess(loop, pool, http)
     app.state.router.listeners.append(served.records.append)
+    lifespan = app.router.lifespan_context(app)  # as a server runs it: loads, and closes what it opened
+    served.run(lifespan.__aenter__())
+    served.run(_until_ready(pool))
     yield served
     served.run(http.aclose())
-    served.run(pool.unload_all())
+    served.run(lifespan.__aexit__(None, None, None))
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
+    loop.close()
+
+
+async def _until_ready(pool: DeploymentPool) -> None:
+    while not pool.is_ready(allow_failed=False):
+        await asyncio.sleep(0.05)

@@ -29,6 +29,7 @@ from inferline.retrieval.stores import open_stores
 from inferline.router.caching import RouteCaches
 from inferline.router.deployments import DeploymentPool
 from inferline.router.limits import Limiter
+from inferline.router.rag import RagRetriever
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
@@ -191,17 +192,19 @@ def create_app(
     stored_responses = ResponseStore(
         database_url(config.telemetry.database_url, inferline_home()), config.responses
     )
-    caches = RouteCaches(router, config.redis_url, config.vector_stores.embedding_deployment)
-    serving = OpenAIServing(router, caches)
+    embedding = config.vector_stores.embedding_deployment
+    caches = RouteCaches(router, config.redis_url, embedding)
     batch_database = open_engine(
         database_url(config.telemetry.database_url, inferline_home()), "telemetry.database_url"
     )
     files = FileStore(batch_database, config.batch.data_dir or inferline_home() / "files")
-    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
-    batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
     vector_stores = open_stores(
         config.vector_stores, batch_database, config.batch.data_dir or inferline_home()
     )
+    rag = RagRetriever(router, vector_stores, embedding, metrics.observe_retrieval)
+    serving = OpenAIServing(router, caches, rag)
+    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
+    batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -281,7 +284,6 @@ def create_app(
     app.include_router(responses_router(ResponsesServing(serving, stored_responses), tenant))
     app.include_router(files_router(files, config.batch.max_file_bytes, tenant))
     app.include_router(batch_router(batches, tenant))
-    embedding = config.vector_stores.embedding_deployment
     app.include_router(vector_store_router(vector_stores, files, router, embedding, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin))

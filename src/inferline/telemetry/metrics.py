@@ -89,6 +89,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.retrieval_latency = Histogram(
+            "inferline_retrieval_seconds",
+            "Time a rag route spent retrieving (embedding the query and searching its store), per route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.route_ttft = Histogram(
             "inferline_route_ttft_seconds",
             "Time to first token (first result) of answered requests, per route and arm.",
@@ -230,6 +237,9 @@ class Metrics:
                 else None
             ),
         )
+
+    def observe_retrieval(self, route: str, elapsed_s: float) -> None:
+        self.retrieval_latency.labels(route).observe(elapsed_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

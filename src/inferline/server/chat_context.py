@@ -1,23 +1,74 @@
-"""Chat completions through a route's response cache (router/caching.py): look up before routing,
-serve a hit as the same `Generation` a deployment would produce (so a streaming client gets it as a
-stream, and tool calls are parsed as usual), and keep a miss's answer once it was delivered whole."""
+"""What a chat completion gets around routing: a rag route's retrieval (router/rag.py), and a route's
+response cache (router/caching.py): look up before routing, serve a hit as the same `Generation` a
+deployment would produce (so a streaming client gets it as a stream, and tool calls are parsed as
+usual), and keep a miss's answer once it was delivered whole."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from inferline.retrieval.cache import CachedAnswer
 from inferline.router.attempt import Delivered, Routed
 from inferline.router.caching import CacheLookup, RouteCaches
+from inferline.router.rag import RagRetriever
 from inferline.router.request import Caller
 from inferline.server.generation import Generation, Tagged
 from inferline.server.openai_protocol import ChatCompletionRequest
+from inferline.server.streaming import sse
 from inferline.types import Delta, Usage
 
 _NOT_IN_KEY = {"messages", "stream", "stream_options", "user", "priority"}
 """How an answer is delivered, and who asked, do not change it; everything else in the body does."""
+
+
+Citations = list[dict[str, Any]]
+
+
+async def route(
+    body: ChatCompletionRequest,
+    caller: Caller,
+    route_chat: Callable[[ChatCompletionRequest], Awaitable[Routed[Generation]]],
+    caches: RouteCaches | None,
+    rag: RagRetriever | None,
+) -> tuple[Routed[Generation], Citations]:
+    """The routed answer (from the cache or a deployment) and a rag route's citations."""
+    retrieved = None
+    if rag is not None:
+        config = rag.router.resolve(body.model).config
+        if config.policy == "rag" and config.rag is not None:
+            retrieved = await rag.retrieve(config.name, config.rag, caller, body.messages[-1].text())
+    found = (
+        None if caches is None else await lookup(caches, body, caller, retrieved.context if retrieved else "")
+    )
+    if caches is not None and found is not None and found.hit is not None:
+        routed = served(caches, body, caller, found)
+    else:
+        sent = body if retrieved is None else augmented(body, retrieved.prompt)
+        routed = await route_chat(sent)
+        if found is not None:
+            routed = recording(routed, found)
+    return routed, [] if retrieved is None else retrieved.citations
+
+
+def augmented(body: ChatCompletionRequest, prompt: str) -> ChatCompletionRequest:
+    """The request with its last message replaced by the rag prompt (sources and question)."""
+    last = body.messages[-1].model_copy(update={"content": prompt})
+    return body.model_copy(update={"messages": [*body.messages[:-1], last]})
+
+
+async def with_citations(
+    stream: AsyncGenerator[bytes, None], head: dict[str, Any], citations: Citations
+) -> AsyncGenerator[bytes, None]:
+    """A stream whose first event carries the citations (a chunk with no choices, as the usage one)."""
+    yield sse({**head, "choices": [], "inferline": {"citations": citations}})
+    try:
+        async for event in stream:
+            yield event
+    finally:
+        await stream.aclose()
 
 
 async def lookup(
