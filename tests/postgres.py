@@ -9,6 +9,7 @@ the tests instead of skipping them. PostgreSQL refuses to run as root: as root, 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -27,8 +28,11 @@ DATABASE = "inferline_test"
 UNPRIVILEGED_USER = "nobody"
 
 
-def pg_binary(name: str) -> str:
-    """On PATH, else in Debian's versioned folder (/usr/lib/postgresql/<version>/bin), newest first."""
+def pg_binary(name: str, bin_dir: Path | None = None) -> str:
+    """In `bin_dir` when given; else on PATH, else in Debian's versioned folder
+    (/usr/lib/postgresql/<version>/bin), newest first."""
+    if bin_dir is not None:
+        return str(bin_dir / name)
     found = shutil.which(name)
     if found:
         return found
@@ -65,6 +69,8 @@ class PostgresServer:
 
     root: Path
     port: int
+    bin_dir: Path | None = None
+    """Where its binaries are; None: Debian's PostgreSQL."""
 
     @property
     def url(self) -> str:
@@ -73,24 +79,32 @@ class PostgresServer:
     def start(self) -> None:
         # fsync off: a test database need not survive a power cut, and fsyncs cost seconds on CI disks.
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F"
-        _run([pg_binary("pg_ctl"), "-D", str(self.root / "data"), "-o", options,
+        _run([pg_binary("pg_ctl", self.bin_dir), "-D", str(self.root / "data"), "-o", options,
               "-l", str(self.root / "postgres.log"), "-w", "-t", "30", "start"], self.root)  # fmt: skip
 
     def stop(self) -> None:
-        _run([pg_binary("pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"], self.root)
+        command = [
+            pg_binary("pg_ctl", self.bin_dir),
+            "-D",
+            str(self.root / "data"),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]
+        _run(command, self.root)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server started for this run, with an empty database `inferline_test`."""
+def _started(bin_dir: Path | None) -> Iterator[PostgresServer]:
+    """A server with an empty database `inferline_test`, stopped and deleted afterwards."""
     # Not under pytest's tmp folder: as root that folder is private to root, and the server runs as nobody.
     root = Path(tempfile.mkdtemp(prefix="inferline-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam(UNPRIVILEGED_USER)
         os.chown(root, user.pw_uid, user.pw_gid)
-    server = PostgresServer(root, free_port())
-    _run([pg_binary("initdb"), "-D", str(root / "data"), "-U", "postgres", "-A", "trust", "--no-locale",
-          "-E", "UTF8", "--no-sync"], root)  # fmt: skip
+    server = PostgresServer(root, free_port(), bin_dir)
+    _run([pg_binary("initdb", bin_dir), "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
+          "--no-locale", "-E", "UTF8", "--no-sync"], root)  # fmt: skip
     server.start()
     try:
         with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres", autocommit=True) as admin:
@@ -99,6 +113,24 @@ def postgres() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server started for this run, with an empty database `inferline_test`."""
+    yield from _started(None)
+
+
+@pytest.fixture(scope="session")
+def pgvector_url() -> Iterator[str]:
+    """A PostgreSQL server with the pgvector extension (the binaries the `pgserver` package ships: Debian
+    12's PostgreSQL has no pgvector package), started for this run; the `postgresql+psycopg://` URL."""
+    # Found, not imported: importing pgserver sets up its own server management, which is not used here.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the pgserver package is not installed: pip install -e '.[test]'")
+    bin_dir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    yield from (server.url for server in _started(bin_dir))
 
 
 @pytest.fixture(scope="session")

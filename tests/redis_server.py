@@ -41,5 +41,3 @@ def redis_url() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-

@@ -1,5 +1,6 @@
-"""One in-process app for the cache and rag tests (the default chat and embedding models, a Redis, tenants
-alpha and beta), served over ASGI on an event loop of its own that the tests hand coroutines to."""
+"""One in-process app for the cache and rag tests (the default chat and embedding models, a Redis, a
+PostgreSQL with pgvector, tenants alpha and beta), served over ASGI on an event loop of its own that
+the tests hand coroutines to."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import openai
 import pytest
 
 from inferline.config import ServerConfig
@@ -33,12 +34,21 @@ class InProcess:
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout=120)
 
+    def openai(self, key: str = API_KEY) -> openai.AsyncOpenAI:
+        """The official client, over the same ASGI transport; call it inside `run`."""
+        return openai.AsyncOpenAI(
+            base_url="http://inferline/v1", api_key=key, http_client=self.http, max_retries=0
+        )
+
     def post(self, path: str, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
         return self.run(self.http.post(path, json=body, headers={"authorization": f"Bearer {key}"}))
 
 
 @pytest.fixture(scope="session")
-def retrieval_app(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[InProcess]:
+def retrieval_app(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, pgvector_url: str
+) -> Iterator[InProcess]:
+    """Its vector stores on pgvector (the suite's shared server covers the embedded backend)."""
     tmp_path = tmp_path_factory.mktemp("retrieval")
     cache = {"semantic_threshold": 0.9}
     config = ServerConfig.model_validate(
@@ -54,6 +64,7 @@ def retrieval_app(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
                 {"name": "docs", "policy": "rag", "deployments": [LLM], "rag": {"vector_store": "handbook"}},
             ],
             "redis_url": redis_url,
+            "vector_stores": {"backend": "pgvector", "pgvector_url": pgvector_url},
             "telemetry": {"metering": False, "database_url": f"sqlite:///{tmp_path / 'inferline.db'}"},
             "batch": {"data_dir": str(tmp_path / "data")},
         }

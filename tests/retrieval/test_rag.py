@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.retrieval.conftest import InProcess
-from tests.server.conftest import API_KEY, OTHER_KEY
+from tests.server.conftest import OTHER_KEY
 
 FACTS = {
     "wifi.txt": "The office wifi network is called Harbour and its password is lemon-42.",
@@ -18,29 +18,32 @@ FACTS = {
 }
 
 
-def upload(app: InProcess, name: str, text: str) -> str:
-    files = {"file": (name, text.encode(), "text/plain")}
-    response = app.run(app.http.post("/v1/files", files=files, data={"purpose": "assistants"},
-                                     headers={"authorization": f"Bearer {API_KEY}"}))  # fmt: skip
-    assert response.status_code == 200, response.text
-    return str(response.json()["id"])
-
-
 @pytest.fixture(scope="module")
 def handbook(retrieval_app: InProcess) -> dict[str, str]:
-    """alpha's store 'handbook': filename -> file id."""
-    store = retrieval_app.post("/v1/vector_stores", {"name": "handbook"}).json()["id"]
-    ids = {}
-    for name, text in FACTS.items():
-        ids[name] = upload(retrieval_app, name, text)
-        added = retrieval_app.post(f"/v1/vector_stores/{store}/files", {"file_id": ids[name]})
-        assert added.status_code == 200, added.text
-    return ids
+    """alpha's store 'handbook' (on pgvector), filled through the official client: filename -> file id."""
+
+    async def fill() -> dict[str, str]:
+        client = retrieval_app.openai()
+        store = await client.vector_stores.create(name="handbook")
+        ids = {}
+        for name, text in FACTS.items():
+            uploaded = await client.files.create(file=(name, text.encode()), purpose="assistants")
+            added = await client.vector_stores.files.create(store.id, file_id=uploaded.id)
+            assert added.status == "completed"
+            ids[name] = uploaded.id
+        return ids
+
+    return retrieval_app.run(fill())
 
 
 def ask(question: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "docs", "messages": [{"role": "user", "content": question}], "max_tokens": 8,
-            "temperature": 0, **extra}  # fmt: skip
+    return {
+        "model": "docs",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 3,
+        "temperature": 0,
+        **extra,
+    }
 
 
 def test_a_rag_answer_cites_the_chunk_that_holds_the_answer(

@@ -24,8 +24,9 @@ DIM = 32
 
 
 def clustered(num: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 fixed centres (the same for every seed, so queries fall among the data)."""
+    centres = np.random.default_rng(0).standard_normal((20, DIM)).astype(np.float32)
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((20, DIM)).astype(np.float32)
     vectors = centres[rng.integers(0, 20, num)] + 0.3 * rng.standard_normal((num, DIM)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 

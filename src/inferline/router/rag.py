@@ -61,9 +61,14 @@ class RagRetriever:
         try:
             embed = embedder(self.router, self.embedding_deployment, caller)
             results = await self.stores.search(
-                caller.principal.tenant, config.vector_store, question, config.top_k, None,
-                config.score_threshold, embed,
-            )  # fmt: skip
+                caller.principal.tenant,
+                config.vector_store,
+                question,
+                config.top_k,
+                None,
+                config.score_threshold,
+                embed,
+            )
         except BaseException as error:
             tracing.end_span(span, error=error)
             raise
@@ -74,8 +79,13 @@ class RagRetriever:
         # One pass, so braces inside the question or a chunk are text, never placeholders.
         prompt = re.sub(r"\{(sources|question)\}", lambda m: values[m.group(1)], config.template)
         citations = [
-            {"file_id": r.hit.chunk.file_id, "filename": r.filename, "chunk": r.hit.chunk.index,
-             "score": round(r.hit.score, 4), "text": r.hit.chunk.text}
+            {
+                "file_id": r.hit.chunk.file_id,
+                "filename": r.filename,
+                "chunk": r.hit.chunk.index,
+                "score": round(r.hit.score, 4),
+                "text": r.hit.chunk.text,
+            }
             for r in results
-        ]  # fmt: skip
+        ]
         return Retrieved(prompt, citations)
