@@ -1,136 +1,31 @@
-"""A real PostgreSQL server for the database's tests (db, usage, metering), started from Debian's binaries on
-loopback; tests/conftest.py shares its fixtures with every test.
+"""Real PostgreSQL servers for the tests (db, usage, metering; pgvector for the vector stores), started
+on loopback on first use; tests/conftest.py shares these fixtures with every test.
 
-CI installs the `postgresql` package (scripts/install.sh --test), so a server that cannot start fails
-the tests instead of skipping them. PostgreSQL refuses to run as root: as root, the server runs as
-`nobody` from a data folder that user owns.
+CI installs the `postgresql` package (scripts/install.sh --test) and pgserver (the test extra), so a
+server that cannot start fails the tests instead of skipping them.
 """
 
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.server.conftest import free_port
-
-DATABASE = "inferline_test"
-UNPRIVILEGED_USER = "nobody"
-
-
-def pg_binary(name: str, bin_dir: Path | None = None) -> str:
-    """In `bin_dir` when given; else on PATH, else in Debian's versioned folder
-    (/usr/lib/postgresql/<version>/bin), newest first."""
-    if bin_dir is not None:
-        return str(bin_dir / name)
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]), reverse=True
-    )
-    if not candidates:
-        raise RuntimeError(
-            f"PostgreSQL's {name} is not on PATH nor in /usr/lib/postgresql/*/bin: "
-            "run `bash scripts/install.sh --test` (it installs Debian's postgresql package)"
-        )
-    return candidates[0]
-
-
-def _as_server_user(command: list[str]) -> list[str]:
-    return ["runuser", "-u", UNPRIVILEGED_USER, "--", *command] if os.geteuid() == 0 else command
-
-
-def _run(command: list[str], root: Path) -> None:
-    done = subprocess.run(
-        _as_server_user(command), capture_output=True, text=True, timeout=60, check=False, cwd=root
-    )
-    if done.returncode != 0:
-        log = root / "postgres.log"
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
-            + (log.read_text() if log.exists() else "")
-        )
-
-
-@dataclass
-class PostgresServer:
-    """A PostgreSQL server this test run owns; `stop()` and `start()` simulate a lost database."""
-
-    root: Path
-    port: int
-    bin_dir: Path | None = None
-    """Where its binaries are; None: Debian's PostgreSQL."""
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DATABASE}"
-
-    def start(self) -> None:
-        # fsync off: a test database need not survive a power cut, and fsyncs cost seconds on CI disks.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F"
-        _run([pg_binary("pg_ctl", self.bin_dir), "-D", str(self.root / "data"), "-o", options,
-              "-l", str(self.root / "postgres.log"), "-w", "-t", "30", "start"], self.root)  # fmt: skip
-
-    def stop(self) -> None:
-        command = [
-            pg_binary("pg_ctl", self.bin_dir),
-            "-D",
-            str(self.root / "data"),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]
-        _run(command, self.root)
-
-
-def _started(bin_dir: Path | None) -> Iterator[PostgresServer]:
-    """A server with an empty database `inferline_test`, stopped and deleted afterwards."""
-    # Not under pytest's tmp folder: as root that folder is private to root, and the server runs as nobody.
-    root = Path(tempfile.mkdtemp(prefix="inferline-pg-"))
-    if os.geteuid() == 0:
-        user = pwd.getpwnam(UNPRIVILEGED_USER)
-        os.chown(root, user.pw_uid, user.pw_gid)
-    server = PostgresServer(root, free_port(), bin_dir)
-    _run([pg_binary("initdb", bin_dir), "-D", str(root / "data"), "-U", "postgres", "-A", "trust",
-          "--no-locale", "-E", "UTF8", "--no-sync"], root)  # fmt: skip
-    server.start()
-    try:
-        with psycopg.connect(f"host=127.0.0.1 port={server.port} user=postgres", autocommit=True) as admin:
-            admin.execute(f"CREATE DATABASE {DATABASE}")
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+from inferline.testing.postgres import PostgresServer, pgvector_bin_dir, started_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server started for this run, with an empty database `inferline_test`."""
-    yield from _started(None)
+    with started_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def pgvector_url() -> Iterator[str]:
-    """A PostgreSQL server with the pgvector extension (the binaries the `pgserver` package ships: Debian
-    12's PostgreSQL has no pgvector package), started for this run; the `postgresql+psycopg://` URL."""
-    # Found, not imported: importing pgserver sets up its own server management, which is not used here.
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the pgserver package is not installed: pip install -e '.[test]'")
-    bin_dir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
-    yield from (server.url for server in _started(bin_dir))
+    """The `postgresql+psycopg://` URL of a PostgreSQL server with the pgvector extension."""
+    with started_postgres(pgvector_bin_dir()) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,13 @@ FIGURES = {
         r"inferline 1 client \d+\.\d, 32 clients \d",
     ],
     "quant_quality.py": [r"\| default \| \d+\.\d\d \| [+-]\d+\.\d%"],
+    "retrieval.py": [
+        r"^inferline embedded hnsw +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",
+        r"^pgvector hnsw \(m=16, ef=128\) +\d+\.\d +\d+\.\d\d",
+        r"MiniLM on the CPU \+ embedded store: \d+\.\d chunks/s",
+        r"^ +0\.94 +\d\.\d{3} +\d\.\d{3} .*<- chosen",
+        r"^hit \(exact, memory\) +\d+\.\d{3} +\d+\.\d{3}",
+    ],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
     "structured.py": [

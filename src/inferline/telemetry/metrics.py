@@ -78,7 +78,7 @@ class Metrics:
         self.route_requests = Counter(
             "inferline_route_requests",
             "Finished requests per route and the deployment (arm) that answered ('' when none did), "
-            "by outcome (ok, error, rejected, aborted).",
+            "by outcome (ok, error, rejected, aborted, cached).",
             ["route", "deployment", "outcome"],
             registry=self.registry,
         )
