@@ -160,9 +160,7 @@ def pgvector_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) ->
             part = vectors[start : start + 5000]
             backend.add("vs_be0c", [Chunk("f", start + i, "") for i in range(len(part))], part)
         build_s = time.perf_counter() - started
-        row = timed_search(
-            lambda q: [h.chunk.index for h in backend.search("vs_be0c", q, K)], queries, truth
-        )
+        row = timed_search(lambda q: [h.chunk.index for h in backend.search("vs_be0c", q, K)], queries, truth)
         print(f"{'pgvector hnsw (m=16, ef=128)':28} {build_s:8.1f} {row}")
         backend.close()
 
