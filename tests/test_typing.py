@@ -21,6 +21,7 @@ def test_mypy_passes() -> None:
             "src/inferline/registry",
             "src/inferline/cli",
             "src/inferline/batch",
+            "src/inferline/retrieval",
         ],
         cwd=ROOT,
         capture_output=True,

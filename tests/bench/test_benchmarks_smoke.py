@@ -38,7 +38,7 @@ FIGURES = {
         r"^inferline embedded hnsw +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",
         r"^pgvector hnsw \(m=16, ef=128\) +\d+\.\d +\d+\.\d\d",
         r"MiniLM on the CPU \+ embedded store: \d+\.\d chunks/s",
-        r"^ +0\.94 +\d\.\d{3} +\d\.\d{3} .*<- chosen",
+        r"^ +0\.92 +\d\.\d{3} +\d\.\d{3} \| +\d\.\d{3} +\d\.\d{3} .*<- chosen",
         r"^hit \(exact, memory\) +\d+\.\d{3} +\d+\.\d{3}",
     ],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],

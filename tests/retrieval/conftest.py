@@ -50,7 +50,7 @@ def retrieval_app(
 ) -> Iterator[InProcess]:
     """Its vector stores on pgvector (the suite's shared server covers the embedded backend)."""
     tmp_path = tmp_path_factory.mktemp("retrieval")
-    cache = {"semantic_threshold": 0.9}
+    cache = {"semantic_threshold": 0.92}
     config = ServerConfig.model_validate(
         {
             "tenants": [{"name": "alpha", "api_keys": [API_KEY]}, {"name": "beta", "api_keys": [OTHER_KEY]}],

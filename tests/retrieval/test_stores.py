@@ -15,6 +15,7 @@ from inferline.config import VectorStoresConfig
 from inferline.db import open_engine
 from inferline.errors import InvalidRequestError, NotFoundError
 from inferline.retrieval.backend import Chunk
+from inferline.retrieval.cache import same_specifics
 from inferline.retrieval.chunking import ChunkingStrategy, chunk_text
 from inferline.retrieval.embedded import EmbeddedBackend
 from inferline.retrieval.filters import check_filter, matches
@@ -44,6 +45,14 @@ def test_chunks_are_fixed_windows_that_overlap() -> None:
     assert chunks[-1].split()[-1] == "w24"
     assert len(chunks) == 4  # 0-9, 7-16, 14-23, 21-24
     assert chunk_text("  \n ", ChunkingStrategy(10, 3)) == []
+
+
+def test_semantic_matches_must_name_the_same_numbers_and_agree_on_negation() -> None:
+    assert same_specifics("How can I reset my password?", "How do I reset my password?")
+    assert same_specifics("Transfer 100 dollars", "Send 100 dollars")
+    assert not same_specifics("Transfer 100 dollars", "Transfer 1000 dollars")
+    assert not same_specifics("Do you ship abroad?", "Don't you ship abroad?")
+    assert not same_specifics("Is it open?", "Is it not open?")
 
 
 def test_filters_compare_and_combine() -> None:

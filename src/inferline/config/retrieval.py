@@ -106,7 +106,7 @@ class CacheConfig(BaseModel):
         gt=0,
         le=1,
         description="Also serve an earlier answer whose conversation embeds within this cosine similarity "
-        "(e.g. 0.94: benchmarks/retrieval.py gives precision and recall on paraphrases and near-misses); "
+        "(e.g. 0.92: benchmarks/retrieval.py gives precision and recall on paraphrases and near-misses); "
         "None: exact only.",
     )
     embedding_deployment: str | None = Field(

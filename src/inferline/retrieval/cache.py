@@ -4,17 +4,23 @@
 Safety is in the keys, which the caller builds (router/caching.py): each names the tenant, the route,
 the versions of everything that shaped the answer, the sampling settings and the tools, so an entry can
 only be found by a request that would have been answered the same way by the same tenant. A semantic
-entry is a vector filed under its `scope` (the key without the conversation) pointing at an exact key;
-an entry whose answer has expired is simply not found.
+entry is a vector and its text, filed under its `scope` (the key without the conversation's last
+message), pointing at an exact key; an entry whose answer has expired is simply not found.
+
+Sentence embeddings blur what decides many answers: "Is the museum open on Sundays?" and "... closed
+on Sundays?" embed at 0.96, "Convert 5 miles" and "Convert 50 miles" higher still. So a semantic
+match must also name the same numbers and agree on negation (`same_specifics`);
+benchmarks/retrieval.py measures precision and recall with and without this check.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from redis.asyncio import Redis
@@ -22,6 +28,17 @@ from redis.asyncio import Redis
 MAX_NEIGHBOURS_PER_SCOPE = 1000
 """Semantic entries compared per lookup (the most recent); one matrix-vector product of this size is
 well under a millisecond."""
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NEGATION = re.compile(r"\b(?:not|no|never|none|nothing|without|cannot)\b|n't\b", re.IGNORECASE)
+
+
+def same_specifics(first: str, second: str) -> bool:
+    """Whether two texts name the same numbers and agree on negation, which embeddings blur."""
+    return sorted(_NUMBER.findall(first)) == sorted(_NUMBER.findall(second)) and bool(
+        _NEGATION.search(first)
+    ) == bool(_NEGATION.search(second))
 
 
 @dataclass(frozen=True)
@@ -47,15 +64,25 @@ class CacheHit:
     """Semantic hits: the cosine similarity of the conversations; None for exact hits."""
 
 
+@dataclass(frozen=True)
+class Neighbour:
+    vector: np.ndarray
+    """The unit-length embedding of `text`."""
+    text: str
+    """The message it embeds."""
+    key: str
+    """The exact key its answer is under."""
+
+
 class CacheStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
-    async def neighbours(self, scope: str) -> list[tuple[np.ndarray, str]]:
-        """(vector, exact key) of the scope's semantic entries, newest last."""
+    async def neighbours(self, scope: str) -> list[Neighbour]:
+        """The scope's semantic entries, newest last."""
 
-    async def add_neighbour(self, scope: str, vector: np.ndarray, key: str, ttl_s: float) -> None: ...
+    async def add_neighbour(self, scope: str, entry: Neighbour, ttl_s: float) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -66,7 +93,7 @@ class MemoryCacheStore:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._values: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._scopes: dict[str, list[tuple[np.ndarray, str, float]]] = {}
+        self._scopes: dict[str, list[tuple[Neighbour, float]]] = {}
 
     async def get(self, key: str) -> bytes | None:
         entry = self._values.get(key)
@@ -84,15 +111,15 @@ class MemoryCacheStore:
         while len(self._values) > self.max_entries:
             self._values.popitem(last=False)
 
-    async def neighbours(self, scope: str) -> list[tuple[np.ndarray, str]]:
+    async def neighbours(self, scope: str) -> list[Neighbour]:
         now = time.monotonic()
-        live = [e for e in self._scopes.get(scope, []) if e[2] >= now]
+        live = [e for e in self._scopes.get(scope, []) if e[1] >= now]
         self._scopes[scope] = live
-        return [(vector, key) for vector, key, _ in live]
+        return [entry for entry, _ in live]
 
-    async def add_neighbour(self, scope: str, vector: np.ndarray, key: str, ttl_s: float) -> None:
+    async def add_neighbour(self, scope: str, entry: Neighbour, ttl_s: float) -> None:
         entries = self._scopes.setdefault(scope, [])
-        entries.append((vector, key, time.monotonic() + ttl_s))
+        entries.append((entry, time.monotonic() + ttl_s))
         del entries[: max(0, len(entries) - MAX_NEIGHBOURS_PER_SCOPE)]
 
     async def close(self) -> None:
@@ -109,24 +136,26 @@ class RedisCacheStore:
         self.redis = Redis.from_url(url)
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self.redis.get(self.PREFIX + key)
-        return value
+        value = await self.redis.get(self.PREFIX + key)
+        return cast(bytes | None, value)  # the client is not set to decode responses
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         await self.redis.set(self.PREFIX + key, value, px=int(ttl_s * 1000))
 
-    async def neighbours(self, scope: str) -> list[tuple[np.ndarray, str]]:
-        entries = await self.redis.lrange(self.PREFIX + "scope:" + scope, 0, -1)
+    async def neighbours(self, scope: str) -> list[Neighbour]:
+        entries = cast(list[bytes], await self.redis.lrange(self.PREFIX + "scope:" + scope, 0, -1))
         found = []
-        for entry in entries:
-            key, vector = entry.split(b"\0", 1)
-            found.append((np.frombuffer(vector, np.float32), key.decode()))
+        for entry in entries:  # key \0 text \0 float32 vector (neither key nor text holds a \0)
+            key, text, vector = entry.split(b"\0", 2)
+            found.append(Neighbour(np.frombuffer(vector, np.float32), text.decode(), key.decode()))
         return found
 
-    async def add_neighbour(self, scope: str, vector: np.ndarray, key: str, ttl_s: float) -> None:
+    async def add_neighbour(self, scope: str, entry: Neighbour, ttl_s: float) -> None:
         name = self.PREFIX + "scope:" + scope
+        text = entry.text.replace("\0", " ").encode()
+        packed = entry.key.encode() + b"\0" + text + b"\0" + entry.vector.astype(np.float32).tobytes()
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(name, key.encode() + b"\0" + vector.astype(np.float32).tobytes())
+            pipe.rpush(name, packed)
             pipe.ltrim(name, -MAX_NEIGHBOURS_PER_SCOPE, -1)
             pipe.pexpire(name, int(ttl_s * 1000))
             await pipe.execute()
@@ -143,7 +172,9 @@ class ResponseCache:
         self.ttl_s = ttl_s
         self.semantic_threshold = semantic_threshold
 
-    async def lookup(self, key: str, scope: str, vector: np.ndarray | None) -> CacheHit | None:
+    async def lookup(self, key: str, scope: str, text: str, vector: np.ndarray | None) -> CacheHit | None:
+        """The exact entry, else the most similar semantic one over the threshold that names the same
+        specifics as `text` (whose unit embedding is `vector`)."""
         exact = await self.store.get(key)
         if exact is not None:
             return CacheHit(CachedAnswer.loads(exact), None)
@@ -152,16 +183,20 @@ class ResponseCache:
         neighbours = await self.store.neighbours(scope)
         if not neighbours:
             return None
-        similarities = np.stack([v for v, _ in neighbours]) @ vector
+        similarities = np.stack([n.vector for n in neighbours]) @ vector
         for index in np.argsort(-similarities):
             if similarities[index] < self.semantic_threshold:
                 return None
-            found = await self.store.get(neighbours[index][1])
+            if not same_specifics(text, neighbours[index].text):
+                continue
+            found = await self.store.get(neighbours[index].key)
             if found is not None:
                 return CacheHit(CachedAnswer.loads(found), float(similarities[index]))
         return None
 
-    async def put(self, key: str, scope: str, vector: np.ndarray | None, answer: CachedAnswer) -> None:
+    async def put(
+        self, key: str, scope: str, text: str, vector: np.ndarray | None, answer: CachedAnswer
+    ) -> None:
         await self.store.put(key, answer.dumps(), self.ttl_s)
         if vector is not None and self.semantic_threshold is not None:
-            await self.store.add_neighbour(scope, vector, key, self.ttl_s)
+            await self.store.add_neighbour(scope, Neighbour(vector, text, key), self.ttl_s)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -36,13 +37,14 @@ class StoreIndex:
         self.file_ids: list[str] = []
         """Per row, the file it came from (parallel to row_ids)."""
         self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.hnsw: faiss.IndexIDMap2 | None = self._new_hnsw() if use_hnsw else None
+        self.hnsw: faiss.Index | None = self._new_hnsw() if use_hnsw else None
         self.lock = threading.Lock()
         """FAISS's HNSW must not be searched while it grows."""
 
-    def _new_hnsw(self) -> faiss.IndexIDMap2:
+    def _new_hnsw(self) -> faiss.Index:
         graph = faiss.IndexHNSWFlat(self.dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        graph.hnsw.efSearch = self.ef_search
         return faiss.IndexIDMap2(graph)
 
     def __len__(self) -> int:
@@ -61,9 +63,8 @@ class StoreIndex:
     ) -> list[tuple[int, float]]:
         """(row id, score) of the k best rows, best first."""
         if self.hnsw is not None and not exact and file_ids is None:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
             with self.lock:
-                scores, ids = self.hnsw.search(query[None, :], k, params=params)
+                scores, ids = self.hnsw.search(query[None, :], k)
             return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         with self.lock:
             vectors, row_ids = self.vectors, self.row_ids
@@ -85,9 +86,11 @@ class StoreIndex:
         """Load a store's rows into an empty index, taking the saved graph when it holds exactly them
         (else building it, and saving it for the next start)."""
         if self.hnsw is not None and saved.exists():
-            graph = faiss.read_index(str(saved))
+            graph: Any = faiss.read_index(str(saved))  # an IndexIDMap2 over HNSW, as written
             if graph.ntotal == len(row_ids):
                 self.row_ids, self.file_ids, self.vectors = row_ids.astype(np.int64), file_ids, vectors
+                inner: Any = faiss.downcast_index(graph.index)
+                inner.hnsw.efSearch = self.ef_search  # as configured, whatever the file says
                 self.hnsw = graph
                 return
         self.add(row_ids, file_ids, vectors)

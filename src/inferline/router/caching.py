@@ -36,10 +36,12 @@ class CacheLookup:
     cache: ResponseCache | None = None
     key: str = ""
     scope: str = ""
+    text: str = ""
+    """The last message, compared semantically."""
     vector: np.ndarray | None = None
 
     def headers(self) -> dict[str, str]:
-        headers = {"x-inferline-cache": self.status}
+        headers: dict[str, str] = {"x-inferline-cache": self.status}
         if self.hit is not None and self.hit.similarity is not None:
             headers["x-inferline-cache-similarity"] = f"{self.hit.similarity:.4f}"
         return headers
@@ -47,7 +49,7 @@ class CacheLookup:
     async def store(self, answer: CachedAnswer) -> None:
         """Keep a missed request's answer (delivered whole) for the next one."""
         if self.cache is not None:
-            await self.cache.put(self.key, self.scope, self.vector, answer)
+            await self.cache.put(self.key, self.scope, self.text, self.vector, answer)
 
 
 def _digest(value: Any) -> str:
@@ -109,8 +111,8 @@ class RouteCaches:
             embedding = config.embedding_deployment or self.embedding_deployment
             vectors = await embedder(self.router, embedding, caller).embed([last_message])
             vector = vectors[0] / max(float(np.linalg.norm(vectors[0])), 1e-12)
-        hit = await cache.lookup(key, scope, vector)
-        return CacheLookup("hit" if hit is not None else "miss", hit, cache, key, scope, vector)
+        hit = await cache.lookup(key, scope, last_message, vector)
+        return CacheLookup("hit" if hit is not None else "miss", hit, cache, key, scope, last_message, vector)
 
     def record_hit(self, route: str, caller: Caller, answer: CachedAnswer, latency_s: float) -> None:
         """Meter a served hit: outcome 'cached', priced at the route's cache price."""
