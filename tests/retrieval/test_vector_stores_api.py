@@ -94,6 +94,18 @@ def test_another_tenant_cannot_see_or_search_the_store(server: ServerProcess, st
         ("/search", {"query": "x", "max_num_results": 0}, 400, "max_num_results"),
         ("/search", {"query": "x", "filters": {"type": "like", "key": "a", "value": 1}}, 400, "filters"),
         ("/files", {"file_id": "file-missing"}, 404, None),
+        (
+            "/files",
+            {
+                "file_id": "file-x",
+                "chunking_strategy": {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 20, "chunk_overlap_tokens": 11},
+                },
+            },
+            400,
+            "chunking_strategy",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx(
@@ -114,3 +126,20 @@ def test_bad_input_is_a_clear_4xx(
 def test_an_unknown_store_is_a_404(alpha: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="GET /v1/vector_stores"):
         alpha.vector_stores.search("vs_missing", query="anything")
+
+
+def test_a_store_created_with_files_chunks_them_as_asked(alpha: openai.OpenAI) -> None:
+    words = " ".join(f"word{i}" for i in range(100))
+    uploaded = alpha.files.create(file=("words.txt", io.BytesIO(words.encode())), purpose="assistants")
+    static = {"type": "static", "static": {"max_chunk_size_tokens": 16, "chunk_overlap_tokens": 4}}
+    store = alpha.vector_stores.create(name="words", file_ids=[uploaded.id], chunking_strategy=static)
+    try:
+        assert store.file_counts.completed == 1
+        (file,) = alpha.vector_stores.files.list(store.id)
+        assert file.chunking_strategy is not None
+        assert file.chunking_strategy.model_dump()["static"]["max_chunk_size_tokens"] == 16
+        results = list(alpha.vector_stores.search(store.id, query="word50", max_num_results=10))
+        assert len(results) == 8  # 100 words in windows of 16 starting every 12 words: 0, 12, ..., 84
+        assert all(len(r.content[0].text.split()) <= 16 for r in results)
+    finally:
+        alpha.vector_stores.delete(store.id)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferline.batch.files import FileStore
+from inferline.errors import InvalidRequestError
 from inferline.retrieval.chunking import ChunkingStrategy
 from inferline.retrieval.stores import MAX_RESULTS, VectorStores, file_to_openai, search_page
 from inferline.router.embedder import embedder
@@ -20,13 +21,6 @@ from inferline.server.auth import Tenant
 from inferline.server.openai_routes import caller
 
 Attribute = str | float | bool
-
-
-class CreateStoreRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # file_ids, expires_after, chunking_strategy: not kept
-
-    name: str = Field("", max_length=256)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
 
 
 class StaticChunking(BaseModel):
@@ -42,6 +36,27 @@ class ChunkingRequest(BaseModel):
     type: Literal["auto", "static"]
     static: StaticChunking | None = None
 
+    def strategy(self) -> ChunkingStrategy | None:
+        """None for 'auto' (the configured defaults)."""
+        if self.type == "auto" or self.static is None:
+            return None
+        size, overlap = self.static.max_chunk_size_tokens, self.static.chunk_overlap_tokens
+        if overlap * 2 > size:
+            raise InvalidRequestError(
+                f"chunk_overlap_tokens {overlap} is over half of max_chunk_size_tokens {size}: lower it",
+                "chunking_strategy",
+            )
+        return ChunkingStrategy(size, overlap)
+
+
+class CreateStoreRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # expires_after: stores are kept until deleted
+
+    name: str = Field("", max_length=256)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    file_ids: list[str] = Field(default_factory=list, max_length=500)
+    chunking_strategy: ChunkingRequest | None = None
+
 
 class AddFileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,15 +64,6 @@ class AddFileRequest(BaseModel):
     file_id: str = Field(..., min_length=1)
     attributes: dict[str, Attribute] = Field(default_factory=dict, max_length=16)
     chunking_strategy: ChunkingRequest | None = None
-
-    def strategy(self) -> ChunkingStrategy | None:
-        chunking = self.chunking_strategy
-        if chunking is None or chunking.type == "auto" or chunking.static is None:
-            return None
-        static = chunking.static
-        return ChunkingStrategy(
-            static.max_chunk_size_tokens, min(static.chunk_overlap_tokens, static.max_chunk_size_tokens // 2)
-        )
 
 
 class RankingOptions(BaseModel):
@@ -91,9 +97,16 @@ def vector_store_router(
     async def create(
         body: CreateStoreRequest, request: Request, who: Tenant = Depends(tenant)
     ) -> dict[str, Any]:
-        model = embedder(router, embedding_deployment, caller(request, who, None, None)).model
-        record = await stores.create(who.principal.tenant, body.name, body.metadata, model)
-        return record.to_openai()
+        embed = embedder(router, embedding_deployment, caller(request, who, None, None))
+        tenant_name = who.principal.tenant
+        chunking = None if body.chunking_strategy is None else body.chunking_strategy.strategy()
+        files_given = [await asyncio.to_thread(files.get, tenant_name, i) for i in body.file_ids]
+        record = await stores.create(tenant_name, body.name, body.metadata, embed.model)
+        for file in files_given:
+            await stores.add_file(
+                tenant_name, record.id, file.id, file.filename, file.path, {}, chunking, embed
+            )
+        return (await stores.get(tenant_name, record.id)).to_openai()
 
     @api.get("")
     async def list_stores(
@@ -121,6 +134,7 @@ def vector_store_router(
     async def add_file(
         store_id: str, body: AddFileRequest, request: Request, who: Tenant = Depends(tenant)
     ) -> dict[str, Any]:
+        chunking = None if body.chunking_strategy is None else body.chunking_strategy.strategy()
         record = await asyncio.to_thread(files.get, who.principal.tenant, body.file_id)
         embed = embedder(router, embedding_deployment, caller(request, who, None, None))
         return await stores.add_file(
@@ -130,7 +144,7 @@ def vector_store_router(
             record.filename,
             record.path,
             body.attributes,
-            body.strategy(),
+            chunking,
             embed,
         )
 
