@@ -86,12 +86,12 @@ class RouteCaches:
         last_message: str,
         sampled: bool,
         context: str = "",
-    ) -> CacheLookup:
-        """`settings`: everything in the request but its messages; `history`: the messages before the last
-        one; `context`: anything else the answer depends on."""
+    ) -> CacheLookup | None:
+        """None when the route has no cache. `settings`: everything in the request but its messages;
+        `history`: the messages before the last one; `context`: anything else the answer depends on."""
         found = self.caches.get(self.router.resolve(route).config.name)
         if found is None:
-            return CacheLookup("bypass")
+            return None
         config, cache = found
         if sampled and not config.cache_sampled:
             return CacheLookup("bypass")

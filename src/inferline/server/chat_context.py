@@ -73,7 +73,7 @@ async def with_citations(
 
 async def lookup(
     caches: RouteCaches, body: ChatCompletionRequest, caller: Caller, context: str = ""
-) -> CacheLookup:
+) -> CacheLookup | None:
     *history, last = body.messages
     settings = body.model_dump(exclude=_NOT_IN_KEY, exclude_none=True, mode="json")
     history_key = [m.model_dump(exclude_none=True, mode="json") for m in history]
