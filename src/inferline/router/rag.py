@@ -33,8 +33,9 @@ class Retrieved:
 
     @property
     def context(self) -> str:
-        """What the answer depends on beyond the request: the chunks, for response-cache keys."""
-        return json.dumps([(c["file_id"], c["chunk"]) for c in self.citations])
+        """What the answer depends on beyond the request, for response-cache keys: the chunks and their
+        text (a file added again with new text changes it)."""
+        return json.dumps([(c["file_id"], c["chunk"], c["text"]) for c in self.citations])
 
 
 def sources_text(results: list[SearchResult]) -> str:
