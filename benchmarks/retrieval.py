@@ -19,6 +19,7 @@
 
     .venv/bin/python benchmarks/retrieval.py            # ~15 min on 2 cores (HNSW builds dominate)
     .venv/bin/python benchmarks/retrieval.py --smoke    # seconds
+    .venv/bin/python benchmarks/retrieval.py --backends embedded pgvector   # a subset of the search table
 """
 
 from __future__ import annotations
@@ -84,13 +85,16 @@ def timed_search(search: Callable[[np.ndarray], list[int]], queries: np.ndarray,
     return f"{p50:8.2f} {p99:8.2f} {np.mean(recalls):10.3f}"
 
 
-def search_table(num_vectors: int, num_queries: int) -> None:
+BACKENDS = ("embedded", "usearch", "sqlite-vec", "pgvector")
+
+
+def search_table(num_vectors: int, num_queries: int, backends: list[str]) -> None:
     vectors, queries = clustered(num_vectors, 1), clustered(num_queries, 2)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
     ids = np.arange(num_vectors, dtype=np.int64)
     print(f"\n== search: {num_vectors} x {DIM} clustered vectors, k={K}, {num_queries} queries ==")
     print(f"{'backend':28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
-    for kind in ("flat", "hnsw"):
+    for kind in ("flat", "hnsw") if "embedded" in backends else ():
         index = StoreIndex(DIM, kind == "hnsw", ef_search=128)
         started = time.perf_counter()
         index.add(ids, [""] * num_vectors, vectors)
@@ -100,9 +104,10 @@ def search_table(num_vectors: int, num_queries: int) -> None:
             return [i for i, _ in index.search(query, K, None, False)]
 
         print(f"{'inferline embedded ' + kind:28} {build_s:8.1f} {timed_search(embedded, queries, truth)}")
-    usearch_row(vectors, queries, truth)
-    sqlite_vec_row(vectors, queries, truth)
-    pgvector_row(vectors, queries, truth)
+    rows = {"usearch": usearch_row, "sqlite-vec": sqlite_vec_row, "pgvector": pgvector_row}
+    for name, row in rows.items():
+        if name in backends:
+            row(vectors, queries, truth)
 
 
 def usearch_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
@@ -265,10 +270,13 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="every path in seconds; the figures mean nothing"
     )
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="search backends to measure"
+    )
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
     print(f"config: {sizes}; the machine is shared, so figures are indicative")
-    search_table(sizes["num_vectors"], sizes["num_queries"])
+    search_table(sizes["num_vectors"], sizes["num_queries"], args.backends)
     runner = EmbeddingRunner.from_source("all-minilm-l6-v2")
     with tempfile.TemporaryDirectory() as tmp:
         ingest_row(runner, sizes["ingest_chunks"], Path(tmp))
