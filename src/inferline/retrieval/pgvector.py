@@ -18,7 +18,8 @@ from inferline.db import open_engine
 from inferline.retrieval.backend import Chunk, Hit, normalised
 
 HNSW_NEIGHBOURS = 16
-"""pgvector's default m; with ef_search 128 it reaches recall@10 >= 0.95 on the benchmark's set."""
+"""pgvector's default m. With ef_search 128 it gave recall@10 0.88 on the benchmark's 100,000 clustered
+vectors (FAISS at m=32: 0.97): raise vector_stores.hnsw_ef_search for more, at the cost of latency."""
 HNSW_EF_CONSTRUCTION = 64
 _STORE_ID = re.compile(r"^vs_[0-9a-f]{1,60}$")
 _LOCK_KEY = int.from_bytes(b"infvecdb")
