@@ -25,6 +25,7 @@ def test_mypy_passes() -> None:
             "src/inferline/streams",
             "src/inferline/cluster",
             "src/inferline/quality",
+            "src/inferline/retrieval",
         ],
         cwd=ROOT,
         capture_output=True,

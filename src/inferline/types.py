@@ -245,7 +245,7 @@ class UsageRecord:
     ttft_s: float | None
     latency_s: float
     outcome: str
-    """"ok", "aborted", "error" or "rejected"."""
+    """"ok", "aborted", "error", "rejected", or "cached" (served from a response cache)."""
     cost: float = 0.0
     """USD, from the deployment's prices (every escalated cascade stage included)."""
     policy: str = ""

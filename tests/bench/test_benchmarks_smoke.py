@@ -39,6 +39,13 @@ FIGURES = {
         r"^serve --ray, 1 replica +\d+\.\d tok/s .*failed 0 +ratio \d+\.\d\dx +added TTFT p50 [+-]\d+\.\d ms",
         r"^replace a killed replica \(1 of 1\): \d+\.\d s",
     ],
+    "retrieval.py": [
+        r"^inferline embedded hnsw +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",
+        r"^pgvector hnsw \(m=16, ef=128\) +\d+\.\d +\d+\.\d\d",
+        r"MiniLM on the CPU \+ embedded store: \d+\.\d chunks/s",
+        r"^ +0\.92 +\d\.\d{3} +\d\.\d{3} \| +\d\.\d{3} +\d\.\d{3} .*<- chosen",
+        r"^hit \(exact, memory\) +\d+\.\d{3} +\d+\.\d{3}",
+    ],
     "router_overhead.py": [r"^inferline -> stub +\d+\.\d{3}", r"^inferline -> stub +4 +\d+ +0 "],
     "speculative.py": [r"open +draft +\d+\.\d +\d+\.\d\dx +\d\.\d\d +\d\.\d\d +yes"],
     "streams.py": [

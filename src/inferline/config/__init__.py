@@ -19,6 +19,7 @@ from inferline.config.deployments import (
 )
 from inferline.config.engine import EngineConfig, SpeculativeConfig
 from inferline.config.quality import CaptureConfig, DriftConfig, QualityConfig
+from inferline.config.retrieval import CacheConfig, RagConfig, VectorStoresConfig
 from inferline.config.routing import (
     CanaryConfig,
     CascadeConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "BatchConfig",
     "BatchedDeploymentBase",
     "BudgetConfig",
+    "CacheConfig",
     "CanaryConfig",
     "CaptureConfig",
     "CarbonConfig",
@@ -84,6 +86,7 @@ __all__ = [
     "QuotaConfig",
     "RedisSinkConfig",
     "RedisSourceConfig",
+    "RagConfig",
     "RegistryServingConfig",
     "RemoteDeploymentConfig",
     "ReplicaResourcesConfig",
@@ -103,5 +106,6 @@ __all__ = [
     "TelemetryConfig",
     "TenantConfig",
     "TracingConfig",
+    "VectorStoresConfig",
     "default_deployments",
 ]

@@ -115,6 +115,10 @@ def _check_route(route: RouteConfig, loc: Location, deployments: set[str]) -> No
         "canary": (route.canary is not None, "a canary route needs `canary: {baseline, candidate, percent}`"),
         "weighted": (bool(route.weights), "a weighted route needs `weights: {deployment: share}`"),
         "fixed": (len(route.deployments) == 1, "a fixed route needs exactly one deployment"),
+        "rag": (
+            route.rag is not None and bool(route.deployments),
+            "a rag route needs `rag: {vector_store}` and deployments",
+        ),
         "cascade": (
             len(route.deployments) >= 2,
             "a cascade route needs two or more deployments, cheapest first",

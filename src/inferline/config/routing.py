@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inferline.config.retrieval import CacheConfig, RagConfig
+
 
 class CascadeConfig(BaseModel):
     """When a cascade stage's answer is good enough to return rather than escalate."""
@@ -125,7 +127,7 @@ class SloConfig(BaseModel):
     window_days: float = Field(30.0, gt=0, le=365, description="The window the error budget spans.")
 
 
-RoutePolicy = Literal["fixed", "weighted", "cheapest", "fastest", "best_quality", "cascade", "canary"]
+RoutePolicy = Literal["fixed", "weighted", "cheapest", "fastest", "best_quality", "cascade", "canary", "rag"]
 
 
 class RouteConfig(BaseModel):
@@ -137,8 +139,8 @@ class RouteConfig(BaseModel):
     policy: RoutePolicy = Field("fixed", description="How a deployment is chosen (see the README).")
     deployments: list[str] = Field(
         default_factory=list,
-        description="Candidates: one for fixed; stages in order for cascade; the set for weighted, "
-        "cheapest, fastest and best_quality. Canary takes its two from `canary`.",
+        description="Candidates: one for fixed; stages in order for cascade; in order for rag; the set for "
+        "weighted, cheapest, fastest and best_quality. Canary takes its two from `canary`.",
     )
     weights: dict[str, float] = Field(
         default_factory=dict, description="weighted: deployment -> relative share (missing ones get 0)."
@@ -161,6 +163,8 @@ class RouteConfig(BaseModel):
         None, description="A smaller, faster deployment used when the chosen one's wait is over budget."
     )
     slo: SloConfig | None = Field(None, description="Objectives this route is held to (GET /v1/slo).")
+    rag: RagConfig | None = Field(None, description="policy rag: the store and prompt (README, RAG routes).")
+    cache: CacheConfig | None = Field(None, description="A response cache for this route; None: no caching.")
 
     def members(self) -> list[str]:
         """Every deployment this route may send a request to."""

@@ -12,6 +12,7 @@ from inferline.config.batch import BatchConfig
 from inferline.config.deployments import DeploymentConfig, default_deployments
 from inferline.config.quality import QualityConfig
 from inferline.config.references import ConfigReferenceError, check_references
+from inferline.config.retrieval import VectorStoresConfig
 from inferline.config.routing import RouteConfig
 from inferline.config.streams import StreamConfig
 from inferline.config.telemetry import TelemetryConfig
@@ -91,6 +92,7 @@ class ServerConfig(BaseModel):
         "runs only them): messages from Redis Streams or NATS JetStream, scored, results to a sink.",
     )
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     max_body_bytes: int = Field(
         4 << 20, ge=1024, description="Larger request bodies get 413 (file uploads: batch.max_file_bytes)."
     )
@@ -104,6 +106,15 @@ class ServerConfig(BaseModel):
         "working one); 'serve_rest' serves the deployments that loaded, and /ready lists the failed "
         "ones with their causes.",
     )
+
+    @model_validator(mode="after")
+    def _shared_caches_have_redis(self) -> ServerConfig:
+        for route in self.routes:
+            if route.cache is not None and route.cache.store == "redis" and self.redis_url is None:
+                raise ValueError(
+                    f"route {route.name!r} has cache.store 'redis' but redis_url is not set: set it"
+                )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> ServerConfig:

@@ -44,7 +44,7 @@ def order(
         ranked = [d.name for d in sorted(candidates, key=lambda d: d.estimated_first_result_s())]
     elif route.policy == "best_quality":
         ranked = [d.name for d in _best_quality(candidates, route.max_price_per_1m)]
-    else:  # fixed, and cascade, whose stages are tried in order by the router
+    else:  # fixed, rag (its deployments in order), and cascade, whose stages the router tries in order
         ranked = list(route.deployments)
     return list(dict.fromkeys([*ranked, *route.fallbacks]))
 

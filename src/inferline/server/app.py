@@ -27,8 +27,11 @@ from inferline.errors import InferlineError
 from inferline.models.store import inferline_home
 from inferline.quality.loop import QualityLoop
 from inferline.registry.serving import RegistrySources
+from inferline.retrieval.stores import open_stores
+from inferline.router.caching import RouteCaches
 from inferline.router.deployments import DeploymentPool, build_backend
 from inferline.router.limits import Limiter
+from inferline.router.rag import RagRetriever
 from inferline.router.router import Router
 from inferline.server.admin import admin_router
 from inferline.server.auth import Authenticator, Tenant
@@ -49,6 +52,7 @@ from inferline.server.responses_serving import ResponsesServing
 from inferline.server.rollout_admin import rollout_admin_router, rollout_controller
 from inferline.server.slo import slo_router
 from inferline.server.usage import Metering, usage_router
+from inferline.server.vector_store_routes import vector_store_router
 from inferline.streams.service import StreamWorkers
 from inferline.telemetry.logs import AccessLog, RequestLog, record_usage, set_tenant
 from inferline.telemetry.metrics import Metrics
@@ -202,11 +206,17 @@ def create_app(
     stored_responses = ResponseStore(
         database_url(config.telemetry.database_url, inferline_home()), config.responses
     )
-    serving = OpenAIServing(router)
+    embedding = config.vector_stores.embedding_deployment
+    caches = RouteCaches(router, config.redis_url, embedding)
     batch_database = open_engine(
         database_url(config.telemetry.database_url, inferline_home()), "telemetry.database_url"
     )
     files = FileStore(batch_database, config.batch.data_dir or inferline_home() / "files")
+    vector_stores = open_stores(
+        config.vector_stores, batch_database, config.batch.data_dir or inferline_home()
+    )
+    rag = RagRetriever(router, vector_stores, embedding, metrics.observe_retrieval)
+    serving = OpenAIServing(router, caches, rag)
     executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
     streams = StreamWorkers(config, router, metrics.registry, inferline_home())
@@ -244,9 +254,11 @@ def create_app(
         rollouts.close()
         await pool.unload_all()
         await router.limiter.close()
+        await caches.close()
         await metering.close()  # after the drain and the unloads, so their records are written too
         stored_responses.close()
         await asyncio.to_thread(quality.capture.close)  # the captures still queued are written
+        vector_stores.backend.close()
         await asyncio.to_thread(tracing.shutdown)  # exports the buffered spans; may wait on the collector
         batch_database.dispose()
 
@@ -299,6 +311,7 @@ def create_app(
     app.include_router(responses_router(ResponsesServing(serving, stored_responses), tenant))
     app.include_router(files_router(files, config.batch.max_file_bytes, tenant))
     app.include_router(batch_router(batches, tenant))
+    app.include_router(vector_store_router(vector_stores, files, router, embedding, tenant))
     app.include_router(oip_router(router, tenant))
     app.include_router(admin_router(router, admin, streams))
     app.include_router(deployments_admin_router(config, pool, sources, admin))

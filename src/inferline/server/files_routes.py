@@ -15,7 +15,8 @@ from inferline.server.auth import Tenant
 from inferline.server.errors import HTTPError
 from inferline.server.uploads import receive_upload
 
-PURPOSES = ("batch",)
+PURPOSES = ("batch", "assistants")
+"""batch: a batch's input; assistants: a file for a vector store."""
 CHUNK_BYTES = 1 << 20
 
 
@@ -42,7 +43,7 @@ def files_router(
                 )
             raise HTTPError(
                 400,
-                f"purpose {purpose!r} is not supported: this server takes purpose 'batch'",
+                f"purpose {purpose!r} is not supported: this server takes purpose 'batch' or 'assistants'",
                 "invalid_request_error",
                 "purpose",
             )

@@ -23,10 +23,14 @@ import numpy as np
 
 from inferline.backends.base import EmbeddingResult
 from inferline.router.attempt import Routed
+from inferline.router.caching import RouteCaches
 from inferline.router.deployments import Deployment
+from inferline.router.rag import RagRetriever
 from inferline.router.request import Answer, Caller, WorstCase
 from inferline.router.router import Router
+from inferline.server import chat_context
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
+from inferline.server.generation import Generation, Tagged
 from inferline.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -39,30 +43,16 @@ from inferline.server.openai_protocol import (
     finish_reason,
     usage_dict,
 )
-from inferline.server.streaming import ClientDisconnectedError, Watch, until_disconnect
+from inferline.server.streaming import DONE, ClientDisconnectedError, Watch, sse, until_disconnect
 from inferline.server.tool_calls import ToolCalling
 from inferline.telemetry.tracing import trace_request
 from inferline.types import Delta, Request, TokenLogprob
 
-Tagged = tuple[int, Delta]
-"""(prompt index, delta)"""
 T = TypeVar("T")
 
 CHAT_TEMPLATE_TOKENS = 64
 """Budget holds count each prompt byte as a token (no tokenizer produces more) plus this allowance per
 message for the chat template's own tokens."""
-
-
-@dataclass
-class Generation:
-    firsts: list[Tagged]
-    """Everything, when collected; otherwise the first delta of each request."""
-    rest: AsyncIterator[Tagged] | None = None
-    """The stream's remaining deltas; None when collected."""
-
-    def deltas(self) -> AsyncIterator[Tagged]:
-        """Every delta, the firsts then the rest."""
-        return _chain(self.firsts, self.rest)
 
 
 @dataclass
@@ -102,15 +92,6 @@ class Confidence:
         return self.total / self.num_tokens if self.num_tokens else None
 
 
-def sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-DONE = sse("[DONE]")
-"""Every stream's last event."""
-
-
 def _confidence(generation: Generation, tools: ToolCalling | None = None) -> Answer:
     """A collected generation as a cascade judges it: all text, mean logprob of every sampled token,
     and whether the calls of each completion are valid uses of the request's tools."""
@@ -128,8 +109,14 @@ def _confidence(generation: Generation, tools: ToolCalling | None = None) -> Ans
 
 
 class OpenAIServing:
-    def __init__(self, router: Router) -> None:
+    def __init__(
+        self, router: Router, caches: RouteCaches | None = None, rag: RagRetriever | None = None
+    ) -> None:
         self.router = router
+        self.caches = caches
+        """Routes' response caches (chat completions); None: no route caches."""
+        self.rag = rag
+        """Retrieval for rag routes; None: rag routes answer without it."""
 
     # ---- generation through the router ----------------------------------------------------------
 
@@ -232,10 +219,18 @@ class OpenAIServing:
         self, body: ChatCompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         tools = body.tool_calling()
-        routed = await self.route_chat(body, caller, watch, tools)
+
+        async def route(sent: ChatCompletionRequest) -> Routed[Generation]:
+            return await self.route_chat(sent, caller, watch, tools)
+
+        routed, citations = await chat_context.route(body, caller, route, self.caches, self.rag)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
-            return routed, self._chat_stream(body, response_id, routed, tools)
+            stream = self._chat_stream(body, response_id, routed, tools)
+            if citations:
+                head = envelope("chat.completion.chunk", response_id, body.model)
+                stream = chat_context.with_citations(stream, head, citations)
+            return routed, stream
         choices, usage = await self._collected(routed, body.n, 1)
         with_logprobs = body.requested_logprobs() is not None
         response = envelope("chat.completion", response_id, body.model)
@@ -249,6 +244,8 @@ class OpenAIServing:
             for i, c in enumerate(choices)
         ]
         response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
+        if citations:
+            response["inferline"] = {"citations": citations}
         return routed, response
 
     def _chat_stream(
@@ -434,14 +431,6 @@ def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | st
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode()
     return vector.tolist()
-
-
-async def _chain(firsts: list[Tagged], rest: AsyncIterator[Tagged] | None) -> AsyncIterator[Tagged]:
-    for item in firsts:
-        yield item
-    if rest is not None:
-        async for item in rest:
-            yield item
 
 
 async def _merge(streams: list[AsyncGenerator[Delta, None]], done: list[bool]) -> AsyncIterator[Tagged]:

@@ -9,6 +9,7 @@ group per response for the same job, a fixed cost every stream paid on top of it
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -19,6 +20,15 @@ T = TypeVar("T")
 
 Watch = Callable[[], Awaitable[None]]
 """Resolves when the client has gone away."""
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+DONE = sse("[DONE]")
+"""Every stream's last event."""
 
 
 class ClientDisconnectedError(Exception):

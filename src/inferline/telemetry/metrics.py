@@ -78,7 +78,7 @@ class Metrics:
         self.route_requests = Counter(
             "inferline_route_requests",
             "Finished requests per route and the deployment (arm) that answered ('' when none did), "
-            "by outcome (ok, error, rejected, aborted).",
+            "by outcome (ok, error, rejected, aborted, cached).",
             ["route", "deployment", "outcome"],
             registry=self.registry,
         )
@@ -86,6 +86,13 @@ class Metrics:
             "inferline_route_latency_seconds",
             "End-to-end latency of answered requests, per route and arm.",
             route_arm,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.retrieval_latency = Histogram(
+            "inferline_retrieval_seconds",
+            "Time a rag route spent retrieving (embedding the query and searching its store), per route.",
+            ["route"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
@@ -230,6 +237,9 @@ class Metrics:
                 else None
             ),
         )
+
+    def observe_retrieval(self, route: str, elapsed_s: float) -> None:
+        self.retrieval_latency.labels(route).observe(elapsed_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

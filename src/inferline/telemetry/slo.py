@@ -63,7 +63,7 @@ BURN_ALERTS = (
 LATENCY_TARGET = 0.95
 """Share of answered requests that must be under a p95 objective's threshold."""
 
-_AVAILABILITY_EVENTS = {"ok": True, "error": False}
+_AVAILABILITY_EVENTS = {"ok": True, "cached": True, "error": False}
 
 
 @dataclass(frozen=True)
