@@ -17,7 +17,14 @@ import httpx
 import pytest
 
 from inferline.config import TelemetryConfig
-from inferline.telemetry.logs import ACCESS_LOGGER, AccessLog, JsonFormatter, TextFormatter, set_tenant
+from inferline.telemetry.logs import (
+    ACCESS_LOGGER,
+    AccessLog,
+    JsonFormatter,
+    TextFormatter,
+    record_fields,
+    set_tenant,
+)
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from tests.server.conftest import API_KEY, ServerProcess, free_port, start_server
 
@@ -185,3 +192,13 @@ def test_text_format_and_exceptions_keep_the_request_fields() -> None:
     assert inside["field"] == "temperature"
     assert "ValueError: bad value" in inside["exception"]
     assert "request_id" not in outside
+
+
+def test_a_librarys_private_stamp_on_every_record_is_not_logged_as_a_field() -> None:
+    # Ray's log record factory stamps _ray_timestamp_ns on every record once it is imported.
+    record = logging.LogRecord("inferline.x", logging.INFO, __file__, 1, "hello", None, None)
+    record._ray_timestamp_ns = 1  # type: ignore[attr-defined]
+    record.field = "temperature"  # what extra={"field": ...} sets
+    fields = record_fields(record)
+    assert fields["field"] == "temperature"
+    assert "_ray_timestamp_ns" not in fields

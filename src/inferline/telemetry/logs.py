@@ -222,7 +222,9 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         fields["trace_id"] = f"{span.trace_id:032x}"
         fields["span_id"] = f"{span.span_id:016x}"
     for key, value in vars(record).items():
-        if key not in _STANDARD_ATTRIBUTES:
+        # A leading underscore marks a library's own stamp on every record (Ray's log record factory
+        # adds _ray_timestamp_ns once imported), not a field a caller passed with `extra=`.
+        if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
             fields[key] = value
     return fields
 
