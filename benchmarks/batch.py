@@ -5,6 +5,7 @@
    concurrency 1..64 (greedy, EOS ignored, so every line generates exactly --max-tokens).
 2. Embeddings: sentences/s of an embeddings batch beside /v1/embeddings online at the best client
    concurrency, and sentence-transformers `encode` (batches of 64) in this process when installed.
+   Beside them, the engine's ceiling: the same conversations through `inferline.LLM` in this process.
 3. Interactive TTFT p95 (streamed chat, an `interactive` tenant, one at a time) with no other load, and
    while a chat batch runs in the batch class.
 
@@ -34,7 +35,14 @@ from inferline.stats import percentile
 BATCH_KEY, ONLINE_KEY = "sk-bench-batch", "sk-bench-online"
 SYSTEM = "You are a helpful assistant. Answer in one short paragraph."
 TOPICS = ["cats", "rain", "code", "tea", "ships", "maps", "bread", "stars"]
-SMOKE = {"lines": 8, "max_tokens": 4, "embeddings": 32, "ttft_requests": 4, "concurrency": [1, 4]}
+SMOKE = {
+    "lines": 8,
+    "max_tokens": 4,
+    "embeddings": 32,
+    "ttft_requests": 4,
+    "concurrency": [1, 4],
+    "ceiling_seqs": [32],
+}
 """--smoke: every code path in seconds (the figures mean nothing)."""
 
 
@@ -170,6 +178,27 @@ async def ttft_during_batch(url: str, bodies: list[dict[str, Any]], n: int) -> l
     return measured
 
 
+def engine_ceiling(bodies: list[dict[str, Any]], max_tokens: int, seqs: list[int]) -> dict[int, float]:
+    """Output tok/s of the same conversations through `inferline.LLM` in this process, per max_num_seqs:
+    no server, no HTTP, no event loop, nothing else on the cores. No served path, batch or online, can
+    beat the best of these on this machine, so it bounds the batch/online ratio the hardware allows."""
+    from inferline import LLM
+    from inferline.types import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    conversations = [body["messages"] for body in bodies]
+    rates = {}
+    for max_num_seqs in seqs:
+        llm = LLM("default", max_num_seqs=max_num_seqs, kv_cache_bytes=256 << 20)
+        llm.chat(conversations[:4], params)  # warm-up
+        started = time.perf_counter()
+        outputs = llm.chat(conversations, params)
+        elapsed = time.perf_counter() - started
+        rates[max_num_seqs] = sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
+        del llm
+    return rates
+
+
 def sentence_transformers_per_s(texts: list[str]) -> float | None:
     try:
         from sentence_transformers import SentenceTransformer
@@ -192,6 +221,9 @@ def main() -> None:
     parser.add_argument("--embeddings", type=int, default=20_000, help="embedding lines")
     parser.add_argument("--ttft-requests", type=int, default=40, help="interactive requests per TTFT figure")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="online clients")
+    parser.add_argument(
+        "--ceiling-seqs", type=int, nargs="+", default=[32, 64], help="max_num_seqs of the in-process runs"
+    )
     parser.add_argument("--smoke", action="store_true", help=f"tiny run: {SMOKE}")
     args = parser.parse_args()
     if args.smoke:
@@ -216,6 +248,7 @@ def main() -> None:
         busy = asyncio.run(
             ttft_during_batch(url, [chat_body(i, 64) for i in range(max(64, args.lines))], args.ttft_requests)
         )
+    ceiling = engine_ceiling(chats, args.max_tokens, args.ceiling_seqs)
     peer = sentence_transformers_per_s(texts)
 
     print(
@@ -229,6 +262,12 @@ def main() -> None:
     print(
         f"chat   batch {batch_tok_s:.1f} tok/s   online best {rates[best_c]:.1f} tok/s (c={best_c})   "
         f"ratio {batch_tok_s / rates[best_c]:.2f}x"
+    )
+    best_n = max(ceiling, key=ceiling.__getitem__)
+    print(
+        f"engine ceiling {ceiling[best_n]:.1f} tok/s (in process, max_num_seqs {best_n}; "
+        + ", ".join(f"{n}: {r:.1f}" for n, r in ceiling.items())
+        + f")   ceiling / online best {ceiling[best_n] / rates[best_c]:.2f}x"
     )
     embed_rates = {c: len(texts) / s for c, (s, _) in online_embed.items()}
     best_e = max(embed_rates, key=embed_rates.__getitem__)

@@ -50,6 +50,10 @@ class LineExecutor(Protocol):
         """Raise InferlineError naming the field when the body cannot run."""
         ...
 
+    def window(self, models: set[str]) -> int:
+        """How many lines over `models` to keep in flight when the config does not say."""
+        ...
+
     async def run(self, endpoint: str, body: dict[str, Any], caller: Caller) -> tuple[int, dict[str, Any]]:
         """The HTTP status and body the online endpoint would have answered."""
         ...

@@ -344,7 +344,13 @@ class BatchService:
         started, cpu_started = time.monotonic(), time.process_time()
         try:
             await run_lines(
-                plan.lines, input_path, log, run_line, self.config.max_in_flight_lines, stop, progress
+                plan.lines,
+                input_path,
+                log,
+                run_line,
+                self.config.max_in_flight_lines or self.executor.window(plan.models),
+                stop,
+                progress,
             )
         finally:
             expiry.cancel()

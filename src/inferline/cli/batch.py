@@ -75,7 +75,7 @@ async def _run(args: argparse.Namespace, config: ServerConfig, work: Path, resul
             return LineResult(line.custom_id, status, body, caller.request_id)
 
         log = OutputLog(results, results.with_name(results.name + ".errors.jsonl"))
-        window = args.max_in_flight_lines or config.batch.max_in_flight_lines
+        window = args.max_in_flight_lines or config.batch.max_in_flight_lines or executor.window(plan.models)
         with _Progress(len(plan.lines)) as progress:
             if args.ray is None:
                 await run_lines(plan.lines, work, log, run_line, window, asyncio.Event(), progress.add)

@@ -45,12 +45,13 @@ class BatchConfig(BaseModel):
     max_file_bytes: int = Field(
         512 << 20, ge=1024, description="Largest file POST /v1/files accepts (413 above it)."
     )
-    max_in_flight_lines: int = Field(
-        64,
+    max_in_flight_lines: int | None = Field(
+        None,
         ge=1,
         le=100_000,
-        description="Lines of one batch handed to the engine at once: enough to keep every decode slot "
-        "busy (about 2x the engine's max_num_seqs), few enough that interactive requests find the "
-        "queue short. Must stay under the deployment's max_queued_requests.",
+        description="Lines of one batch handed to the models at once. None: twice the most rows the "
+        "batch's deployments compute in one step (an LLM's engine.max_num_seqs, an embedding or ONNX "
+        "deployment's max_batch_size), so the next full step is always queued while one runs, and few "
+        "enough that interactive requests find the queue short; capped at max_queued_requests.",
     )
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)

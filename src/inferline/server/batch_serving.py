@@ -13,6 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 from inferline.backends.llm import LLMBackend
 from inferline.batch.lines import PREFIX_CHARS, LineCheck
+from inferline.config.deployments import (
+    EmbeddingDeploymentConfig,
+    LLMDeploymentConfig,
+    OnnxDeploymentConfig,
+)
 from inferline.errors import (
     BackendUnavailableError,
     InvalidRequestError,
@@ -28,6 +33,8 @@ from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRe
 from inferline.server.openai_serving import OpenAIServing
 from inferline.types import Request
 
+DEFAULT_WINDOW = 64
+"""Lines in flight when every deployment is a remote upstream (its own capacity is unknown here)."""
 MAX_RETRY_WAIT_S = 10.0
 READY_POLL_S = 0.2
 _BODIES: dict[str, type[BaseModel]] = {
@@ -35,6 +42,16 @@ _BODIES: dict[str, type[BaseModel]] = {
     "/v1/completions": CompletionRequest,
     "/v1/embeddings": EmbeddingRequest,
 }
+
+
+def _step_rows(deployment: Deployment) -> int:
+    """Rows the deployment computes in one step; 0 for a remote upstream."""
+    config = deployment.config
+    if isinstance(config, LLMDeploymentConfig):
+        return config.engine.max_num_seqs
+    if isinstance(config, EmbeddingDeploymentConfig | OnnxDeploymentConfig):
+        return config.max_batch_size
+    return 0
 
 
 def _never_gone() -> Any:
@@ -68,6 +85,18 @@ class ServingExecutor:
 
     def _deployments(self, model: str) -> list[Deployment]:
         return [self.router.pool.by_name[name] for name in self.router.resolve(model).config.members()]
+
+    def window(self, models: set[str]) -> int:
+        """Two steps' worth of the largest deployment behind `models` (an LLM's max_num_seqs, a runner's
+        max_batch_size): the next full step is queued while one runs, so the model never waits for the
+        event loop to hand it lines. Within every deployment's max_queued_requests, where a busy answer
+        would make lines sleep and retry."""
+        deployments = [d for model in models for d in self._deployments(model)]
+        rows = [_step_rows(d) for d in deployments]
+        queued = [d.config.max_queued_requests for d in deployments if _step_rows(d)]
+        if not any(rows):  # remote upstreams only: no step to fill
+            return DEFAULT_WINDOW
+        return max(1, min([2 * max(rows), *queued]))
 
     def check(self, endpoint: str, body: dict[str, Any]) -> LineCheck:
         request = self._parse(endpoint, body)
