@@ -99,6 +99,15 @@ def test_help_shows_the_defaults_the_models_hold() -> None:
     assert f"(default {AgentConfig.poll_s})" in subparser("edge").format_help()
 
 
+def test_commands_that_run_no_model_start_without_importing_torch() -> None:
+    # torch takes seconds to import: every `inferline registry ...` call, and serve's start, would pay it.
+    probe = "import sys; from inferline.cli import build_parser as b; b(); print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.strip() == "False", done.stderr
+
+
 def test_models_list_shows_the_default_model(tmp_path: Path) -> None:
     done = run("models", "list", env={**os.environ, "INFERLINE_HOME": str(tmp_path), "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FIGURES = {
     "batch.py": [
         r"^chat +batch +\d+\.\d tok/s +online best \d+\.\d tok/s \(c=\d+\) +ratio \d+\.\d\dx",
-        r"^engine ceiling \d+\.\d tok/s \(in process, max_num_seqs \d+; .*\) +ceiling / online best \d+\.\d\dx",
+        r"^engine ceiling \d+\.\d tok/s \(in process, max_num_seqs \d+; .*\) +ceiling / online best "
+        r"\d+\.\d\dx",
         r"^embed +batch +\d+\.\d/s +online best \d+\.\d/s",
         r"^ttft +p95 idle \d+\.\d ms +during batch \d+\.\d ms",
     ],

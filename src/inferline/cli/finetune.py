@@ -11,7 +11,8 @@ from typing import Any
 def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from inferline.quality.finetune import FinetuneConfig, finetune
+    from inferline.quality.finetune import finetune
+    from inferline.quality.finetune_config import FinetuneConfig
 
     config = FinetuneConfig(
         method=args.method,
@@ -35,7 +36,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def add_finetune_parser(sub: Any) -> None:
-    from inferline.quality.finetune import FinetuneConfig
+    from inferline.quality.finetune_config import FinetuneConfig
 
     defaults = FinetuneConfig()
     parser = sub.add_parser(

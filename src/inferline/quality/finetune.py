@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,36 +30,16 @@ from inferline.models.llama import LlamaForCausalLM
 from inferline.models.loader import load_weights
 from inferline.models.tokenizer import Tokenizer
 from inferline.models.weights import build_model
+from inferline.quality.finetune_config import FinetuneConfig
 from inferline.quality.lora import add_lora, causal_logits, merge_lora
 from inferline.quality.sft_data import IGNORE, Example, read_examples
 
-Method = Literal["lora", "full"]
 LINEAGE_FILE = "inferline-finetune.json"
 _HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    method: Method = "lora"
-    steps: int = 30
-    learning_rate: float = 1e-3
-    """AdamW's rate; 1e-3 suits LoRA, full fine-tuning wants about 2e-5."""
-    batch_size: int = 4
-    max_seq_len: int = 256
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    seed: int = 0
-
-    def check(self) -> None:
-        for name in ("steps", "batch_size", "max_seq_len", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise InvalidRequestError(f"{name} must be at least 1; got {getattr(self, name)}", name)
-        if not 0 < self.learning_rate < 1:
-            raise InvalidRequestError(f"learning_rate must be in (0, 1); got {self.learning_rate}", "lr")
 
 
 @dataclass
