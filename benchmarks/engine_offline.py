@@ -6,7 +6,7 @@ Also: model load time, KV-cache bytes per token, and peak RSS of the engine befo
 
     .venv/bin/python benchmarks/engine_offline.py                      # fp32, batches 1 8 32
     .venv/bin/python benchmarks/engine_offline.py --dtypes bfloat16 --batch-sizes 1 32
-    .venv/bin/python benchmarks/engine_offline.py --smoke      # seconds; transformers only if installed
+    .venv/bin/python benchmarks/engine_offline.py --smoke      # seconds; inferline only
 """
 
 from __future__ import annotations
@@ -32,8 +32,16 @@ from inferline.engine.runner import kv_cache_dtype
 from inferline.models.loader import load_weights
 from inferline.models.reference import transformers_model
 
-SMOKE = {"batch_sizes": [1], "prompt_len": 8, "new_tokens": 4, "dtypes": ["float32"], "repeats": 1}
-"""--smoke: every code path in seconds (the figures mean nothing)."""
+SMOKE = {
+    "batch_sizes": [1],
+    "prompt_len": 8,
+    "new_tokens": 4,
+    "dtypes": ["float32"],
+    "repeats": 1,
+    "no_peer": True,
+}
+"""--smoke: inferline's code paths in seconds (the figures mean nothing); transformers, which takes longer
+to import and load than the rest of the run, only in full runs."""
 
 
 def time_inferline(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, repeats: int) -> float:
