@@ -75,7 +75,7 @@ def test_int4_keeps_the_vocabulary_projection_in_int8() -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 5, SMALL_BATCH_ROWS])
-@pytest.mark.parametrize("in_features", [192, 160])  # groups of 32: 4 + 2, and 4 + 1 (the kernel's tails)
+@pytest.mark.parametrize("in_features", [192, 160, 224])  # groups of 32: 4 + 2, 4 + 1, 4 + 3 (the tails)
 def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int, in_features: int) -> None:
     # The kernel quantizes activations per group of 32 to int8; the dense path multiplies exactly.
     weight = torch.randn(80, in_features, generator=torch.Generator().manual_seed(4)) * 0.05

@@ -151,31 +151,30 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
       min_acc[i] = _mm_fmadd_ps(w_min, _mm_loadu_ps(x_sum[i] + b), min_acc[i]);
     }
   }
-  // Two blocks (K = 576 leaves two): 64 codes, 8 lanes.
-  __m256 acc2[R];
-  for (int i = 0; i < R; ++i) acc2[i] = _mm256_setzero_ps();
-  for (; b + 2 <= blocks; b += 2) {
-    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
-    const __m256i nibble2 = _mm256_set1_epi8(0x0F);
-    const __m256i low_codes = _mm256_and_si256(packed, nibble2);
-    const __m256i high_codes = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble2);
-    const float scale0 = half_to_float(scales[b]), scale1 = half_to_float(scales[b + 1]);
-    const float min0 = half_to_float(mins[b]), min1 = half_to_float(mins[b + 1]);
+  // The last one to three blocks (K = 576 leaves two) take the same path with masked loads: absent blocks
+  // read as zero codes, activations and scales, so they add nothing.
+  if (b < blocks) {
+    const int64_t left = blocks - b;
+    const __mmask64 code_mask = _cvtu64_mask64((1ULL << (left * 16)) - 1);
+    const __mmask8 lane_mask = static_cast<__mmask8>((1U << left) - 1);
+    const __m512i packed = _mm512_maskz_loadu_epi8(code_mask, codes + b * 16);
+    const __m512i low_codes = _mm512_and_si512(packed, nibble);
+    const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    const __m128 w_scale = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, scales + b));
+    const __m128 w_min = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, mins + b));
     for (int i = 0; i < R; ++i) {
-      __m256i dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), low_codes,
-                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low[i] + b * 16)));
-      dots = _mm256_dpbusd_epi32(dots, high_codes,
-                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high[i] + b * 16)));
-      const __m256 lane_scale =
-          _mm256_set_m128(_mm_set1_ps(scale1 * x_scale[i][b + 1]), _mm_set1_ps(scale0 * x_scale[i][b]));
-      acc2[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), lane_scale, acc2[i]);
-      totals[i] += min0 * x_sum[i][b] + min1 * x_sum[i][b + 1];
+      __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes,
+                                         _mm512_maskz_loadu_epi8(code_mask, low[i] + b * 16));
+      dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_maskz_loadu_epi8(code_mask, high[i] + b * 16));
+      const __m128 block_scale = _mm_mul_ps(w_scale, _mm_maskz_loadu_ps(lane_mask, x_scale[i] + b));
+      const __m512 lane_scale = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(block_scale));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
+      min_acc[i] = _mm_fmadd_ps(w_min, _mm_maskz_loadu_ps(lane_mask, x_sum[i] + b), min_acc[i]);
     }
+    b = blocks;
   }
   for (int i = 0; i < R; ++i) {
-    totals[i] += _mm512_reduce_add_ps(_mm512_add_ps(acc[i], _mm512_castps256_ps512(acc2[i])));
-    const __m128 pair = _mm_add_ps(min_acc[i], _mm_movehl_ps(min_acc[i], min_acc[i]));
-    totals[i] += _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+    totals[i] += _mm512_reduce_add_ps(_mm512_add_ps(acc[i], _mm512_zextps128_ps512(min_acc[i])));
   }
 #elif defined(INFERLINE_AVX2)
   // Two blocks at a time: their 32 packed bytes fill one register, and the int32 result has four lanes
@@ -224,7 +223,11 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
   }
 }
 
-constexpr int64_t kRowTile = 4;
+#ifdef INFERLINE_VNNI
+constexpr int64_t kRowTile = 8;  // 32 vector registers: 8 rows' accumulators fit beside the unpacked codes
+#else
+constexpr int64_t kRowTile = 4;  // AVX2 has 16: more rows' accumulators would spill to memory
+#endif
 
 // out[r, n] = dot(n, first_row, R, totals) for every weight row n (split over threads) and every tile
 // of R <= kRowTile activation rows; R comes as a compile-time constant, so each tile size gets its
@@ -232,11 +235,15 @@ constexpr int64_t kRowTile = 4;
 template <typename T, typename Dot>
 void tiled_matmul(int64_t rows, int64_t n_out, T* out, Dot dot) {
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    float totals[kRowTile];
+    float totals[8];  // the largest case below, whatever kRowTile this build has
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t r = 0; r < rows; r += kRowTile) {
         const int64_t tile = std::min(kRowTile, rows - r);
         switch (tile) {
+          case 8: dot(n, r, std::integral_constant<int, 8>{}, totals); break;
+          case 7: dot(n, r, std::integral_constant<int, 7>{}, totals); break;
+          case 6: dot(n, r, std::integral_constant<int, 6>{}, totals); break;
+          case 5: dot(n, r, std::integral_constant<int, 5>{}, totals); break;
           case 4: dot(n, r, std::integral_constant<int, 4>{}, totals); break;
           case 3: dot(n, r, std::integral_constant<int, 3>{}, totals); break;
           case 2: dot(n, r, std::integral_constant<int, 2>{}, totals); break;
