@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from inferline.cli import main
-from inferline.config import ServerConfig
+from inferline.config import ServerConfig, StreamConfig
 from inferline.quality.loop import QualityLoop
 from inferline.registry.dataset import Dataset, parse_batch
 from inferline.router.deployments import DeploymentPool
 from inferline.server.app import create_app
+from inferline.streams.scoring import Scorer
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from tests.server.conftest import API_KEY, OTHER_KEY
 
@@ -206,6 +207,36 @@ def test_batch_lines_are_captured_and_rated_but_not_drift(tmp_path: Path, stub: 
             assert (await client.post("/v1/feedback", json=rating, headers=BETA)).status_code == 404
             assert (await client.post("/v1/feedback", json=rating, headers=ALPHA)).status_code == 200
             assert quality.drift.windows == {}  # one job's lines are not the route's live traffic
+
+    asyncio.run(go())
+
+
+def test_a_stream_workers_answers_are_captured_as_chats(tmp_path: Path, stub: StubProcess) -> None:
+    redis = {"kind": "redis", "url": "redis://127.0.0.1:9", "stream": "tickets.in"}  # never connected here
+    stream = StreamConfig.model_validate(
+        {
+            "name": "tickets",
+            "source": redis,
+            "sink": {**redis, "stream": "tickets.out"},
+            "model": "stubbed",
+            "task": "generate",
+            "prompt_template": "Summarise for {customer}: {text}",
+            "tenant": "alpha",
+        }
+    )
+
+    async def go() -> None:
+        async with quality_app(tmp_path, stub) as (client, quality):
+            scorer = Scorer(stream, quality.router, quality.observe)  # as the server's stream workers do
+            [scored] = await scorer.score([{"customer": SECRETS["email"], "text": "my card is broken"}])
+            assert scored.result == {"text": f"write to {REPLY_SECRET} today"}
+            quality.capture.drain()
+            [row] = quality.capture.store.captured()
+            assert (row.tenant, row.route, row.endpoint) == ("alpha", "stubbed", "stream:tickets")
+            assert row.prompt == [
+                {"role": "user", "content": "Summarise for [REDACTED:email]: my card is broken"}
+            ]
+            assert row.completion == ["write to [REDACTED:email] today"]
 
     asyncio.run(go())
 

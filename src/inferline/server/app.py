@@ -223,13 +223,10 @@ def create_app(
         metrics.registry,
         router,
     )
-    executor = ServingExecutor(
-        serving,
-        allow_failed=config.on_load_failure == "serve_rest",
-        observe=quality.observe if quality.reads_bodies else None,
-    )
+    observe = quality.observe if quality.reads_bodies else None  # batch lines and stream calls, as requests
+    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest", observe=observe)
     batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
-    streams = StreamWorkers(config, router, metrics.registry, inferline_home())
+    streams = StreamWorkers(config, router, metrics.registry, inferline_home(), observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
