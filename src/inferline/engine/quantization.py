@@ -5,9 +5,9 @@ A GGUF file was quantized by someone who chose its size; running it in float32 t
 and reads 4-8x the bytes per token. So a GGUF keeps its own format where a kernel runs it (Q4_0 and
 Q4_1 as int4, Q8_0 as int8, byte for byte), and other block types go to the nearest kernel format.
 A Hugging Face folder is float by its author's choice: it stays float unless asked, or unless its
-config.json names the quantization it is meant to be served in (SERVE_QUANTIZATION_KEY, which
-`inferline finetune` writes after checking what its answers survive). CUDA computes in bfloat16 (the
-int4/int8 kernels are CPU-only).
+config.json names the quantization it is meant to be served in (SERVE_QUANTIZATION_KEY; `inferline
+finetune` writes int8, the mode in which a short fine-tune's answers were measured to survive). CUDA
+computes in bfloat16 (the int4/int8 kernels are CPU-only).
 """
 
 from __future__ import annotations
