@@ -147,16 +147,17 @@ def test_embedding_drift_on_minilm_vectors(minilm_runner: EmbeddingRunner) -> No
     assert shifted["embedding_auc"].value > 0.95
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_domain_classifier_auc_tells_shifted_vectors_apart_and_no_others(seed: int) -> None:
-    draws = np.random.default_rng(seed)
-    reference = draws.normal(size=(150, 64))
+def test_domain_classifier_auc_tells_shifted_vectors_apart_and_no_others() -> None:
     threshold = DriftConfig().max_classifier_auc
-    assert classifier_auc(reference, draws.normal(size=(150, 64))) < threshold
-    moved = draws.normal(size=(150, 64))
-    moved[:, :4] += 0.8  # a new topic: a few directions shift, the rest stay
-    assert classifier_auc(reference, moved) > threshold
-    assert classifier_auc(reference, moved) == classifier_auc(reference, moved)  # seeded folds: stable gauges
+    for seed in (1, 2, 3):
+        draws = np.random.default_rng(seed)
+        reference = draws.normal(size=(100, 48))
+        assert classifier_auc(reference, draws.normal(size=(100, 48))) < threshold, seed
+        moved = draws.normal(size=(100, 48))
+        moved[:, :4] += 1.0  # a new topic: a few directions shift, the rest stay
+        auc = classifier_auc(reference, moved)
+        assert auc > threshold, seed
+        assert classifier_auc(reference, moved) == auc  # seeded folds: the same windows, the same gauge
 
 
 def test_effect_sizes_have_their_textbook_values() -> None:
