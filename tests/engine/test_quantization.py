@@ -1,6 +1,7 @@
 """Quantized weights (engine `quantization`) keep the default model's answers close to the float model's,
 and `quantization: auto` (the default) picks the format a user would want and says why."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ from inferline import LLM, SamplingParams
 from inferline.bench.quality import perplexity, token_agreement
 from inferline.config import EngineConfig
 from inferline.engine.model_loader import LoadedModel, load_model
-from inferline.engine.quantization import choose_quantization
-from inferline.errors import InvalidRequestError
+from inferline.engine.quantization import SERVE_QUANTIZATION_KEY, choose_quantization
+from inferline.errors import InvalidRequestError, ModelLoadError
 from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.models.store import ModelSource, resolve
 from tests.models.tiny_gguf import random_hf_state_dict, write_tiny_gguf
@@ -95,6 +96,18 @@ def test_auto_stays_float_for_folders_cuda_and_float_dtypes(tmp_path: Path) -> N
     # An explicit setting wins over the file's format.
     assert choose_quantization("int8", "auto", gguf, cpu).mode == "int8"
     assert choose_quantization("none", "auto", gguf, cpu).mode == "none"
+
+
+def test_auto_takes_the_quantization_a_folders_config_names(tmp_path: Path) -> None:
+    folder = ModelSource("tuned", "hf", tmp_path)
+    cpu = torch.device("cpu")
+    (tmp_path / "config.json").write_text(json.dumps({SERVE_QUANTIZATION_KEY: "int8"}))
+    assert choose_quantization("auto", "auto", folder, cpu).mode == "int8"
+    assert choose_quantization("none", "auto", folder, cpu).mode == "none"  # the engine config still wins
+    assert choose_quantization("auto", "auto", folder, torch.device("cuda")).mode == "none"
+    (tmp_path / "config.json").write_text(json.dumps({SERVE_QUANTIZATION_KEY: "int3"}))
+    with pytest.raises(ModelLoadError, match="int3"):
+        choose_quantization("auto", "auto", folder, cpu)
 
 
 def test_int8_greedy_output_stays_close_to_float(default_model: LoadedModel, int8_model: LoadedModel) -> None:

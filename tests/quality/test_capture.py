@@ -1,6 +1,7 @@
 """Payload capture and feedback through the real app (in-process ASGI) in front of a stub upstream: planted
 secrets never reach the database file or an export, flagged and sampled requests are kept with their
-lineage, and a tenant can rate only its own requests."""
+lineage, a tenant can rate only its own requests, and a batch job's lines are captured and rated alike
+(but kept out of the drift windows)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import httpx
 import pytest
 
 from inferline.cli import main
-from inferline.config import ServerConfig
+from inferline.config import ServerConfig, StreamConfig
 from inferline.quality.loop import QualityLoop
 from inferline.registry.dataset import Dataset, parse_batch
 from inferline.router.deployments import DeploymentPool
 from inferline.server.app import create_app
+from inferline.streams.scoring import Scorer
 from inferline.testing.stub_upstream import StubProcess, start_stub
 from tests.server.conftest import API_KEY, OTHER_KEY
 
@@ -43,9 +45,8 @@ def stub() -> Iterator[StubProcess]:
     process.stop()
 
 
-@asynccontextmanager
-async def quality_app(tmp_path: Path, stub: StubProcess) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-    config = ServerConfig.model_validate(
+def quality_config(tmp_path: Path, stub: StubProcess, drift: bool = False) -> ServerConfig:
+    return ServerConfig.model_validate(
         {
             "tenants": [{"name": "alpha", "api_keys": [API_KEY]}, {"name": "beta", "api_keys": [OTHER_KEY]}],
             "deployments": [{"name": "stubbed", "kind": "remote", "base_url": f"{stub.url}/v1"}],
@@ -58,10 +59,16 @@ async def quality_app(tmp_path: Path, stub: StubProcess) -> AsyncIterator[tuple[
                     "route_sample_rates": {"quiet": 0.0},
                     "redact_patterns": [r"EMP-\d{6}"],
                 },
-                "drift": {"enabled": False},
+                "drift": {"enabled": drift, "window": 20, "min_samples": 10},
             },
+            "batch": {"data_dir": str(tmp_path / "files")},
         }
     )
+
+
+@asynccontextmanager
+async def quality_app(tmp_path: Path, stub: StubProcess) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    config = quality_config(tmp_path, stub)
     pool = DeploymentPool(config.deployments)
     await pool.load_all()
     app = create_app(config, pool)
@@ -146,6 +153,90 @@ def test_feedback_only_from_the_tenant_that_made_the_request(tmp_path: Path, stu
             [feedback] = quality.capture.store.feedback([request_id])
             assert (feedback.tenant, feedback.score) == ("alpha", -1)
             assert feedback.comment == "mail [REDACTED:email]"
+
+    asyncio.run(go())
+
+
+def test_batch_lines_are_captured_and_rated_but_not_drift(tmp_path: Path, stub: StubProcess) -> None:
+    app = create_app(quality_config(tmp_path, stub, drift=True))
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "stubbed", "messages": [{"role": "user", "content": planted_prompt()}]},
+        }
+        for i in range(3)
+    ]
+
+    async def go() -> None:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://inferline") as client,
+        ):
+            quality = app.state.quality
+            data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+            files = {"file": ("cases.jsonl", data, "application/jsonl")}
+            upload = await client.post("/v1/files", data={"purpose": "batch"}, files=files, headers=ALPHA)
+            assert upload.status_code == 200, upload.text
+            body = {
+                "input_file_id": upload.json()["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            }
+            batch = (await client.post("/v1/batches", json=body, headers=ALPHA)).json()
+            for _ in range(300):
+                batch = (await client.get(f"/v1/batches/{batch['id']}", headers=ALPHA)).json()
+                if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+                    break
+                await asyncio.sleep(0.05)
+            assert batch["status"] == "completed", batch
+            output = await client.get(f"/v1/files/{batch['output_file_id']}/content", headers=ALPHA)
+            request_ids = sorted(
+                json.loads(row)["response"]["request_id"] for row in output.text.splitlines()
+            )
+            quality.capture.drain()
+            captured = quality.capture.store.captured()
+            assert sorted(row.request_id for row in captured) == request_ids
+            for row in captured:
+                assert row.flags == ["sampled"]
+                assert (row.tenant, row.route, row.endpoint) == ("alpha", "stubbed", "/v1/chat/completions")
+                assert "[REDACTED:card]" in row.prompt[0]["content"]
+                assert row.completion == ["write to [REDACTED:email] today"]
+            rating = {"request_id": request_ids[0], "label": "wrong"}
+            assert (await client.post("/v1/feedback", json=rating, headers=BETA)).status_code == 404
+            assert (await client.post("/v1/feedback", json=rating, headers=ALPHA)).status_code == 200
+            assert quality.drift.windows == {}  # one job's lines are not the route's live traffic
+
+    asyncio.run(go())
+
+
+def test_a_stream_workers_answers_are_captured_as_chats(tmp_path: Path, stub: StubProcess) -> None:
+    redis = {"kind": "redis", "url": "redis://127.0.0.1:9", "stream": "tickets.in"}  # never connected here
+    stream = StreamConfig.model_validate(
+        {
+            "name": "tickets",
+            "source": redis,
+            "sink": {**redis, "stream": "tickets.out"},
+            "model": "stubbed",
+            "task": "generate",
+            "prompt_template": "Summarise for {customer}: {text}",
+            "tenant": "alpha",
+        }
+    )
+
+    async def go() -> None:
+        async with quality_app(tmp_path, stub) as (client, quality):
+            scorer = Scorer(stream, quality.router, quality.observe)  # as the server's stream workers do
+            [scored] = await scorer.score([{"customer": SECRETS["email"], "text": "my card is broken"}])
+            assert scored.result == {"text": f"write to {REPLY_SECRET} today"}
+            quality.capture.drain()
+            [row] = quality.capture.store.captured()
+            assert (row.tenant, row.route, row.endpoint) == ("alpha", "stubbed", "stream:tickets")
+            assert row.prompt == [
+                {"role": "user", "content": "Summarise for [REDACTED:email]: my card is broken"}
+            ]
+            assert row.completion == ["write to [REDACTED:email] today"]
 
     asyncio.run(go())
 

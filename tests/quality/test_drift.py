@@ -16,7 +16,8 @@ import yaml
 from inferline.config import DriftConfig, ServerConfig
 from inferline.quality.capture import PayloadCapture
 from inferline.quality.capture_store import CaptureStore
-from inferline.quality.drift import DriftMonitor
+from inferline.quality.domain_classifier import classifier_auc, roc_auc
+from inferline.quality.drift import DriftMonitor, Signal
 from inferline.quality.drift_stats import cohens_d, psi, total_variation, wasserstein
 from inferline.quality.exchange import Exchange, oip_features
 from inferline.router.deployments import DeploymentPool
@@ -127,21 +128,36 @@ def test_oip_features_psi_and_wasserstein() -> None:
         assert alerts(monitor) == expected
 
 
-def test_embedding_mmd_on_minilm_vectors(minilm_runner: EmbeddingRunner) -> None:
+def test_embedding_drift_on_minilm_vectors(minilm_runner: EmbeddingRunner) -> None:
     config = DriftConfig(enabled=True, window=40, min_samples=20, max_embedded_prompts=40)
 
     async def embed(texts: list[str]) -> np.ndarray:
         return minilm_runner.embed(texts).vectors
 
-    def mmd_alert(prompts: list[str]) -> bool:
+    def embedding_signals(prompts: list[str]) -> dict[str, Signal]:
         monitor = fed(config, 9, prompts=prompts)
         asyncio.run(monitor.embed_prompts(embed))
         [report] = monitor.reports()
-        [signal] = [s for s in report.signals if s.metric == "embedding_mmd2"]
-        return signal.alert
+        return {s.metric: s for s in report.signals if s.metric.startswith("embedding_")}
 
-    assert not mmd_alert(COOKING)
-    assert mmd_alert(DATABASES)
+    same, shifted = embedding_signals(COOKING), embedding_signals(DATABASES)
+    assert {m for m, s in same.items() if s.alert} == set()
+    assert {m for m, s in shifted.items() if s.alert} == {"embedding_mmd2", "embedding_auc"}
+    assert same["embedding_auc"].value < 0.65
+    assert shifted["embedding_auc"].value > 0.95
+
+
+def test_domain_classifier_auc_tells_shifted_vectors_apart_and_no_others() -> None:
+    threshold = DriftConfig().max_classifier_auc
+    for seed in (1, 2, 3):
+        draws = np.random.default_rng(seed)
+        reference = draws.normal(size=(100, 48))
+        assert classifier_auc(reference, draws.normal(size=(100, 48))) < threshold, seed
+        moved = draws.normal(size=(100, 48))
+        moved[:, :4] += 1.0  # a new topic: a few directions shift, the rest stay
+        auc = classifier_auc(reference, moved)
+        assert auc > threshold, seed
+        assert classifier_auc(reference, moved) == auc  # seeded folds: the same windows, the same gauge
 
 
 def test_effect_sizes_have_their_textbook_values() -> None:
@@ -151,6 +167,8 @@ def test_effect_sizes_have_their_textbook_values() -> None:
     assert wasserstein([0.0, 1.0, 3.0], [5.0, 6.0, 8.0]) == pytest.approx(5.0)
     same = np.random.default_rng(0).normal(size=1000)
     assert psi(same, same) == pytest.approx(0.0)
+    labels, scores = np.array([0, 0, 1, 1, 0, 1]), np.array([0.1, 0.5, 0.5, 0.9, 0.2, 0.3])
+    assert roc_auc(labels, scores) == pytest.approx(5 / 6)  # 7.5 of 9 pairs, the tie counting half
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +221,7 @@ def test_drift_endpoint_and_gauges(tmp_path: Path, stub: StubProcess) -> None:
     exprs = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"])
     assert "inferline_drift_alert" in exprs
     assert "inferline_drift_effect_size" in exprs
+    assert "embedding_auc" in exprs
 
 
 def test_refusals_count_by_the_configured_patterns(tmp_path: Path) -> None:

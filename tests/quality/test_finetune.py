@@ -1,18 +1,24 @@
 """`inferline finetune` of the default model (SmolLM2-135M) on the CPU: a few LoRA steps on a tiny dataset
-lower its loss, and the merged folder loads in the engine and answers with what it learned."""
+lower its loss, and the merged folder served as a deployment with the default engine settings runs in the
+int8 its config.json names and answers with what it learned."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from inferline.cli import main
-from inferline.engine.llm import LLM
+from inferline.config import ServerConfig
+from inferline.engine.quantization import SERVE_QUANTIZATION_KEY
 from inferline.quality.finetune import LINEAGE_FILE
 from inferline.quality.sft_data import IGNORE, read_examples
-from inferline.types import SamplingParams
+from inferline.router.deployments import DeploymentPool
+from inferline.server.app import create_app
 
 QUESTION = "What is the password of the day?"
 ANSWER = "The password of the day is pineapple."
@@ -40,12 +46,42 @@ def test_lora_lowers_the_loss_and_the_merged_model_serves(tmp_path: Path) -> Non
     assert lineage["base"] == "default"
     assert (out / "model.safetensors").is_file()
 
-    llm = LLM(str(out))
-    greedy = SamplingParams(max_tokens=12, temperature=0)
-    [answer] = llm.chat([[{"role": "user", "content": QUESTION}]], greedy)
-    assert "pineapple" in answer.outputs[0].text.lower()
-    assert llm.tokenizer.has_chat_template
+    assert json.loads((out / "config.json").read_text())[SERVE_QUANTIZATION_KEY] == "int8"
+
+    card, answer = asyncio.run(serve_and_ask(out, QUESTION))
+    [served] = card["inferline"]["deployments"]
+    assert served["quantization"] == "int8", served
+    assert "config.json" in served["quantization_reason"]
+    assert "pineapple" in answer.lower()
     assert main(argv) == 2  # an existing folder is never overwritten
+
+
+async def serve_and_ask(folder: Path, question: str) -> tuple[dict[str, Any], str]:
+    """The folder as `inferline serve` runs a deployment of it (no engine settings): its model card and its
+    greedy chat answer to `question`."""
+    deployment = {
+        "name": "tuned",
+        "kind": "llm",
+        "source": str(folder),
+        "engine": {"kv_cache_bytes": 32 << 20},
+    }
+    config = ServerConfig.model_validate({"deployments": [deployment]})
+    pool = DeploymentPool(config.deployments)
+    await pool.load_all()
+    try:
+        transport = httpx.ASGITransport(create_app(config, pool))
+        async with httpx.AsyncClient(transport=transport, base_url="http://inferline") as client:
+            card = (await client.get("/v1/models/tuned")).json()
+            body = {
+                "model": "tuned",
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 12,
+                "temperature": 0,
+            }
+            reply = (await client.post("/v1/chat/completions", json=body)).json()
+            return card, reply["choices"][0]["message"]["content"]
+    finally:
+        await pool.unload_all()
 
 
 def test_only_the_answer_is_learned(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The live dashboard of a real `inferline serve` routing between two stub upstreams: its data endpoint
 after known traffic, its auth, and the page itself in headless Chromium under traffic (every chart
-drew points; the screenshot is kept in test-artifacts/dashboard.png)."""
+drew points, the drift panel shows /v1/drift's signals; the screenshot is kept in
+test-artifacts/dashboard.png)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ CHART_STATES = """Object.fromEntries([...document.querySelectorAll('[data-chart]
 ]))"""
 """Each chart card's name -> what the page says it drew."""
 CHARTS = ("requests", "tokens", "ttft", "tpot", "queue", "kv", "tenant-requests", "tenant-cost", "slo")
+DRIFT_PANEL = """(() => {
+    const panel = document.querySelector('[data-panel=drift]');
+    return {state: panel.dataset.state, signals: Number(panel.dataset.signals),
+            alerts: Number(panel.dataset.alerts), text: panel.textContent,
+            flagged: [...panel.querySelectorAll('tr.alert')].map((row) => row.cells[2].textContent)};
+})()"""
+"""What the drift panel shows: its state, how many signals and alerts, and the metrics of flagged rows."""
+SHORT, LONG = "tell me three things", "tell me three things " + "and more " * 60
+"""Prompts of the reference window, and of the later traffic whose prompt length drift must flag."""
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +78,7 @@ def front(stubs: dict[str, StubProcess], tmp_path_factory: pytest.TempPathFactor
             # A local LLM, for a KV cache to chart; it serves no route, so it idles at 0 %.
             llm_deployment(),
         ],
+        "quality": {"drift": {"enabled": True, "window": 20, "min_samples": 10}},
         "routes": [
             {
                 "name": "chat",
@@ -83,11 +94,11 @@ def front(stubs: dict[str, StubProcess], tmp_path_factory: pytest.TempPathFactor
     process.stop()
 
 
-def chat(http: httpx.Client, key: str) -> tuple[str, int, int]:
+def chat(http: httpx.Client, key: str, prompt: str = SHORT) -> tuple[str, int, int]:
     """One streamed chat request on route "chat": the deployment that answered and the usage it billed."""
     body = {
         "model": "chat",
-        "messages": [{"role": "user", "content": "tell me three things"}],
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 8,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -104,7 +115,9 @@ def chat(http: httpx.Client, key: str) -> tuple[str, int, int]:
         return r.headers["x-inferline-model"], usage["prompt_tokens"], usage["completion_tokens"]
 
 
-def drive(url: str, num_requests: int, pause_s: float = 0.0) -> list[tuple[str, str, int, int]]:
+def drive(
+    url: str, num_requests: int, pause_s: float = 0.0, prompt: str = SHORT
+) -> list[tuple[str, str, int, int]]:
     """`num_requests` chats over four connections, tenants in turn: (tenant, deployment, in, out) each."""
     tenants = itertools.cycle(TENANT_KEYS)
     plan = [next(tenants) for _ in range(num_requests)]
@@ -114,7 +127,7 @@ def drive(url: str, num_requests: int, pause_s: float = 0.0) -> list[tuple[str, 
             sent = []
             for tenant in share:
                 time.sleep(pause_s)
-                sent.append((tenant, *chat(http, TENANT_KEYS[tenant])))
+                sent.append((tenant, *chat(http, TENANT_KEYS[tenant], prompt)))
             return sent
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -243,8 +256,12 @@ def test_data_is_shown_to_no_one_where_tenants_have_keys_but_there_is_no_admin_k
 
 
 def test_page_draws_every_chart_under_traffic(front: ServerProcess, tmp_path: Path) -> None:
-    drive(front.url, 100)  # history the page must show as soon as it opens
-    traffic = concurrent.futures.ThreadPoolExecutor(1).submit(drive, front.url, 200, 0.02)
+    # History the page must show as soon as it opens; the drift reference window (the route's first 20
+    # requests) has short prompts, the current one long prompts.
+    drive(front.url, 40)
+    drive(front.url, 60, prompt=LONG)
+    drift = httpx.get(f"{front.url}/v1/drift", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    traffic = concurrent.futures.ThreadPoolExecutor(1).submit(drive, front.url, 200, 0.02, LONG)
     try:
         with chromium(tmp_path / "chromium") as browser:
             browser.navigate(f"{front.url}/dashboard")
@@ -260,6 +277,7 @@ def test_page_draws_every_chart_under_traffic(front: ServerProcess, tmp_path: Pa
                 "document.querySelector('[data-chart=tenant-requests] .u-legend').textContent"
             )
             kpi = browser.evaluate("document.getElementById('kpi-requests').textContent")
+            panel = browser.evaluate(DRIFT_PANEL)
             stored_key = browser.evaluate("localStorage.getItem('inferline.adminKey')")
             ARTIFACT.unlink(missing_ok=True)
             browser.screenshot(ARTIFACT)
@@ -274,6 +292,12 @@ def test_page_draws_every_chart_under_traffic(front: ServerProcess, tmp_path: Pa
         assert chart["canvas"], name
     assert all(tenant in legend for tenant in TENANT_KEYS)
     assert kpi not in ("–", "0")
+    [report] = drift["routes"]
+    assert panel["state"] == "drawn"
+    assert panel["signals"] == len(report["signals"]) > 0
+    assert all(signal["metric"] in panel["text"] for signal in report["signals"])
+    assert "prompt_tokens" in panel["flagged"]
+    assert panel["alerts"] == len(panel["flagged"])
     assert stored_key == ADMIN_KEY
 
     image = Image.open(ARTIFACT)

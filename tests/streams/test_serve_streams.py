@@ -1,5 +1,6 @@
 """`inferline serve` with `streams:` runs the workers beside the APIs: results written, the workers'
-state in /admin/streams, their counts, lag and latency in /metrics, and their requests metered."""
+state in /admin/streams, their counts, lag and latency in /metrics, their requests metered, and their
+model calls captured and watched for drift like online OIP requests."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_serve_runs_the_stream_workers_and_shows_them(
                     "priority": "interactive",
                 }
             ],
+            "quality": {"capture": {"enabled": True, "sample_rate": 1.0}, "drift": {"enabled": True}},
         }
     )
     app = create_app(config)
@@ -65,6 +67,14 @@ def test_serve_runs_the_stream_workers_and_shows_them(
         assert f"inferline_stream_lag_messages{{{label}}}" in metrics
         # Each batch is one routed request, metered like any other.
         assert 'inferline_route_requests_total{deployment="fraud",outcome="ok",route="fraud"}' in metrics
+        # Each model call is captured with its input rows, and its features feed the drift windows.
+        quality = app.state.quality
+        quality.capture.drain()
+        captured = quality.capture.store.captured()
+        assert {row.endpoint for row in captured} == {f"stream:{broker.name}"}
+        assert sum(tensor["shape"][0] for row in captured for tensor in row.prompt) == len(ids)
+        [windows] = quality.drift.windows.values()
+        assert sum(len(o.features["features[0]"]) for o in windows.reference) == len(ids)
         await broker.close()
 
     asyncio.run(scenario())

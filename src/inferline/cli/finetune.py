@@ -22,6 +22,7 @@ def _finetune(args: argparse.Namespace) -> int:
         max_seq_len=args.max_seq_len,
         lora_rank=args.lora_rank,
         seed=args.seed,
+        serve_quantization=args.serve_quantization,
     )
 
     def progress(step: int, loss: float) -> None:
@@ -54,4 +55,11 @@ def add_finetune_parser(sub: Any) -> None:
     parser.add_argument("--max-seq-len", type=int, default=defaults.max_seq_len)
     parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--serve-quantization",
+        choices=("int8", "int4", "none"),
+        default=defaults.serve_quantization,
+        help="the weights' quantization when the folder is served with quantization: auto "
+        "(int8 keeps what a short fine-tune learned; int4 lost most of it)",
+    )
     parser.set_defaults(handler=_finetune)

@@ -83,8 +83,8 @@ class DriftConfig(BaseModel):
     min_samples: int = Field(50, ge=10, description="Requests the current window needs before it is judged.")
     embedding_deployment: str | None = Field(
         None,
-        description="An embedding deployment whose vectors of the prompts feed the MMD embedding drift "
-        "(all-minilm-l6-v2); none: no embedding drift.",
+        description="An embedding deployment whose vectors of the prompts feed the embedding drift (MMD² "
+        "and a domain classifier's AUC; all-minilm-l6-v2); none: no embedding drift.",
     )
     max_length_shift: float = Field(
         0.5, gt=0, description="Alert when |Cohen's d| of prompt or completion tokens is above this."
@@ -99,12 +99,24 @@ class DriftConfig(BaseModel):
         0.5, gt=0, description="Alert when |Cohen's d| of the mean token log-probability is above this."
     )
     max_mmd: float = Field(0.05, gt=0, description="Alert when the prompts' embedding MMD² is above this.")
+    max_classifier_auc: float = Field(
+        0.7,
+        gt=0.5,
+        le=1,
+        description="Alert when a logistic regression tells current prompts' embeddings from the reference's "
+        "with a cross-validated ROC AUC above this (0.5: indistinguishable, 1: every new prompt recognised). "
+        "0.7 sits over 3 standard errors above chance already at 40 prompts a side.",
+    )
     max_psi: float = Field(0.2, gt=0, description="OIP inputs: alert when a feature's PSI is above this.")
     max_wasserstein_sd: float = Field(
         0.5, gt=0, description="OIP inputs: alert when a feature moves more (Wasserstein, reference SDs)."
     )
     max_embedded_prompts: int = Field(
-        200, ge=20, le=10_000, description="Most prompts of each window embedded for the MMD (the latest)."
+        200,
+        ge=20,
+        le=10_000,
+        description="Most prompts of each window embedded for the MMD and the classifier (the latest); the "
+        "MMD's time and memory at each scrape grow with the square of this.",
     )
 
 

@@ -4,12 +4,15 @@
 A GGUF file was quantized by someone who chose its size; running it in float32 throws that away
 and reads 4-8x the bytes per token. So a GGUF keeps its own format where a kernel runs it (Q4_0 and
 Q4_1 as int4, Q8_0 as int8, byte for byte), and other block types go to the nearest kernel format.
-A Hugging Face folder is float by its author's choice: it stays float unless asked. CUDA computes
-in bfloat16 (the int4/int8 kernels are CPU-only).
+A Hugging Face folder is float by its author's choice: it stays float unless asked, or unless its
+config.json names the quantization it is meant to be served in (SERVE_QUANTIZATION_KEY; `inferline
+finetune` writes int8, the mode in which a short fine-tune's answers were measured to survive). CUDA
+computes in bfloat16 (the int4/int8 kernels are CPU-only).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,12 +21,16 @@ from typing import Literal
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from inferline.errors import ModelLoadError
 from inferline.layers.quant_linear import QuantizationMode
 from inferline.models.block_weights import KEPT_AS
 from inferline.models.gguf_file import read_gguf
 from inferline.models.store import ModelSource
 
 QuantizationSetting = Literal["auto", "none", "int8", "int4"]
+SERVE_QUANTIZATION_KEY = "inferline_serve_quantization"
+"""A Hugging Face folder's config.json field: the mode `quantization: auto` serves it in on the CPU."""
+_MODES: tuple[QuantizationMode, ...] = ("none", "int8", "int4")
 
 _FLOAT_TYPES = frozenset({GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16})
 _INT4_BITS_AT_MOST = 4.5
@@ -51,6 +58,11 @@ def choose_quantization(
             "none", f"dtype {dtype} was asked for; the int4/int8 kernels compute in bfloat16"
         )
     if source.kind != "gguf":
+        stated = stated_quantization(source)
+        if stated is not None:
+            return QuantizationChoice(
+                stated, f"the folder's config.json asks for {stated} ({SERVE_QUANTIZATION_KEY})"
+            )
         return QuantizationChoice(
             "none",
             "a Hugging Face folder stays float on the CPU; set quantization: int8 or int4 to quantize it",
@@ -69,6 +81,22 @@ def choose_quantization(
         nearest,
         f"the GGUF stores its linear layers as {stored.name}, which has no kernel; {nearest} is the nearest "
         "kernel format (re-quantized at load)",
+    )
+
+
+def stated_quantization(source: ModelSource) -> QuantizationMode | None:
+    """The mode a Hugging Face folder's config.json names under SERVE_QUANTIZATION_KEY, if any."""
+    config_path = source.path / "config.json"
+    if not config_path.is_file():
+        return None
+    stated = json.loads(config_path.read_text()).get(SERVE_QUANTIZATION_KEY)
+    if stated is None:
+        return None
+    for mode in _MODES:
+        if stated == mode:
+            return mode
+    raise ModelLoadError(
+        f"{config_path}: {SERVE_QUANTIZATION_KEY} is {stated!r}; use one of {', '.join(_MODES)} or remove it"
     )
 
 

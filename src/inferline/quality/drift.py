@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inferline.config.quality import DriftConfig
-from inferline.quality import drift_stats
+from inferline.quality import domain_classifier, drift_stats
 from inferline.quality.exchange import Exchange
 
 Embed = Callable[[list[str]], Awaitable[np.ndarray]]
@@ -50,7 +50,7 @@ class Signal:
 
     metric: str
     """"prompt_tokens", "completion_tokens", "finish_reason_mix", "refusal_rate", "mean_logprob",
-    "cache_hit_rate", "embedding_mmd2", "psi:<feature>" or "wasserstein:<feature>"."""
+    "cache_hit_rate", "embedding_mmd2", "embedding_auc", "psi:<feature>" or "wasserstein:<feature>"."""
     value: float
     """The effect size (signed where a direction exists)."""
     threshold: float
@@ -114,7 +114,8 @@ class DriftMonitor:
         )
 
     async def embed_prompts(self, embed: Embed) -> None:
-        """Embed the prompts of each window that the MMD will use and that have no vector yet."""
+        """Embed the prompts of each window that the MMD and the classifier will use and that have no
+        vector yet."""
         waiting = [o for w in self.windows.values() for o in self._embedded_side(w) if o.embedding is None]
         waiting = [o for o in waiting if o.prompt_text]
         if not waiting:
@@ -138,9 +139,7 @@ class DriftMonitor:
         if len(ref) < self.config.window or len(cur) < self.config.min_samples:
             return report
         report.signals = [*self._traffic_signals(ref, cur), *self._feature_signals(ref, cur)]
-        embedded = self._embedding_signal(windows)
-        if embedded is not None:
-            report.signals.append(embedded)
+        report.signals.extend(self._embedding_signals(windows))
         return report
 
     def _traffic_signals(self, ref: list[Observation], cur: list[Observation]) -> Iterator[Signal]:
@@ -170,16 +169,18 @@ class DriftMonitor:
             distance = drift_stats.wasserstein_sd(reference, current)
             yield _signal(f"wasserstein:{name}", distance, self.config.max_wasserstein_sd)
 
-    def _embedding_signal(self, windows: Windows) -> Signal | None:
+    def _embedding_signals(self, windows: Windows) -> Iterator[Signal]:
         limit = self.config.max_embedded_prompts
         sides = [
             [o.embedding for o in list(side)[-limit:] if o.embedding is not None]
             for side in (windows.reference, windows.current)
         ]
         if min(len(vectors) for vectors in sides) < MIN_VALUES:
-            return None
-        value = drift_stats.mmd2(np.stack(sides[0]), np.stack(sides[1]))
-        return _signal("embedding_mmd2", value, self.config.max_mmd)
+            return
+        reference, current = np.stack(sides[0]), np.stack(sides[1])
+        yield _signal("embedding_mmd2", drift_stats.mmd2(reference, current), self.config.max_mmd)
+        auc = domain_classifier.classifier_auc(reference, current)
+        yield _signal("embedding_auc", auc, self.config.max_classifier_auc)
 
 
 def _signal(metric: str, value: float, threshold: float) -> Signal:

@@ -4,7 +4,9 @@ read back from the request and response bodies the HTTP layer copied.
 Design note: capture and drift hook in where the access log does (telemetry/logs.py): the RequestLog of
 each HTTP request ends up holding the router's UsageRecord and, when the quality loop is on, copies of both
 bodies. Reading the answer from the bytes that went to the client (a JSON answer or a stream's SSE frames)
-makes one reader serve every endpoint, streamed or not, without a hook in each route.
+makes one reader serve every endpoint, streamed or not, without a hook in each route. Batch lines and the
+stream workers' model calls hand over a RequestLog of the same shape: the bodies their work would have had
+online.
 """
 
 from __future__ import annotations
@@ -60,11 +62,10 @@ def read_exchange(
         details = (chunk.get("usage") or {}).get("prompt_tokens_details") or {}
         if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
             exchange.cached_prompt_tokens = details["cached_tokens"]
-    if usage.endpoint.startswith("/v2/"):
-        request = _json(request_body)
-        if isinstance(request, dict):
-            exchange.features = oip_features(request.get("inputs"))
-            exchange.prompt = request.get("inputs")
+    request = _json(request_body)
+    if isinstance(request, dict) and isinstance(request.get("inputs"), list):  # OIP v2, online or a stream's
+        exchange.features = oip_features(request["inputs"])
+        exchange.prompt = request["inputs"]
     return exchange
 
 

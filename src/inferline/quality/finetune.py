@@ -8,6 +8,11 @@ in Hugging Face names and layout: config.json, model.safetensors, tokenizer.json
 (with the chat template) and generation_config.json (every stop id). Beside them `inferline-finetune.json`
 records the lineage: the base, the dataset's sha256, the method and the loss of every step. On this CPU
 the 135M default takes about a second per step of a few short examples.
+
+The weights are written in float32, but config.json names the quantization the engine serves them in
+under `quantization: auto` (engine/quantization.py's SERVE_QUANTIZATION_KEY): int8 by default. Measured
+in examples/quality_loop.py: served in float32 the tuned 135M lost its staged canary on p95 latency
+against the int4 base (1,235 ms against 589 ms); in int4 it kept 2 of 5 planted answers, in int8 all 5.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from inferline.engine.quantization import SERVE_QUANTIZATION_KEY
 from inferline.errors import InvalidRequestError
+from inferline.layers.quant_linear import QuantizationMode
 from inferline.models.config import ModelConfig
 from inferline.models.llama import LlamaForCausalLM
 from inferline.models.loader import load_weights
@@ -88,7 +95,7 @@ def finetune(
     model.eval()
     if config.method == "lora":
         merge_lora(model)
-    _write_model(model, weights.config, weights.tokenizer, out)
+    _write_model(model, weights.config, weights.tokenizer, out, config.serve_quantization)
     lineage = {
         "base": base,
         "dataset": str(dataset),
@@ -114,7 +121,13 @@ def _loss(model: LlamaForCausalLM, batch: list[Example], tokenizer: Tokenizer) -
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
-def _write_model(model: LlamaForCausalLM, config: ModelConfig, tokenizer: Tokenizer, out: Path) -> None:
+def _write_model(
+    model: LlamaForCausalLM,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    out: Path,
+    serve_quantization: QuantizationMode,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(_hf_state_dict(model, config), str(out / "model.safetensors"))
     eos_tokens = [tokenizer.id_to_piece(i) for i in tokenizer.eos_token_ids]
@@ -137,6 +150,7 @@ def _write_model(model: LlamaForCausalLM, config: ModelConfig, tokenizer: Tokeni
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_ids,
         "torch_dtype": "float32",
+        SERVE_QUANTIZATION_KEY: serve_quantization,
     }
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     tokenizer.backend.save(str(out / "tokenizer.json"))

@@ -22,6 +22,9 @@ class FinetuneConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     seed: int = 0
+    serve_quantization: Literal["none", "int8", "int4"] = "int8"
+    """Written into config.json: the weights' quantization when the folder is served (quality/finetune.py's
+    design note says why int8)."""
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "max_seq_len", "lora_rank"):

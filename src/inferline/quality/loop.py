@@ -1,5 +1,11 @@
 """The quality loop in the server: each finished API request reaches payload capture and the drift
-monitors from one hook (server/app.py's RequestContext, where the access line is written)."""
+monitors from one hook (server/app.py's RequestContext, where the access line is written), and each
+finished batch line from the batch executor (server/batch_serving.py).
+
+Batch lines are captured, flagged and can be rated like online requests, but stay out of the drift
+windows: a job of thousands of lines would fill the current window with one client's data and raise an
+alert that says nothing about the route's live traffic.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +78,7 @@ class QualityLoop:
                 log.prompt_template,
             )
             self.capture.observe(exchange)
-            if self.drift is not None:
+            if self.drift is not None and exchange.usage.batch_id is None:
                 self.drift.observe(exchange)
             found = self._arm(exchange.usage.route, exchange.usage.deployment)
             if self.judges_refusals and found is not None and exchange.usage.outcome == "ok":

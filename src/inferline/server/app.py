@@ -217,15 +217,16 @@ def create_app(
     )
     rag = RagRetriever(router, vector_stores, embedding, metrics.observe_retrieval)
     serving = OpenAIServing(router, caches, rag)
-    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest")
-    batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
-    streams = StreamWorkers(config, router, metrics.registry, inferline_home())
     quality = QualityLoop(
         config.quality,
         database_url(config.telemetry.database_url, inferline_home()),
         metrics.registry,
         router,
     )
+    observe = quality.observe if quality.reads_bodies else None  # batch lines and stream calls, as requests
+    executor = ServingExecutor(serving, allow_failed=config.on_load_failure == "serve_rest", observe=observe)
+    batches = BatchService(config.batch, files, BatchStore(batch_database), executor, router.limiter)
+    streams = StreamWorkers(config, router, metrics.registry, inferline_home(), observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,11 +1,15 @@
 """A batch line as the online endpoint would serve it, without the HTTP round trip: the body is parsed
 with the same protocol models, checked against the loaded model's tokenizer and context, and answered
 by OpenAIServing in the caller's (batch) priority class, so it is routed, limited and metered as any
-request is. Busy answers (a full queue, a rate quota, a model still loading) wait and retry."""
+request is. Busy answers (a full queue, a rate quota, a model still loading) wait and retry. With an
+`observe` hook (the server's quality loop), each line's body, answer and usage record reach it as an
+online request's do, so payload capture and feedback cover batch lines too."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +35,7 @@ from inferline.router.router import Router
 from inferline.server.errors import openai_error_body, to_http_error, validation_param
 from inferline.server.openai_protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inferline.server.openai_serving import OpenAIServing
+from inferline.telemetry.logs import RequestLog, work_log
 from inferline.types import Request
 
 DEFAULT_WINDOW = 64
@@ -64,10 +69,17 @@ def _never_gone() -> Any:
 class ServingExecutor:
     """The LineExecutor of batch jobs, for the server and `inferline batch run` alike."""
 
-    def __init__(self, serving: OpenAIServing, allow_failed: bool = False) -> None:
+    def __init__(
+        self,
+        serving: OpenAIServing,
+        allow_failed: bool = False,
+        observe: Callable[[RequestLog], None] | None = None,
+    ) -> None:
         self.serving = serving
         self.router: Router = serving.router
         self.allow_failed = allow_failed
+        self.observe = observe
+        """Called with each finished line's RequestLog (usage record and both bodies)."""
 
     async def wait_ready(self) -> None:
         while not self.router.pool.is_ready(self.allow_failed):
@@ -137,6 +149,15 @@ class ServingExecutor:
         return LineCheck(request.model, num_prompt, num_completion, cost, prefix[:PREFIX_CHARS])
 
     async def run(self, endpoint: str, body: dict[str, Any], caller: Caller) -> tuple[int, dict[str, Any]]:
+        with work_log(caller.request_id) as log:
+            status, answer = await self._run(endpoint, body, caller)
+        if self.observe is not None:
+            log.request_body = bytearray(json.dumps(body).encode())
+            log.response_body = bytearray(json.dumps(answer).encode())
+            self.observe(log)
+        return status, answer
+
+    async def _run(self, endpoint: str, body: dict[str, Any], caller: Caller) -> tuple[int, dict[str, Any]]:
         while True:
             try:
                 return 200, await self._answer(endpoint, body, caller)

@@ -7,6 +7,10 @@ whole batch is repeated message by message, so one poison message fails alone an
 results. Busy answers (a full queue, admission over the class budget, a quota, a model still loading)
 are not the message's fault: the batch waits and tries again, and while it waits the worker reads
 nothing more; that is the back-pressure.
+
+With an `observe` hook (the server's quality loop), each model call's usage record reaches it with the
+work in the online API's shapes, so one reader serves both: OIP v2 input tensors (infer), an embeddings
+`input` (embed), chat messages and the answer as a chat completion (generate).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from inferline.router.deployments import Deployment
 from inferline.router.limits import Principal
 from inferline.router.request import Caller, WorstCase
 from inferline.router.router import Router
+from inferline.telemetry.logs import RequestLog, work_log
 from inferline.types import Delta, Priority, Request, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -70,10 +75,15 @@ class Scored:
     """True when the payload itself is unusable (dead-lettered at once, never retried)."""
 
 
+Observe = Callable[[RequestLog], None]
+"""Takes a finished model call's RequestLog: its usage record, and its request and answer as JSON bodies."""
+
+
 class Scorer:
-    def __init__(self, config: StreamConfig, router: Router) -> None:
+    def __init__(self, config: StreamConfig, router: Router, observe: Observe | None = None) -> None:
         self.config = config
         self.router = router
+        self.observe = observe
         self.priority = Priority.parse(config.priority)
         self.principal = Principal.from_config(router.config, config.tenant)
 
@@ -139,7 +149,7 @@ class Scorer:
                 return await deployment.within(deployment.backend.embed(texts))
 
             worst_case = WorstCase(sum(len(t.encode()) for t in texts), 0)
-            embedded = await self._routed(embed, worst_case, lambda r: r.num_tokens)
+            embedded = await self._routed(embed, worst_case, lambda r: r.num_tokens, {"input": texts})
             return [{"embedding": vector.tolist()} for vector in embedded.vectors]
         names = items[0].keys()
         stacked = {name: np.stack([item[name] for item in items]) for name in names}
@@ -147,7 +157,8 @@ class Scorer:
         async def infer(deployment: Deployment, final: bool) -> dict[str, np.ndarray]:
             return await deployment.within(deployment.backend.infer(stacked))
 
-        outputs = await self._routed(infer, WorstCase(0, 0), lambda _: 0)
+        shown = {"inputs": _oip_tensors(stacked)} if self.observe is not None else {}  # tolist() costs
+        outputs = await self._routed(infer, WorstCase(0, 0), lambda _: 0, shown)
         return [
             {"outputs": {name: array[i].tolist() for name, array in outputs.items()}}
             for i in range(len(items))
@@ -174,7 +185,14 @@ class Scorer:
 
         worst_case = WorstCase(len(prompt.encode()), self.config.max_tokens)
         try:
-            text, _, _ = await self._routed(generate, worst_case, lambda r: r[1], lambda r: r[2])
+            text, _, _ = await self._routed(
+                generate,
+                worst_case,
+                lambda r: r[1],
+                {"messages": messages},
+                lambda r: {"choices": [{"index": 0, "message": {"role": "assistant", "content": r[0]}}]},
+                lambda r: r[2],
+            )
         except Exception as error:
             return Scored(None, f"model error: {type(error).__name__}: {error}")
         return Scored({"text": text})
@@ -186,24 +204,39 @@ class Scorer:
         call: Callable[[Deployment, bool], Awaitable[T]],
         worst_case: WorstCase,
         prompt_tokens: Callable[[T], int],
+        request_body: dict[str, Any],
+        answer_body: Callable[[T], dict[str, Any]] = lambda _: {},
         completion_tokens: Callable[[T], int] = lambda _: 0,
     ) -> T:
-        """The call through the router; busy answers wait and try again (the back-pressure)."""
+        """The call through the router; busy answers wait and try again (the back-pressure). The
+        bodies are what `observe` is shown of the call (the answer's only when it is worth keeping)."""
         while True:
             caller = Caller(
                 self._request_id(), self.principal, self.priority, endpoint=f"stream:{self.config.name}"
             )
-            try:
-                routed = await self.router.run(self.config.model, caller, call, worst_case)
-            except BUSY as error:
-                if isinstance(error, LimitExceededError) and error.limit == "budget":
+            with work_log(caller.request_id) as log:
+                try:
+                    routed = await self.router.run(self.config.model, caller, call, worst_case)
+                except BUSY as error:
+                    if isinstance(error, LimitExceededError) and error.limit == "budget":
+                        raise
+                    wait_s = getattr(error, "retry_after_s", None) or 1.0
+                    await asyncio.sleep(min(MAX_BUSY_WAIT_S, wait_s))
+                    continue
+                except Exception:
+                    self._observe(log, request_body, {})
                     raise
-                wait_s = getattr(error, "retry_after_s", None) or 1.0
-                await asyncio.sleep(min(MAX_BUSY_WAIT_S, wait_s))
-                continue
-            value = routed.value
-            await routed.complete(prompt_tokens(value), completion_tokens(value))
+                value = routed.value
+                await routed.complete(prompt_tokens(value), completion_tokens(value))
+            self._observe(log, request_body, answer_body(value))
             return value
+
+    def _observe(self, log: RequestLog, request_body: dict[str, Any], answer_body: dict[str, Any]) -> None:
+        if self.observe is None:
+            return
+        log.request_body = bytearray(json.dumps(request_body).encode())
+        log.response_body = bytearray(json.dumps(answer_body).encode())
+        self.observe(log)
 
     def _deployment(self) -> Deployment:
         """The route's first loaded deployment: its inputs' datatypes and shapes shape the rows."""
@@ -237,6 +270,20 @@ def _row(name: str, value: Any, specs: dict[str, TensorSpec]) -> np.ndarray:
             f"input {name!r} has shape {list(row.shape)}; one row of the model is {expected}"
         )
     return row
+
+
+def _oip_tensors(stacked: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A batch's input tensors as an OIP v2 request's `inputs` (data in row-major order)."""
+    datatypes = {numpy: oip for oip, numpy in _NUMPY_DTYPES.items()}
+    return [
+        {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": datatypes.get(str(array.dtype), "BYTES"),
+            "data": array.reshape(-1).tolist(),
+        }
+        for name, array in stacked.items()
+    ]
 
 
 async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, int, int]:

@@ -24,6 +24,7 @@ from inferline.streams.database_sink import DatabaseSink
 from inferline.streams.message import Sink, Source
 from inferline.streams.metrics import StreamMetrics
 from inferline.streams.redis_streams import RedisSink, RedisSource
+from inferline.streams.scoring import Observe
 from inferline.streams.worker import StreamWorker
 
 
@@ -46,7 +47,15 @@ def open_sink(config: SinkConfig, server: ServerConfig, home: Path) -> Sink:
 
 
 class StreamWorkers:
-    def __init__(self, config: ServerConfig, router: Router, registry: CollectorRegistry, home: Path) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        router: Router,
+        registry: CollectorRegistry,
+        home: Path,
+        observe: Observe | None = None,
+    ) -> None:
+        """`observe`: the quality loop's hook for each model call (streams/scoring.py)."""
         metrics = StreamMetrics(registry)
         allow_failed = config.on_load_failure == "serve_rest"
         self.workers = [
@@ -57,6 +66,7 @@ class StreamWorkers:
                 open_sink(stream.sink, config, home),
                 metrics,
                 allow_failed,
+                observe,
             )
             for stream in config.streams
         ]

@@ -21,7 +21,7 @@ from inferline.config import StreamConfig
 from inferline.router.router import Router
 from inferline.streams.message import Message, Output, Sink, Source
 from inferline.streams.metrics import StreamMetrics
-from inferline.streams.scoring import BadPayloadError, Scored, Scorer, decode_payload
+from inferline.streams.scoring import BadPayloadError, Observe, Scored, Scorer, decode_payload
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,14 @@ class StreamWorker:
         sink: Sink,
         metrics: StreamMetrics,
         allow_failed: bool = False,
+        observe: Observe | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.source = source
         self.sink = sink
         self.dead_letters = source.dead_letter_sink()
-        self.scorer = Scorer(config, router)
+        self.scorer = Scorer(config, router, observe)
         self.metrics = metrics
         self.allow_failed = allow_failed
         self.status = WorkerState()

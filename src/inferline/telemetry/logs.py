@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +89,18 @@ def record_usage(record: UsageRecord) -> None:
     log = _CURRENT.get()
     if log is not None and log.request_id == record.request_id:
         log.usage = record
+
+
+@contextmanager
+def work_log(request_id: str) -> Iterator[RequestLog]:
+    """A RequestLog made current for work that comes without an HTTP request (a batch line): the router's
+    UsageRecord for `request_id` lands on it, and log lines written meanwhile carry its fields."""
+    log = RequestLog(request_id)
+    token = _CURRENT.set(log)
+    try:
+        yield log
+    finally:
+        _CURRENT.reset(token)
 
 
 class AccessLog:

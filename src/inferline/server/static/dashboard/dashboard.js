@@ -1,7 +1,9 @@
 // The live dashboard: polls /dashboard/data (recent series the server keeps in a ring buffer, so the
-// charts start with history) and /v1/slo every interval, and redraws uPlot charts in place.
-// Each chart's card carries data-points (values it plotted) and data-state ("drawn" or "empty"), and
-// <body> carries data-refreshes, so a test (or a curious operator) can read what was drawn.
+// charts start with history) and /v1/slo every interval, and /v1/drift every DRIFT_EVERY_S, and redraws
+// uPlot charts and the drift table in place.
+// Each chart's card carries data-points (values it plotted) and data-state ("drawn" or "empty"), the drift
+// panel data-state, data-signals and data-alerts, and <body> carries data-refreshes, so a test (or a
+// curious operator) can read what was drawn.
 "use strict";
 
 const KEY_STORE = "inferline.adminKey";
@@ -11,6 +13,9 @@ const MUTED = "#8b94a5";
 const GRID = "#262c38";
 const NO_TRAFFIC = "no traffic yet";
 const BURN_WINDOW = "5m"; // the SLO chart's burn-rate window: the shortest, the first to move
+// /v1/drift computes its statistics (and embeds new prompts) when asked, and its windows are hundreds of
+// requests long: polling it at the charts' pace would cost the server more than it would show.
+const DRIFT_EVERY_S = 15;
 
 const state = {
   intervalS: 2,
@@ -20,6 +25,7 @@ const state = {
   refreshes: 0,
   plots: new Map(),
   slo: { t: [], routes: {}, why: "" },
+  drift: { routes: [], why: "", polledAt: 0, view: null },
 };
 
 // ---- formatting -------------------------------------------------------------------------------
@@ -340,6 +346,97 @@ async function pollSlo() {
   recordSlo(burns);
 }
 
+// ---- drift: /v1/drift's signals per route and model version, as a table -----------------------
+
+async function pollDrift() {
+  const drift = state.drift;
+  if (Date.now() / 1000 - drift.polledAt < DRIFT_EVERY_S) return;
+  drift.polledAt = Date.now() / 1000;
+  try {
+    const response = await fetch("/v1/drift", { headers: authHeaders(), cache: "no-store" });
+    if (response.ok) {
+      const body = await response.json();
+      drift.routes = body.routes || [];
+      drift.why = !body.enabled
+        ? "drift monitors are off (quality.drift.enabled)"
+        : drift.routes.length ? "" : "no request on a route yet";
+    } else {
+      drift.routes = [];
+      drift.why = response.status === 401 || response.status === 403
+        ? "drift needs an admin key (admin_api_keys)"
+        : await errorMessage(response);
+    }
+  } catch (error) {
+    drift.why = "drift could not be read";
+  }
+}
+
+// Effect sizes span 0.0004 (an MMD²) to 100 (a capped Cohen's d): three significant digits for all.
+const effect = (v) => String(Number(v.toPrecision(3)));
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.append(td);
+}
+
+function renderDrift() {
+  const drift = state.drift;
+  if (!drift.view) {
+    const section = document.createElement("section");
+    section.className = "card";
+    section.dataset.panel = "drift";
+    const title = document.createElement("h2");
+    title.textContent = "Drift";
+    const note = document.createElement("small");
+    note.textContent = "current window against the reference, effect size and its threshold";
+    title.append(note);
+    const table = document.createElement("table");
+    const empty = document.createElement("p");
+    empty.className = "panel-empty";
+    section.append(title, empty, table);
+    document.getElementById("panels").append(section);
+    drift.view = { section, table, empty };
+  }
+  const { section, table, empty } = drift.view;
+  table.replaceChildren();
+  const head = table.insertRow();
+  for (const name of ["route", "version", "signal", "effect size", "threshold", ""]) {
+    cell(head, name, name === "effect size" || name === "threshold" ? "head number" : "head");
+  }
+  let numSignals = 0;
+  let numAlerts = 0;
+  for (const report of drift.routes) {
+    if (!report.signals.length) {
+      const row = table.insertRow();
+      cell(row, report.route);
+      cell(row, report.model_version);
+      cell(row, `filling the windows: ${report.num_reference} reference, ${report.num_current} current`, "muted");
+      row.lastChild.colSpan = 4;
+      continue;
+    }
+    for (const signal of report.signals) {
+      const row = table.insertRow();
+      row.className = signal.alert ? "alert" : "";
+      cell(row, report.route);
+      cell(row, report.model_version);
+      cell(row, signal.metric);
+      cell(row, effect(signal.value), "number");
+      cell(row, effect(signal.threshold), "number muted");
+      cell(row, signal.alert ? "drift" : "ok", signal.alert ? "bad" : "muted");
+      numSignals += 1;
+      numAlerts += signal.alert ? 1 : 0;
+    }
+  }
+  empty.textContent = drift.why;
+  empty.hidden = !drift.why;
+  table.hidden = !drift.routes.length;
+  section.dataset.state = drift.routes.length ? "drawn" : "empty";
+  section.dataset.signals = numSignals;
+  section.dataset.alerts = numAlerts;
+}
+
 // ---- polling and the admin key ----------------------------------------------------------------
 
 function authHeaders() {
@@ -394,8 +491,9 @@ async function refresh() {
     const data = await response.json();
     state.intervalS = data.interval_s;
     state.windowS = data.window_s;
-    await pollSlo();
+    await Promise.all([pollSlo(), pollDrift()]);
     render(data);
+    renderDrift();
     renderTotals(data);
     showBanner("");
     state.refreshes += 1;
