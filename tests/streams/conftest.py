@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from inferline.config import ServerConfig
+from inferline.router.deployments import DeploymentPool
+from inferline.router.limits import Limiter
+from inferline.router.router import Router
+from inferline.streams.service import StreamWorkers
 from inferline.testing.brokers import nats_server, redis_server
 from inferline.testing.fraud_model import NUM_FEATURES, write_fraud_mlp
 
@@ -33,6 +40,12 @@ def fraud_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fraud_mlp(tmp_path_factory.mktemp("models") / "fraud.onnx")
 
 
+@pytest.fixture(scope="session")
+def slow_fraud_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 10 ms a message on 2 cores: slow enough to build a backlog, or to be killed mid-batch."""
+    return write_fraud_mlp(tmp_path_factory.mktemp("models") / "slow.onnx", hidden=1024, num_hidden_layers=6)
+
+
 def features(num_messages: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((num_messages, NUM_FEATURES)).astype(np.float32)
 
@@ -47,3 +60,20 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s:g} s: {what}")
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(
+    config: ServerConfig, registry: CollectorRegistry, home: Path | None = None
+) -> AsyncIterator[StreamWorkers]:
+    """The config's deployments loaded and its stream workers running, in this process."""
+    pool = DeploymentPool(config.deployments)
+    await pool.load_all()
+    router = Router(config, pool, Limiter.from_config(config))
+    workers = StreamWorkers(config, router, registry, home or Path.home())
+    workers.start()
+    try:
+        yield workers
+    finally:
+        await workers.close()
+        await pool.unload_all()
