@@ -4,8 +4,9 @@ router serving it, shared by the stream tests."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from inferline.router.router import Router
 from inferline.streams.service import StreamWorkers
 from inferline.testing.brokers import nats_server, redis_server
 from inferline.testing.fraud_model import NUM_FEATURES, write_fraud_mlp
+
+SCENARIO_TIMEOUT_S = 180.0
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +80,31 @@ async def running(
     finally:
         await workers.close()
         await pool.unload_all()
+
+
+def run(scenario: Coroutine[Any, Any, None], timeout_s: float = SCENARIO_TIMEOUT_S) -> None:
+    """asyncio.run with a limit: a scenario that hangs (its cleanup included) fails, showing where each
+    of its tasks waits, instead of holding the suite up."""
+
+    async def limited() -> None:
+        task = asyncio.ensure_future(scenario)
+        await asyncio.wait([task], timeout=timeout_s)
+        if task.done():
+            return task.result()
+        stacks = io.StringIO()
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                other.print_stack(file=stacks)
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
+        raise AssertionError(
+            f"the scenario did not end within {timeout_s:g} s; its tasks:\n{stacks.getvalue()}"
+        )
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(limited())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()  # after a timeout, tasks that would not stop are dropped rather than waited for

@@ -3,7 +3,6 @@ state in /admin/streams, their counts, lag and latency in /metrics, and their re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from inferline.config import ServerConfig
 from inferline.server.app import create_app
 from tests.streams.brokers import RedisBroker
-from tests.streams.conftest import features, payload, until
+from tests.streams.conftest import features, payload, run, until
 
 
 def test_serve_runs_the_stream_workers_and_shows_them(
@@ -67,4 +66,4 @@ def test_serve_runs_the_stream_workers_and_shows_them(
         assert 'inferline_route_requests_total{deployment="fraud",outcome="ok",route="fraud"}' in metrics
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 from inferline.bench.harness import free_port
 from inferline.server.serve import load_server_config
 from tests.streams.brokers import RedisBroker
-from tests.streams.conftest import features, payload, running
+from tests.streams.conftest import features, payload, run, running
 
 START_TIMEOUT_S = 60.0
 
@@ -113,4 +113,4 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
         assert await broker.in_flight() == 0
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())

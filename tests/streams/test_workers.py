@@ -4,7 +4,6 @@ lag that moves, and a slow model that slows consumption without losing anything.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from inferline.config import OnnxDeploymentConfig, ServerConfig
 from inferline.testing.fraud_model import fraud_probabilities
 from tests.streams.brokers import NatsBroker, RedisBroker, write_result
-from tests.streams.conftest import features, payload, running, until
+from tests.streams.conftest import features, payload, run, running, until
 
 Broker = RedisBroker | NatsBroker
 
@@ -56,7 +55,8 @@ def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
     broker: Broker, fraud_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Batches of up to 48 against the deployment's max_batch_size of 32: scored in two calls.
-    config = server_config(broker, fraud_model, max_deliveries=2, max_batch_size=48)
+    source = {"delete_consumer_idle_ms": 1000} if broker.kind == "redis" else {}
+    config = server_config(broker, fraud_model, max_deliveries=2, max_batch_size=48, source=source)
     caplog.set_level(logging.INFO, "inferline.streams")
     name = broker.name
     rows = features(60)
@@ -81,6 +81,14 @@ def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
             await until(all_written, 30, "every good message has a result")
             await until(no_lag, 10, "lag back to 0")
             snapshot = workers.snapshot()[0]
+            if isinstance(broker, RedisBroker):
+                live = workers.workers[0].source.consumer  # type: ignore[attr-defined]
+
+                async def only_the_live_consumer() -> bool:
+                    # The dead one's messages were claimed: idle past the limit, it is deleted.
+                    return await broker.consumers() == [live]
+
+                await until(only_the_live_consumer, 10, "the dead consumer deleted")
         written = await broker.results()
         assert sorted(i for i, _ in written) == sorted(good_ids)  # each exactly once, the reclaimed too
         by_id = dict(written)
@@ -102,7 +110,7 @@ def test_every_message_one_result_poison_dead_lettered_dead_consumer_reclaimed(
         assert sample(registry, "inferline_stream_latency_seconds_count", name) == len(good_ids)
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_slow_model_slows_consumption_and_loses_nothing(broker: Broker, slow_fraud_model: Path) -> None:
@@ -139,4 +147,4 @@ def test_a_slow_model_slows_consumption_and_loses_nothing(broker: Broker, slow_f
         assert lags[peak:] == sorted(lags[peak:], reverse=True), lags  # and then only shrank
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())
