@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -355,10 +356,11 @@ async def measure(rig: Rig, consumer: str, process: subprocess.Popen[bytes], set
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM, and its exit code (killed, and -9, if it does not stop within 30 s)."""
+    """SIGTERM, and its exit code (killed, and -9, if it does not stop within 60 s: the interpreter's own
+    teardown took 5 s of that on a loaded 2-core machine)."""
     process.send_signal(signal.SIGTERM)
     try:
-        return process.wait(timeout=30)
+        return process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(timeout=10)
@@ -400,6 +402,20 @@ async def run(settings: Settings, work: Path) -> list[Row]:
     return rows
 
 
+async def limited(running: Coroutine[Any, Any, list[Row]], max_run_s: float) -> list[Row]:
+    """The run, or an error showing where each task waits once it has taken max_run_s."""
+    task = asyncio.ensure_future(running)
+    await asyncio.wait([task], timeout=max_run_s)
+    if not task.done():
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                other.print_stack(file=sys.stderr)
+        task.cancel()
+        await asyncio.wait([task], timeout=30)
+        raise RuntimeError(f"the run took more than {max_run_s:g} s (where it waited: above)")
+    return task.result()
+
+
 def table(rows: list[Row]) -> str:
     lines = [
         "| source | consumer | sustained msg/s | load | achieved msg/s | p50 ms | p99 ms |",
@@ -434,7 +450,7 @@ def main() -> None:
     settings = SMOKE if args.smoke else FULL
     print(f"settings: {settings}", flush=True)
     with tempfile.TemporaryDirectory(prefix="inferline-streams-") as tmp:
-        rows = asyncio.run(asyncio.wait_for(run(settings, Path(tmp)), settings.max_run_s))
+        rows = asyncio.run(limited(run(settings, Path(tmp)), settings.max_run_s))
         print(table(rows))
         out = args.json or (Path(tmp) if args.smoke else RESULTS) / "streams.json"
         out.parent.mkdir(parents=True, exist_ok=True)
