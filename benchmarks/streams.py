@@ -5,10 +5,11 @@ The model is an MLP on 30 numeric features (30 -> 64 -> 2, softmax), exported to
 (`inferline.testing.fraud_model`). Each message is `{"inputs": {"features": [30 floats]}}`.
 
 Two consumers read the same kind of source, each in its own process, one at a time:
-- inferline: `inferline stream run` with one stream (micro-batches of up to 64 messages gathered for
-  up to 2 ms, scored through the router in the interactive class, results written once per message id
-  to a stream on the same broker, then acknowledged); the ONNX deployment's own queue delay is 0 (the
-  stream already gathers its batch).
+- inferline: one `inferline stream run` with a stream per source (micro-batches of up to 64 messages
+  gathered for up to 2 ms, scored through the router in the interactive class, results written once
+  per message id to a stream on the same broker, then acknowledged); the ONNX deployment's own queue
+  delay is 0 (the stream already gathers its batch). The worker of the source not being measured
+  idles (one blocking read a second).
 - plain: the loop a developer writes first, in this file (`--plain-consumer`): read one message, run
   ONNX Runtime on it (the same session options as inferline's runner), write the result, acknowledge;
   synchronous redis-py for Redis, nats-py (asyncio, its only client) for NATS. No dedupe, no batching.
@@ -26,7 +27,7 @@ Everything shares one machine's cores (brokers, producer, reader, consumer), not
 or small machine the figures are indicative.
 
     .venv/bin/python benchmarks/streams.py            # ~2 min
-    .venv/bin/python benchmarks/streams.py --smoke    # seconds
+    .venv/bin/python benchmarks/streams.py --smoke    # seconds (one inferline process start)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,12 @@ class Settings:
     """Messages of the sustained-rate run."""
     seconds: float
     """Length of each load point."""
+    max_run_s: float
+    """The whole run's limit: past it the run stops with an error (nothing waits for ever)."""
 
 
-FULL = Settings(num_messages=6000, seconds=10.0)
-SMOKE = Settings(num_messages=200, seconds=1.0)
+FULL = Settings(num_messages=6000, seconds=10.0, max_run_s=900.0)
+SMOKE = Settings(num_messages=60, seconds=0.3, max_run_s=240.0)
 """--smoke: every code path in seconds (the figures mean nothing)."""
 
 
@@ -99,9 +102,9 @@ class RedisRig:
         import redis.asyncio as aioredis
 
         self.url, self.name = url, name
-        self.client = aioredis.Redis.from_url(url)
+        self.client = aioredis.Redis.from_url(url, socket_timeout=30)
         # Its own connection: a blocking XREAD would hold up the publishes queued behind it.
-        self.reader = aioredis.Redis.from_url(url)
+        self.reader = aioredis.Redis.from_url(url, socket_timeout=30)
         self.arrived: dict[str, float] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -230,7 +233,20 @@ async def open_loop(
 # ---- the consumers ------------------------------------------------------------------------------------
 
 
-def start_inferline(rig: Rig, model: Path, work: Path) -> subprocess.Popen[bytes]:
+def start_inferline(rigs: list[Rig], model: Path, work: Path) -> subprocess.Popen[bytes]:
+    """One process with a stream worker per rig."""
+    streams = [
+        {
+            "name": rig.name,
+            "source": rig.source(),
+            "sink": rig.sink(),
+            "model": "fraud",
+            "priority": "interactive",
+            "max_batch_size": 64,
+            "max_wait_ms": 2,
+        }
+        for rig in rigs
+    ]
     config = {
         "deployments": [
             {
@@ -241,22 +257,12 @@ def start_inferline(rig: Rig, model: Path, work: Path) -> subprocess.Popen[bytes
                 "max_queue_delay_us": 0,
             }
         ],
-        "streams": [
-            {
-                "name": rig.name,
-                "source": rig.source(),
-                "sink": rig.sink(),
-                "model": "fraud",
-                "priority": "interactive",
-                "max_batch_size": 64,
-                "max_wait_ms": 2,
-            }
-        ],
+        "streams": streams,
     }
-    path = work / f"{rig.name}.yaml"
+    path = work / "inferline.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "inferline.cli", "stream", "run", str(path)]
-    with (work / f"{rig.name}.log").open("wb") as log:
+    with (work / "inferline.log").open("wb") as log:
         return subprocess.Popen(command, stderr=log)
 
 
@@ -321,62 +327,93 @@ async def plain_nats(url: str, name: str, model: str) -> None:
 # ---- the run ------------------------------------------------------------------------------------------
 
 
-async def measure(
-    rig: Rig, consumer: str, start: Callable[[], subprocess.Popen[bytes]], settings: Settings
-) -> list[Row]:
-    await rig.start()
-    process = start()
+async def measure(rig: Rig, consumer: str, process: subprocess.Popen[bytes], settings: Settings) -> list[Row]:
+    warm = await rig.publish_many([body(np.random.default_rng(0)) for _ in range(20)])
+    await wait_for(rig, warm, process, START_TIMEOUT_S)  # started, loaded, connected and warm
+    rate = await sustained(rig, settings.num_messages, process)
+    rows = []
+    for load in LOADS:
+        achieved, latencies = await open_loop(rig, rate * load, settings.seconds, process)
+        rows.append(
+            Row(
+                source="redis" if isinstance(rig, RedisRig) else "nats",
+                consumer=consumer,
+                sustained_per_s=rate,
+                load=load,
+                target_per_s=rate * load,
+                achieved_per_s=achieved,
+                p50_ms=percentile(latencies, 50) * 1000,
+                p99_ms=percentile(latencies, 99) * 1000,
+                num_messages=len(latencies),
+            )
+        )
+        print(
+            f"{rows[-1].source:<6} {consumer:<10} sustained {rate:8.0f} msg/s  load {load:.0%}: "
+            f"{achieved:7.0f} msg/s  p50 {rows[-1].p50_ms:7.2f} ms  p99 {rows[-1].p99_ms:7.2f} ms",
+            flush=True,
+        )
+    return rows
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, and its exit code (killed, and -9, if it does not stop within 60 s: the interpreter's own
+    teardown took 5 s of that on a loaded 2-core machine)."""
+    process.send_signal(signal.SIGTERM)
     try:
-        warm = await rig.publish_many([body(np.random.default_rng(0)) for _ in range(20)])
-        await wait_for(rig, warm, process, START_TIMEOUT_S)  # started, loaded, connected and warm
-        rate = await sustained(rig, settings.num_messages, process)
-        rows = []
-        for load in LOADS:
-            achieved, latencies = await open_loop(rig, rate * load, settings.seconds, process)
-            rows.append(
-                Row(
-                    source="redis" if isinstance(rig, RedisRig) else "nats",
-                    consumer=consumer,
-                    sustained_per_s=rate,
-                    load=load,
-                    target_per_s=rate * load,
-                    achieved_per_s=achieved,
-                    p50_ms=percentile(latencies, 50) * 1000,
-                    p99_ms=percentile(latencies, 99) * 1000,
-                    num_messages=len(latencies),
-                )
-            )
-            print(
-                f"{rows[-1].source:<6} {consumer:<10} sustained {rate:8.0f} msg/s  load {load:.0%}: "
-                f"{achieved:7.0f} msg/s  p50 {rows[-1].p50_ms:7.2f} ms  p99 {rows[-1].p99_ms:7.2f} ms",
-                flush=True,
-            )
-        return rows
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        await rig.close()
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=10)
+
+
+def rigs(prefix: str, redis_url: str, nats_url: str) -> list[Rig]:
+    return [RedisRig(redis_url, f"{prefix}-redis"), NatsRig(nats_url, f"{prefix}-nats")]
 
 
 async def run(settings: Settings, work: Path) -> list[Row]:
     model = write_fraud_mlp(work / "fraud.onnx")
     rows: list[Row] = []
     with redis_server() as redis_url, nats_server() as nats_url:
-        for source, url in (("redis", redis_url), ("nats", nats_url)):
-            rig_type: Callable[[str, str], Rig] = RedisRig if source == "redis" else NatsRig
-            ours, plain = rig_type(url, f"inferline-{source}"), rig_type(url, f"plain-{source}")
+        ours = rigs("inferline", redis_url, nats_url)
+        for rig in ours:
+            await rig.start()
+        process = start_inferline(ours, model, work)
+        try:
+            for rig in ours:
+                rows += await measure(rig, "inferline", process, settings)
+        except RuntimeError:
+            print((work / "inferline.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            exit_code = stop(process)
+            for rig in ours:
+                await rig.close()
+        if exit_code != 0:  # a worker stops cleanly on SIGTERM (its messages in flight come again)
+            log = (work / "inferline.log").read_text()[-3000:]
+            raise RuntimeError(f"inferline stream run exited with {exit_code} on SIGTERM:\n{log}")
+        for rig in rigs("plain", redis_url, nats_url):
+            await rig.start()
+            process = start_plain(rig, model)
             try:
-                rows += await measure(
-                    ours, "inferline", lambda r=ours: start_inferline(r, model, work), settings
-                )
-            except RuntimeError:
-                print((work / f"{ours.name}.log").read_text()[-3000:], file=sys.stderr)
-                raise
-            rows += await measure(plain, "plain", lambda r=plain: start_plain(r, model), settings)
+                rows += await measure(rig, "plain", process, settings)
+            finally:
+                stop(process)
+                await rig.close()
     return rows
+
+
+async def limited(running: Coroutine[Any, Any, list[Row]], max_run_s: float) -> list[Row]:
+    """The run, or an error showing where each task waits once it has taken max_run_s."""
+    task = asyncio.ensure_future(running)
+    await asyncio.wait([task], timeout=max_run_s)
+    if not task.done():
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                other.print_stack(file=sys.stderr)
+        task.cancel()
+        await asyncio.wait([task], timeout=30)
+        raise RuntimeError(f"the run took more than {max_run_s:g} s (where it waited: above)")
+    return task.result()
 
 
 def table(rows: list[Row]) -> str:
@@ -413,7 +450,7 @@ def main() -> None:
     settings = SMOKE if args.smoke else FULL
     print(f"settings: {settings}", flush=True)
     with tempfile.TemporaryDirectory(prefix="inferline-streams-") as tmp:
-        rows = asyncio.run(run(settings, Path(tmp)))
+        rows = asyncio.run(limited(run(settings, Path(tmp)), settings.max_run_s))
         print(table(rows))
         out = args.json or (Path(tmp) if args.smoke else RESULTS) / "streams.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,9 @@ class RedisBroker:
         entries = await self.client.xrange(f"{self.name}.in.dead")
         return {f[b"id"].decode(): f[b"reason"].decode() for _, f in entries}
 
+    async def consumers(self) -> list[str]:
+        return [c["name"].decode() for c in await self.client.xinfo_consumers(f"{self.name}.in", "inferline")]
+
     async def in_flight(self) -> int:
         """Messages delivered to the group's consumers and not acknowledged."""
         try:

@@ -4,7 +4,6 @@ model calls captured and watched for drift like online OIP requests."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from inferline.config import ServerConfig
 from inferline.server.app import create_app
 from tests.streams.brokers import RedisBroker
-from tests.streams.conftest import features, payload, until
+from tests.streams.conftest import features, payload, run, until
 
 
 def test_serve_runs_the_stream_workers_and_shows_them(
@@ -77,4 +76,4 @@ def test_serve_runs_the_stream_workers_and_shows_them(
         assert sum(len(o.features["features[0]"]) for o in windows.reference) == len(ids)
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -1,7 +1,8 @@
-"""`inferline stream run` as a real process, SIGKILLed while it holds a batch and started again: every
-message has exactly one result in the sink, none is lost. One process test (each start costs seconds of
-imports): Redis Streams in, the database table out; tests/streams/test_workers.py covers both brokers'
-redelivery and the stream sinks in process."""
+"""`inferline stream run` as a real process, SIGKILLed while it holds a batch, and a worker started again
+(in this process: a second process start would only add seconds of imports): every message has exactly
+one result in the sink, none is lost. One process test: Redis Streams in, the database table out;
+tests/streams/test_workers.py covers both brokers' redelivery and the stream sinks in process, and the
+streams benchmark's smoke run stops a worker process with SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 
 from inferline.bench.harness import free_port
-from inferline.testing.fraud_model import write_fraud_mlp
+from inferline.server.serve import load_server_config
 from tests.streams.brokers import RedisBroker
-from tests.streams.conftest import features, payload
+from tests.streams.conftest import features, payload, run, running
 
 START_TIMEOUT_S = 60.0
 
@@ -51,22 +52,22 @@ def database_results(home: Path) -> list[tuple[str, Any]]:
     return [(message_id, json.loads(json.loads(fields)["result"])) for message_id, fields in rows]
 
 
-@pytest.mark.slow  # two process starts: about 50 s on 2 loaded cores
 def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
-    redis_url: str, tmp_path: Path
+    redis_url: str, slow_fraud_model: Path, tmp_path: Path
 ) -> None:
     name = f"killed-{secrets.token_hex(3)}"
     broker = RedisBroker(redis_url, name)
-    # Slow enough (about 10 ms a message) that the kill lands while the worker holds a batch.
-    model = write_fraud_mlp(tmp_path / "slow.onnx", hidden=1024, num_hidden_layers=6)
     stream = {
         "name": name,
         "source": broker.source(claim_idle_ms=500),
         "sink": {"kind": "database"},  # inferline.db in $INFERLINE_HOME
         "model": "fraud",
-        "max_batch_size": 8,
+        "max_batch_size": 8,  # the slow model: about 80 ms a batch, so the kill lands while it holds one
     }
-    config = {"deployments": [{"kind": "onnx", "name": "fraud", "source": str(model)}], "streams": [stream]}
+    config = {
+        "deployments": [{"kind": "onnx", "name": "fraud", "source": str(slow_fraud_model)}],
+        "streams": [stream],
+    }
     config_path = tmp_path / "streams.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = tmp_path / "worker.log"
@@ -74,10 +75,11 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
     async def results() -> list[tuple[str, Any]]:
         return database_results(tmp_path)
 
-    async def wait_for(num_results: int, worker: subprocess.Popen[bytes]) -> None:
+    async def wait_for(num_results: int, worker: subprocess.Popen[bytes] | None) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while (num_written := len(await results())) < num_results:
-            if worker.poll() is not None or time.monotonic() > deadline:
+            exited = worker is not None and worker.poll() is not None
+            if exited or time.monotonic() > deadline:
                 raise AssertionError(f"{num_written} results of {num_results}; log:\n{log.read_text()}")
             await asyncio.sleep(0.05)
 
@@ -86,9 +88,14 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
 
     async def scenario() -> None:
         ids = await produce(300, 0)
-        first = start(config_path, tmp_path, log)
+        metrics_port = free_port()
+        first = start(config_path, tmp_path, log, "--metrics-port", str(metrics_port))
         try:
             await wait_for(40, first)
+            async with httpx.AsyncClient(timeout=10) as client:
+                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            processed = f'inferline_stream_messages_total{{outcome="processed",stream="{name}"}}'
+            assert processed in metrics
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         finally:
@@ -96,23 +103,14 @@ def test_a_worker_killed_mid_batch_and_restarted_leaves_one_result_per_message(
         assert len(await results()) < len(ids), "the worker finished before it was killed: slow the model"
         assert await broker.in_flight() > 0  # the dead worker held messages it had not acknowledged
         ids += await produce(40, 1)
-        metrics_port = free_port()
-        second = start(config_path, tmp_path, log, "--metrics-port", str(metrics_port))
-        try:
-            await wait_for(len(ids), second)
+        # Started again (another consumer of the group): it scores the new messages and takes over the
+        # dead one's after claim_idle_ms.
+        async with running(load_server_config(str(config_path)), CollectorRegistry(), tmp_path):
+            await wait_for(len(ids), None)
             await asyncio.sleep(0.5)  # a second result for a redelivered message would show up now
-            async with httpx.AsyncClient() as client:
-                metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-            # The restarted worker scored what the first left: the new messages and the reclaimed ones.
-            processed = f'inferline_stream_messages_total{{outcome="processed",stream="{name}"}}'
-            assert processed in metrics
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(timeout=30) == 0
-        finally:
-            second.kill()
         written = [message_id for message_id, _ in await results()]
         assert sorted(written) == sorted(ids)  # each message exactly once
         assert await broker.in_flight() == 0
         await broker.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -37,6 +37,14 @@ class RedisSourceConfig(BaseModel):
         "slowest batch, or a live worker's messages are taken from it (harmless: output is "
         "idempotent, but the work is done twice).",
     )
+    delete_consumer_idle_ms: int | None = Field(
+        3_600_000,
+        ge=1000,
+        description="A consumer of the group with nothing pending that has not read for this long (its "
+        "worker died and its messages were claimed) is deleted (XGROUP DELCONSUMER), so dead workers do "
+        "not pile up in the group; null: never. A live worker reads at least once a second, and one "
+        "deleted by mistake is added back by its next read.",
+    )
     dead_letter: str | None = Field(
         None, description="Stream key of poison messages, with their reason; default: `<stream>.dead`."
     )

@@ -19,7 +19,6 @@ from inferline.backends.base import Backend
 from inferline.config import DeploymentConfig, LocalDeploymentBase, ServerConfig
 from inferline.errors import InferlineError, InvalidRequestError
 from inferline.router.deployments import build_backend
-from inferline.server.app import create_app
 from inferline.telemetry.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -117,6 +116,9 @@ def serve(
 ) -> int:
     """Serve `config` until SIGTERM or SIGINT. `build` makes each deployment's backend; `extend` adds
     routes to the app (`inferline serve --ray` adds the cluster's admin API)."""
+    # Here, not at the top: `inferline stream run` reads its config with this module and needs no app.
+    from inferline.server.app import create_app
+
     check_exposure(config)
     configure_logging(config.telemetry)
 

@@ -57,7 +57,8 @@ class Source(Protocol):
 
     async def fetch(self, max_messages: int, timeout_s: float) -> list[Message]:
         """Up to `max_messages`: first those of a dead consumer (or whose scoring failed) that are due
-        again, then new ones; waits up to `timeout_s` when there are none."""
+        again, then new ones; waits up to `timeout_s` when there are none (a source may use a short
+        `timeout_s`, the batch's window, to fill the batch)."""
         ...
 
     async def ack(self, messages: list[Message]) -> None:

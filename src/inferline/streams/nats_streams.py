@@ -21,8 +21,12 @@ from nats.js.errors import NotFoundError
 from inferline.config import NatsSinkConfig, NatsSourceConfig
 from inferline.streams.message import Message, Output, Sink
 
-FIRST_PROBE_S = 0.005
-"""How long a fetch looks for messages already waiting before it waits for the first new one."""
+MAX_LINGER_S = 0.05
+"""A fetch this short waits (lingers) for its whole batch: the worker's max_wait_ms window. A longer one
+waits for the first message alone, then takes what is already there."""
+PROBE_S = 0.001
+"""How long that second look lingers: a pull request with an expiry waits for its whole batch, and one
+without would need a second request to end it."""
 RETRY_DELAY_S = 1.0
 """A failed message is delivered again after this long."""
 
@@ -63,10 +67,14 @@ class NatsSource:
         return self.subscription
 
     async def fetch(self, max_messages: int, timeout_s: float) -> list[Message]:
-        # A fetch of N waits until N arrive; so take what is there, else wait for one new message only.
-        received = await self._fetch(max_messages, min(FIRST_PROBE_S, timeout_s))
-        if not received and timeout_s > FIRST_PROBE_S:
-            received = await self._fetch(1, timeout_s - FIRST_PROBE_S)
+        # A JetStream pull of N is answered when N are there or it expires. An idle worker waiting for N
+        # would hold its first message back for the whole wait; so it waits for one, then looks briefly.
+        if max_messages == 1 or timeout_s <= MAX_LINGER_S:
+            received = await self._fetch(max_messages, timeout_s)
+        else:
+            received = await self._fetch(1, timeout_s)
+            if received:
+                received += await self._fetch(max_messages - 1, PROBE_S)
         return [self._message(m) for m in received]
 
     async def _fetch(self, batch: int, timeout_s: float) -> list[Msg]:

@@ -3,13 +3,16 @@
 The source reads new entries with XREADGROUP; an entry stays in the group's pending list until XACK,
 which the worker sends only after the entry's result is in the sink. Entries pending longer than
 `claim_idle_ms` (their consumer was killed, or scoring them failed) are taken over with XAUTOCLAIM, which
-also counts their deliveries. The sink appends with XADD inside a Lua script that first sets a marker
+also counts their deliveries. After a pass over the pending list, consumers with nothing pending that
+have not read for `delete_consumer_idle_ms` (dead workers, their entries claimed) are deleted. The
+sink appends with XADD inside a Lua script that first sets a marker
 key per message (SET NX): a second write of the same message finds the marker and adds nothing, and
 script, marker and entry are one atomic step, so a crash cannot leave one without the other.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -21,8 +24,12 @@ from redis.exceptions import ResponseError
 from inferline.config import RedisSinkConfig, RedisSourceConfig
 from inferline.streams.message import Message, Output, Sink
 
+logger = logging.getLogger(__name__)
+
 MAX_CLAIM_INTERVAL_S = 1.0
 """How often, at most, a worker looks for pending entries to claim (one XAUTOCLAIM round trip)."""
+MAX_SWEEP_INTERVAL_S = 60.0
+"""How often, at most, a worker looks for idle consumers to delete (one XINFO CONSUMERS)."""
 
 _WRITE_ONCE = """
 local ttl = ARGV[1]
@@ -53,6 +60,7 @@ class RedisSource:
         self._claim_cursor = "0-0"
         self._next_claim_s = 0.0
         self._claim_interval_s = min(MAX_CLAIM_INTERVAL_S, config.claim_idle_ms / 2000)
+        self._next_sweep_s = 0.0
 
     async def open(self) -> None:
         try:
@@ -91,6 +99,7 @@ class RedisSource:
         self._claim_cursor = _text(cursor)
         if self._claim_cursor == "0-0":  # the whole pending list was looked at: wait before the next pass
             self._next_claim_s = time.monotonic() + self._claim_interval_s
+            await self._delete_idle_consumers()
         entries = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
         if not entries:
             return []
@@ -102,6 +111,21 @@ class RedisSource:
             self._message(entry_id, fields, info[0]["times_delivered"] if info else 1)
             for (entry_id, fields), info in zip(entries, pending, strict=True)
         ]
+
+    async def _delete_idle_consumers(self) -> None:
+        """Consumers with nothing pending, idle past the limit: dead workers whose entries were claimed.
+        (DELCONSUMER drops a consumer's pending entries, so one that still holds any is kept.)"""
+        idle_ms = self.config.delete_consumer_idle_ms
+        now = time.monotonic()
+        if idle_ms is None or now < self._next_sweep_s:
+            return
+        self._next_sweep_s = now + min(MAX_SWEEP_INTERVAL_S, idle_ms / 2000)
+        config = self.config
+        for consumer in await self.client.xinfo_consumers(config.stream, config.group):
+            name = _text(consumer["name"])
+            if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
+                await self.client.xgroup_delconsumer(config.stream, config.group, name)
+                logger.info("%s: deleted consumer %s, idle %d ms", self.description, name, consumer["idle"])
 
     def _message(self, entry_id: bytes, fields: dict[bytes, bytes], num_deliveries: int) -> Message:
         message_id = _text(entry_id)

@@ -3,9 +3,12 @@
 Design note: the order of the last three steps is the whole guarantee. Results and dead letters are in
 their sinks before the source hears `ack`; a worker killed anywhere before the ack leaves its messages
 pending, another worker (or this one, restarted) gets them again, and the sinks drop the second write of
-a message id: at least once in, one result per message out. The loop takes the next batch only when
-the last one is written, so a model that cannot keep up slows consumption (the messages wait in the
-broker, where they are safe) rather than piling up in memory.
+a message id: at least once in, one result per message out.
+
+The write and ack of one batch overlap the gathering and scoring of the next (their round trips are
+off the next batch's path), and a batch is written only once the one before it is acknowledged. So a
+worker holds two batches at most: a model that cannot keep up slows consumption (the messages wait in
+the broker, where they are safe) rather than piling up in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ LAG_INTERVAL_S = 1.0
 """How often the source's lag is read for the metric and /admin."""
 READY_POLL_S = 0.2
 MAX_BACKOFF_S = 10.0
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """A batch once scored: what to write, to dead-letter and to try again."""
+
+    num_messages: int
+    processed: list[tuple[Message, dict[str, Any]]]
+    """The messages with a result, and the result."""
+    retry: list[Message]
+    """Scoring failed; delivered again later."""
+    dead: list[tuple[Message, str]]
+    """Poison messages and why."""
 
 
 @dataclass
@@ -67,6 +83,8 @@ class StreamWorker:
         self.metrics = metrics
         self.allow_failed = allow_failed
         self.status = WorkerState()
+        self._finishing: asyncio.Task[None] | None = None
+        """The last batch's write and ack, while the next batch is gathered and scored."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -100,9 +118,11 @@ class StreamWorker:
                     backoff_s = min(MAX_BACKOFF_S, backoff_s * 2)
         finally:
             self.status.state = "stopped"
-            if watching is not None:
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+            # A batch being written when stopped is not acknowledged: it is delivered again.
+            for task in (watching, self._finishing):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             for closing in (self.source, self.sink, self.dead_letters):
                 try:
                     await closing.close()
@@ -120,8 +140,13 @@ class StreamWorker:
 
     async def _step(self) -> None:
         batch = await self._gather()
-        if batch:
-            await self._process(batch)
+        scored = await self._score(batch) if batch else None
+        if self._finishing is not None and (scored is not None or self._finishing.done()):
+            # A failure to write or ack the batch before stops this one too: both are delivered again.
+            finishing, self._finishing = self._finishing, None
+            await finishing
+        if scored is not None:
+            self._finishing = asyncio.create_task(self._finish(scored))
             self.status.state = "running"
 
     async def _gather(self) -> list[Message]:
@@ -138,7 +163,7 @@ class StreamWorker:
             batch += await self.source.fetch(limit - len(batch), left_s)
         return batch
 
-    async def _process(self, batch: list[Message]) -> None:
+    async def _score(self, batch: list[Message]) -> ScoredBatch:
         config = self.config
         dead: list[tuple[Message, str]] = []
         todo: list[tuple[Message, Any]] = []
@@ -154,12 +179,17 @@ class StreamWorker:
                 dead.append((message, f"bad payload: {error}"))
         scored = await self.scorer.score([payload for _, payload in todo])
         processed, retry = self._sort(todo, scored, dead)
-        await self.sink.write([self._result(m, result) for m, result in processed])
-        await self.dead_letters.write([self._dead_letter(m, reason) for m, reason in dead])
+        return ScoredBatch(len(batch), processed, retry, dead)
+
+    async def _finish(self, batch: ScoredBatch) -> None:
+        """Results and dead letters written, then acknowledged: the order that makes the guarantee."""
+        await self.sink.write([self._result(m, result) for m, result in batch.processed])
+        await self.dead_letters.write([self._dead_letter(m, reason) for m, reason in batch.dead])
         written_s = time.time()
-        await self.source.ack([m for m, _ in processed] + [m for m, _ in dead])
-        await self.source.retry_later(retry)
-        self._count(len(batch), [m for m, _ in processed], len(retry), len(dead), written_s)
+        await self.source.ack([m for m, _ in batch.processed] + [m for m, _ in batch.dead])
+        await self.source.retry_later(batch.retry)
+        processed = [m for m, _ in batch.processed]
+        self._count(batch.num_messages, processed, len(batch.retry), len(batch.dead), written_s)
 
     def _sort(
         self, todo: list[tuple[Message, Any]], scored: list[Scored], dead: list[tuple[Message, str]]
