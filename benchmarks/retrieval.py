@@ -17,9 +17,10 @@
    p50 of the server's own time for a hit (`x-inferline-overhead-ms`: all of it, nothing waits on a
    deployment) beside that of a routed request to the stub, and the client's end-to-end p50 of both.
 
-    .venv/bin/python benchmarks/retrieval.py            # ~15 min on 2 cores (HNSW builds dominate)
+    .venv/bin/python benchmarks/retrieval.py            # ~20 min on 2 cores (HNSW builds dominate)
     .venv/bin/python benchmarks/retrieval.py --smoke    # seconds
     .venv/bin/python benchmarks/retrieval.py --backends embedded pgvector   # a subset of the search table
+    .venv/bin/python benchmarks/retrieval.py --backends pgvector --num-vectors 10000   # minutes, loaded
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from inferline.config import ServerConfig
+from inferline.config import ServerConfig, VectorStoresConfig
 from inferline.db import open_engine
 from inferline.retrieval.backend import Chunk
 from inferline.retrieval.cache import same_specifics
@@ -93,9 +94,9 @@ def search_table(num_vectors: int, num_queries: int, backends: list[str]) -> Non
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
     ids = np.arange(num_vectors, dtype=np.int64)
     print(f"\n== search: {num_vectors} x {DIM} clustered vectors, k={K}, {num_queries} queries ==")
-    print(f"{'backend':28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
+    print(f"{'backend':46} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
     for kind in ("flat", "hnsw") if "embedded" in backends else ():
-        index = StoreIndex(DIM, kind == "hnsw", ef_search=128)
+        index = StoreIndex(DIM, kind == "hnsw", ef_search=VectorStoresConfig().hnsw_ef_search)
         started = time.perf_counter()
         index.add(ids, [""] * num_vectors, vectors)
         build_s = time.perf_counter() - started
@@ -103,7 +104,7 @@ def search_table(num_vectors: int, num_queries: int, backends: list[str]) -> Non
         def embedded(query: np.ndarray, index: StoreIndex = index) -> list[int]:
             return [i for i, _ in index.search(query, K, None, False)]
 
-        print(f"{'inferline embedded ' + kind:28} {build_s:8.1f} {timed_search(embedded, queries, truth)}")
+        print(f"{'inferline embedded ' + kind:46} {build_s:8.1f} {timed_search(embedded, queries, truth)}")
     rows = {"usearch": usearch_row, "sqlite-vec": sqlite_vec_row, "pgvector": pgvector_row}
     for name, row in rows.items():
         if name in backends:
@@ -114,7 +115,7 @@ def usearch_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> 
     try:
         from usearch.index import Index
     except ImportError:
-        print(f"{'usearch hnsw':28} not installed (pip install usearch)")
+        print(f"{'usearch hnsw':46} not installed (pip install usearch)")
         return
     index = Index(
         ndim=DIM, metric="ip", dtype="f32", connectivity=32, expansion_add=128, expansion_search=128
@@ -123,18 +124,18 @@ def usearch_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> 
     index.add(np.arange(len(vectors)), vectors)
     build_s = time.perf_counter() - started
     row = timed_search(lambda q: [int(k) for k in index.search(q, K).keys], queries, truth)
-    print(f"{'usearch hnsw (M=32)':28} {build_s:8.1f} {row}")
+    print(f"{'usearch hnsw (M=32)':46} {build_s:8.1f} {row}")
 
 
 def sqlite_vec_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
     connection = sqlite3.connect(":memory:")
     if not hasattr(connection, "enable_load_extension"):
-        print(f"{'sqlite-vec (flat only)':28} cannot load: this Python's sqlite3 has no extension loading")
+        print(f"{'sqlite-vec (flat only)':46} cannot load: this Python's sqlite3 has no extension loading")
         return
     try:
         import sqlite_vec
     except ImportError:
-        print(f"{'sqlite-vec (flat only)':28} not installed (pip install sqlite-vec)")
+        print(f"{'sqlite-vec (flat only)':46} not installed (pip install sqlite-vec)")
         return
     connection.enable_load_extension(True)
     sqlite_vec.load(connection)
@@ -146,28 +147,38 @@ def sqlite_vec_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) 
     build_s = time.perf_counter() - started
     query = "SELECT rowid FROM v WHERE embedding MATCH ? AND k = ?"
     row = timed_search(lambda q: [r[0] for r in connection.execute(query, (q.tobytes(), K))], queries, truth)
-    print(f"{'sqlite-vec (flat only)':28} {build_s:8.1f} {row}")
+    print(f"{'sqlite-vec (flat only)':46} {build_s:8.1f} {row}")
 
 
 def pgvector_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> None:
+    """A default pgvector store (VectorStoresConfig's ef_search) filled as files fill one: the first add
+    (95% of the rows, a big first file) builds the HNSW index in one pass, the rest join it row by row
+    in adds of 1,000. The row names the m, ef_construction and ef_search the searches ran with."""
     from inferline.retrieval.pgvector import PgvectorBackend
     from inferline.testing.postgres import pgvector_bin_dir, started_postgres
 
     try:
         bin_dir = pgvector_bin_dir()
     except RuntimeError as error:
-        print(f"{'pgvector hnsw':28} {error}")
+        print(f"{'pgvector hnsw':46} {error}")
         return
     with started_postgres(bin_dir) as server:
-        backend = PgvectorBackend(server.url, ef_search=128)
+        backend = PgvectorBackend(server.url, ef_search=VectorStoresConfig().hnsw_ef_search)
         backend.create("vs_be0c", DIM)
+        chunks = [Chunk("f", i, "") for i in range(len(vectors))]
+        first = len(vectors) * 95 // 100
         started = time.perf_counter()
-        for start in range(0, len(vectors), 5000):
-            part = vectors[start : start + 5000]
-            backend.add("vs_be0c", [Chunk("f", start + i, "") for i in range(len(part))], part)
-        build_s = time.perf_counter() - started
+        backend.add("vs_be0c", chunks[:first], vectors[:first])
+        built = time.perf_counter()
+        for start in range(first, len(vectors), 1000):
+            backend.add("vs_be0c", chunks[start : start + 1000], vectors[start : start + 1000])
+        finished = time.perf_counter()
         row = timed_search(lambda q: [h.chunk.index for h in backend.search("vs_be0c", q, K)], queries, truth)
-        print(f"{'pgvector hnsw (m=16, ef=128)':28} {build_s:8.1f} {row}")
+        used = backend.index_settings("vs_be0c")
+        label = f"pgvector hnsw (m={used['m']}, efc={used['ef_construction']}, ef={used['ef_search']})"
+        print(f"{label:46} {finished - started:8.1f} {row}")
+        per_s = (len(vectors) - first) / max(finished - built, 1e-9)
+        print(f"{'':46} (first {first} rows at once: {built - started:.1f} s; then {per_s:.0f} rows/s)")
         backend.close()
 
 
@@ -271,10 +282,16 @@ def main() -> None:
         "--smoke", action="store_true", help="every path in seconds; the figures mean nothing"
     )
     parser.add_argument(
+        "--num-vectors", type=int, help=f"chunks in the search table (default {FULL['num_vectors']:,})"
+    )
+    parser.add_argument(
         "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="search backends to measure"
     )
     args = parser.parse_args()
-    sizes = SMOKE if args.smoke else FULL
+    sizes = {
+        **(SMOKE if args.smoke else FULL),
+        **({"num_vectors": args.num_vectors} if args.num_vectors else {}),
+    }
     print(f"config: {sizes}; the machine is shared, so figures are indicative")
     search_table(sizes["num_vectors"], sizes["num_queries"], args.backends)
     runner = EmbeddingRunner.from_source("all-minilm-l6-v2")

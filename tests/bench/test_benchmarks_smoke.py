@@ -43,7 +43,8 @@ FIGURES = {
     ],
     "retrieval.py": [
         r"^inferline embedded hnsw +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",
-        r"^pgvector hnsw \(m=16, ef=128\) +\d+\.\d +\d+\.\d\d",
+        r"^pgvector hnsw \(m=32, efc=128, ef=128\) +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",
+        r"\(first \d+ rows at once: \d+\.\d s; then \d+ rows/s\)",
         r"MiniLM on the CPU \+ embedded store: \d+\.\d chunks/s",
         r"^ +0\.92 +\d\.\d{3} +\d\.\d{3} \| +\d\.\d{3} +\d\.\d{3} .*<- chosen",
         r"^hit \(exact, memory\) +\d+\.\d{3} +\d+\.\d{3}",

@@ -107,3 +107,27 @@ def test_a_new_deployment_version_invalidates_the_entries(retrieval_app: InProce
     after = retrieval_app.post("/v1/chat/completions", ask(question))
     assert after.headers["x-inferline-cache"] == "miss"
     assert after.headers["x-inferline-version"] == "2"
+
+
+def test_completions_and_responses_are_cached_too(retrieval_app: InProcess) -> None:
+    prompt = {"model": "cached", "prompt": "The sky is", "max_tokens": 3, "temperature": 0}
+    first = retrieval_app.post("/v1/completions", prompt)
+    assert first.headers["x-inferline-cache"] == "miss"
+    second = retrieval_app.post("/v1/completions", prompt)
+    assert second.headers["x-inferline-cache"] == "hit"
+    assert second.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
+    several = retrieval_app.post("/v1/completions", {**prompt, "prompt": ["The sky is", "Grass is"]})
+    assert several.headers["x-inferline-cache"] == "bypass"  # one text keys a cache; a list does not
+    assert len(several.json()["choices"]) == 2
+
+    turn = {"model": "cached", "input": "Name a fruit.", "max_output_tokens": 3, "temperature": 0}
+    answered = retrieval_app.post("/v1/responses", turn)
+    assert answered.headers["x-inferline-cache"] == "miss"
+    again = retrieval_app.post("/v1/responses", {**turn, "store": False})
+    assert again.headers["x-inferline-cache"] == "hit"
+    assert (
+        again.json()["output"][0]["content"][0]["text"] == answered.json()["output"][0]["content"][0]["text"]
+    )
+    tools = [{"type": "function", "name": "pick", "parameters": {"type": "object", "properties": {}}}]
+    with_tools = retrieval_app.post("/v1/responses", {**turn, "tools": tools, "tool_choice": "none"})
+    assert with_tools.headers["x-inferline-cache"] == "miss"  # tools are part of the key

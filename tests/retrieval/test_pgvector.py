@@ -1,5 +1,5 @@
 """The pgvector backend on a real PostgreSQL with the extension: HNSW search against the exact re-scan,
-filtered search, files replaced and removed, and stores dropped."""
+filtered search, the HNSW settings a search runs with, files replaced and removed, and stores dropped."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def backend(pgvector_url: str) -> Iterator[PgvectorBackend]:
 
 def test_hnsw_finds_what_the_exact_rescan_finds(backend: PgvectorBackend) -> None:
     backend.create("vs_0a", DIM)
-    backend.add("vs_0a", [Chunk(f"file-{i % 3}", i, f"chunk {i}") for i in range(2000)], clustered(2000))
+    chunks, vectors = [Chunk(f"file-{i % 3}", i, f"chunk {i}") for i in range(600)], clustered(600)
+    backend.add("vs_0a", chunks[:570], vectors[:570])  # the index is built over these at once
+    backend.add("vs_0a", chunks[570:], vectors[570:])  # these join it one by one
     recall = []
     for query in clustered(30, seed=1):
         found = backend.search("vs_0a", query, 10)
@@ -31,6 +33,7 @@ def test_hnsw_finds_what_the_exact_rescan_finds(backend: PgvectorBackend) -> Non
         assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
         recall.append(len({h.chunk.index for h in found} & {h.chunk.index for h in exact}) / 10)
     assert np.mean(recall) >= 0.95
+    assert backend.index_settings("vs_0a") == {"m": 32, "ef_construction": 128, "ef_search": 128}
     only = backend.search("vs_0a", clustered(1, seed=2)[0], 5, file_ids=["file-2"])
     assert len(only) == 5
     assert {h.chunk.file_id for h in only} == {"file-2"}

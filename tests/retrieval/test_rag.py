@@ -80,3 +80,29 @@ def test_another_tenant_cannot_retrieve_from_the_store(
     response = retrieval_app.post("/v1/chat/completions", ask("What is the wifi password?"), key=OTHER_KEY)
     assert response.status_code == 404
     assert "handbook" in response.json()["error"]["message"]
+
+
+def test_completions_and_responses_answer_from_the_store_too(
+    retrieval_app: InProcess, handbook: dict[str, str]
+) -> None:
+    completion = retrieval_app.post(
+        "/v1/completions", {"model": "docs", "prompt": "Where do staff park?", "max_tokens": 3}
+    )
+    assert completion.status_code == 200, completion.text
+    assert completion.json()["inferline"]["citations"][0]["file_id"] == handbook["parking.txt"]
+    tokens = retrieval_app.post("/v1/completions", {"model": "docs", "prompt": [1, 2, 3], "max_tokens": 3})
+    assert tokens.status_code == 400
+    assert "one text prompt" in tokens.json()["error"]["message"]
+
+    response = retrieval_app.post(
+        "/v1/responses", {"model": "docs", "input": "How many days of holiday?", "max_output_tokens": 3}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["inferline"]["citations"][0]["file_id"] == handbook["holidays.txt"]
+    annotations = body["output"][0]["content"][0]["annotations"]
+    assert {
+        "type": "file_citation",
+        "file_id": handbook["holidays.txt"],
+        "filename": "holidays.txt",
+    }.items() <= (next(a for a in annotations if a["file_id"] == handbook["holidays.txt"]).items())

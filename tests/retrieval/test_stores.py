@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from inferline.config import VectorStoresConfig
 from inferline.db import open_engine
@@ -19,7 +20,7 @@ from inferline.retrieval.cache import same_specifics
 from inferline.retrieval.chunking import ChunkingStrategy, chunk_text
 from inferline.retrieval.embedded import EmbeddedBackend
 from inferline.retrieval.filters import check_filter, matches
-from inferline.retrieval.stores import Embedder, EmbeddingModel, open_stores
+from inferline.retrieval.stores import Embedder, EmbeddingModel, open_stores, vector_stores
 
 DIM = 32
 
@@ -152,5 +153,34 @@ def test_a_store_refuses_another_embedding_model_and_oversized_files(engine: Eng
             await stores.add_file("alpha", record.id, "file-l", "large.txt", large, {}, None, v1)
         with pytest.raises(NotFoundError):
             await stores.search("beta", record.id, "one", 1, None, 0, v1)
+
+    asyncio.run(run())
+
+
+def test_a_store_expires_days_after_its_last_activity(engine: Engine, tmp_path: Path) -> None:
+    stores = open_stores(VectorStoresConfig(), engine, tmp_path)
+    text = tmp_path / "note.txt"
+    text.write_text("the meeting is on monday")
+    embed = hashed_embedder("1")
+
+    async def run() -> None:
+        record = await stores.create("alpha", "notes", {}, embed.model, expires_after_days=2)
+        await stores.add_file("alpha", record.id, "file-n", "note.txt", text, {}, None, embed)
+        active = (await stores.get("alpha", record.id)).to_openai()
+        assert active["status"] == "completed"
+        assert active["expires_after"] == {"anchor": "last_active_at", "days": 2}
+        assert active["expires_at"] == active["last_active_at"] + 2 * 86400
+        with engine.begin() as connection:  # three days without a search or a new file
+            connection.execute(
+                update(vector_stores)
+                .where(vector_stores.c.id == record.id)
+                .values(last_active_at=time.time() - 3 * 86400)
+            )
+        assert (await stores.get("alpha", record.id)).to_openai()["status"] == "expired"
+        with pytest.raises(InvalidRequestError, match=r"expired at \d+ \(2 days after its last activity"):
+            await stores.search("alpha", record.id, "meeting", 1, None, 0, embed)
+        with pytest.raises(InvalidRequestError, match="create a new store"):
+            await stores.add_file("alpha", record.id, "file-n", "note.txt", text, {}, None, embed)
+        await stores.delete("alpha", record.id)  # still possible
 
     asyncio.run(run())

@@ -143,3 +143,20 @@ def test_a_store_created_with_files_chunks_them_as_asked(alpha: openai.OpenAI) -
         assert all(len(r.content[0].text.split()) <= 16 for r in results)
     finally:
         alpha.vector_stores.delete(store.id)
+
+
+def test_a_store_can_expire_after_days_of_inactivity(alpha: openai.OpenAI) -> None:
+    store = alpha.vector_stores.create(name="brief", expires_after={"anchor": "last_active_at", "days": 7})
+    try:
+        got = alpha.vector_stores.retrieve(store.id)
+        assert got.expires_after is not None
+        assert (got.expires_after.anchor, got.expires_after.days, got.status) == (
+            "last_active_at",
+            7,
+            "completed",
+        )
+        assert got.expires_at == got.last_active_at + 7 * 86400
+    finally:
+        alpha.vector_stores.delete(store.id)
+    with pytest.raises(openai.BadRequestError, match="days"):
+        alpha.vector_stores.create(name="x", expires_after={"anchor": "last_active_at", "days": 0})

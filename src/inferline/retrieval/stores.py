@@ -54,6 +54,8 @@ vector_stores = Table(
     Column("dim", Integer, nullable=True),
     Column("metadata", JSON, nullable=False),
     Column("created_at", Double, nullable=False),
+    Column("expires_after_days", Integer, nullable=True),
+    Column("last_active_at", Double, nullable=True),
 )
 
 vector_store_files = Table(
@@ -70,6 +72,8 @@ vector_store_files = Table(
 )
 
 MAX_RESULTS = 50
+ACTIVITY_RESOLUTION_S = 60.0
+"""last_active_at is rewritten at most this often per store: a search is a read, not a database write."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,33 @@ class StoreRecord:
     metadata: dict[str, str]
     created_at: float
     files: list[dict[str, Any]] = field(default_factory=list)
+    expires_after_days: int | None = None
+    """OpenAI's expires_after {anchor: last_active_at, days}; None: kept until deleted."""
+    last_active_at: float | None = None
+    """When a file was last added or the store last searched; None: never since it was created."""
+
+    @property
+    def active_at(self) -> float:
+        return self.created_at if self.last_active_at is None else self.last_active_at
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.expires_after_days is None else self.active_at + self.expires_after_days * 86400
+
+    def check_unexpired(self) -> None:
+        expires_at = self.expires_at
+        if expires_at is not None and time.time() >= expires_at:
+            raise InvalidRequestError(
+                f"vector store {self.id!r} expired at {int(expires_at)} ({self.expires_after_days} days "
+                "after its last activity, as its expires_after says): create a new store and add its files "
+                "again",
+                "vector_store_id",
+            )
 
     def to_openai(self) -> dict[str, Any]:
         completed = len(self.files)
+        expires_at = self.expires_at
+        expired = expires_at is not None and time.time() >= expires_at
         return {
             "id": self.id,
             "object": "vector_store",
@@ -114,10 +142,12 @@ class StoreRecord:
                 "cancelled": 0,
                 "total": completed,
             },
-            "status": "completed",
-            "expires_after": None,
-            "expires_at": None,
-            "last_active_at": int(self.created_at),
+            "status": "expired" if expired else "completed",
+            "expires_after": None
+            if self.expires_after_days is None
+            else {"anchor": "last_active_at", "days": self.expires_after_days},
+            "expires_at": None if expires_at is None else int(expires_at),
+            "last_active_at": int(self.active_at),
             "metadata": self.metadata,
             "inferline": {
                 "embedding_model": self.embedding.name,
@@ -169,9 +199,24 @@ class VectorStores:
     # ---- stores -----------------------------------------------------------------------------------
 
     async def create(
-        self, tenant: str, name: str, meta: dict[str, str], model: EmbeddingModel
+        self,
+        tenant: str,
+        name: str,
+        meta: dict[str, str],
+        model: EmbeddingModel,
+        expires_after_days: int | None = None,
     ) -> StoreRecord:
-        record = StoreRecord(f"vs_{secrets.token_hex(12)}", tenant, name, model, None, meta, time.time())
+        record = StoreRecord(
+            f"vs_{secrets.token_hex(12)}",
+            tenant,
+            name,
+            model,
+            None,
+            meta,
+            time.time(),
+            [],
+            expires_after_days,
+        )
         row = {
             "id": record.id,
             "tenant": tenant,
@@ -181,6 +226,7 @@ class VectorStores:
             "dim": None,
             "metadata": meta,
             "created_at": record.created_at,
+            "expires_after_days": expires_after_days,
         }
 
         def write() -> None:
@@ -216,6 +262,8 @@ class VectorStores:
             m["metadata"],
             m["created_at"],
             [dict(f._mapping) for f in files],
+            m["expires_after_days"],
+            m["last_active_at"],
         )
 
     async def get(self, tenant: str, store_id: str) -> StoreRecord:
@@ -247,6 +295,15 @@ class VectorStores:
 
         await asyncio.to_thread(remove)
 
+    def _touch(self, record: StoreRecord) -> None:
+        """Note the store's activity (which postpones its expiry), to the minute."""
+        now = time.time()
+        if now - record.active_at >= ACTIVITY_RESOLUTION_S:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(vector_stores).where(vector_stores.c.id == record.id).values(last_active_at=now)
+                )
+
     def _open(self, record: StoreRecord, dim: int) -> None:
         if record.id not in self._opened:
             self.backend.create(record.id, dim)
@@ -267,6 +324,7 @@ class VectorStores:
     ) -> dict[str, Any]:
         """Chunk, embed and store one file; its vector_store.file object."""
         record = await self.get(tenant, store_id)
+        record.check_unexpired()
         _check_model(record, embedder.model)
         strategy = chunking or self.chunking
         size = path.stat().st_size
@@ -313,12 +371,11 @@ class VectorStores:
                     )
                 )
                 connection.execute(insert(vector_store_files), row)
-                if record.dim is None:
-                    connection.execute(
-                        update(vector_stores)
-                        .where(vector_stores.c.id == record.id)
-                        .values(dim=int(vectors.shape[1]))
-                    )
+                connection.execute(
+                    update(vector_stores)
+                    .where(vector_stores.c.id == record.id)
+                    .values(dim=int(vectors.shape[1]), last_active_at=time.time())
+                )
 
         await asyncio.to_thread(store)
         return file_to_openai(record.id, row)
@@ -364,7 +421,9 @@ class VectorStores:
         if filters is not None:
             check_filter(filters)
         record = await self.get(tenant, store_id)
+        record.check_unexpired()
         _check_model(record, embedder.model)
+        await asyncio.to_thread(self._touch, record)
         if record.dim is None:
             return []
         files = {f["file_id"]: f for f in record.files}

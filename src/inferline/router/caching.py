@@ -77,6 +77,10 @@ class RouteCaches:
         members = self.router.resolve(route).config.members()
         return sorted((name, self.router.pool.find(name).config.version) for name in members)
 
+    def bypass(self, route: str) -> CacheLookup | None:
+        """A request the route's cache cannot key (not one text): None when the route has no cache."""
+        return CacheLookup("bypass") if self.router.resolve(route).config.name in self.caches else None
+
     async def lookup(
         self,
         route: str,

@@ -28,7 +28,7 @@ from inferline.router.deployments import Deployment
 from inferline.router.rag import RagRetriever
 from inferline.router.request import Answer, Caller, WorstCase
 from inferline.router.router import Router
-from inferline.server import chat_context
+from inferline.server import route_context
 from inferline.server.errors import HTTPError, openai_error_body, to_http_error
 from inferline.server.generation import Generation, Tagged
 from inferline.server.openai_protocol import (
@@ -114,7 +114,7 @@ class OpenAIServing:
     ) -> None:
         self.router = router
         self.caches = caches
-        """Routes' response caches (chat completions); None: no route caches."""
+        """Routes' response caches (chat completions, completions, responses); None: no route caches."""
         self.rag = rag
         """Retrieval for rag routes; None: rag routes answer without it."""
 
@@ -220,17 +220,17 @@ class OpenAIServing:
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
         tools = body.tool_calling()
 
-        async def route(sent: ChatCompletionRequest) -> Routed[Generation]:
-            return await self.route_chat(sent, caller, watch, tools)
+        async def route(prompt: str | None) -> Routed[Generation]:
+            return await self.route_chat(route_context.augmented(body, prompt), caller, watch, tools)
 
-        routed, citations = await chat_context.route(body, caller, route, self.caches, self.rag)
+        conversation = route_context.chat_conversation(body)
+        routed, citations = await route_context.route(conversation, caller, route, self.caches, self.rag)
         response_id = f"chatcmpl-{caller.request_id}"
         if body.stream:  # a cascade stage kept whole is replayed as a stream too
-            stream = self._chat_stream(body, response_id, routed, tools)
-            if citations:
-                head = envelope("chat.completion.chunk", response_id, body.model)
-                stream = chat_context.with_citations(stream, head, citations)
-            return routed, stream
+            head = envelope("chat.completion.chunk", response_id, body.model)
+            return routed, route_context.with_citations(
+                self._chat_stream(body, response_id, routed, tools), head, citations
+            )
         choices, usage = await self._collected(routed, body.n, 1)
         with_logprobs = body.requested_logprobs() is not None
         response = envelope("chat.completion", response_id, body.model)
@@ -322,11 +322,43 @@ class OpenAIServing:
     async def completion(
         self, body: CompletionRequest, caller: Caller, watch: Watch
     ) -> tuple[Routed[Generation], dict[str, Any] | AsyncGenerator[bytes, None]]:
-        prompts = body.prompts()
-        if not prompts:
+        if not body.prompts():
             raise HTTPError(
                 400, "prompt is empty: give at least one prompt", "invalid_request_error", "prompt"
             )
+
+        async def route(prompt: str | None) -> Routed[Generation]:
+            sent = body if prompt is None else body.model_copy(update={"prompt": prompt})
+            return await self._route_completion(sent, caller, watch)
+
+        conversation = route_context.completion_conversation(body)
+        routed, citations = await route_context.route(conversation, caller, route, self.caches, self.rag)
+        response_id = f"cmpl-{caller.request_id}"
+        if body.stream:  # a cascade stage kept whole is replayed as a stream too
+            head = envelope("text_completion", response_id, body.model)
+            return routed, route_context.with_citations(
+                self._completion_stream(body, response_id, routed), head, citations
+            )
+        choices, usage = await self._collected(routed, body.n, len(body.prompts()))
+        response = envelope("text_completion", response_id, body.model)
+        response["choices"] = [
+            {
+                "index": i,
+                "text": c.text,
+                "logprobs": completion_logprobs(c.logprobs, 0) if body.logprobs is not None else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ]
+        response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
+        if citations:
+            response["inferline"] = {"citations": citations}
+        return routed, response
+
+    async def _route_completion(
+        self, body: CompletionRequest, caller: Caller, watch: Watch
+    ) -> Routed[Generation]:
+        prompts = body.prompts()
         structured = body.structured_output()  # a constraint that cannot be enforced is a 400 now
 
         def build(need_logprobs: bool) -> list[Request]:
@@ -348,23 +380,7 @@ class OpenAIServing:
 
         prompt_bound = sum(len(p.encode()) if isinstance(p, str) else len(p) for p in prompts)
         worst_case = WorstCase(prompt_bound, body.max_tokens, body.n * len(prompts))
-        routed = await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
-        response_id = f"cmpl-{caller.request_id}"
-        if body.stream:  # a cascade stage kept whole is replayed as a stream too
-            return routed, self._completion_stream(body, response_id, routed)
-        choices, usage = await self._collected(routed, body.n, len(prompts))
-        response = envelope("text_completion", response_id, body.model)
-        response["choices"] = [
-            {
-                "index": i,
-                "text": c.text,
-                "logprobs": completion_logprobs(c.logprobs, 0) if body.logprobs is not None else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ]
-        response["usage"] = usage_dict(usage.prompt, usage.completion, usage.cached)
-        return routed, response
+        return await _routed_unless_gone(self._route_generation(body, caller, build, worst_case), watch)
 
     def _completion_stream(
         self, body: CompletionRequest, response_id: str, routed: Routed[Generation]

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from inferline.errors import InvalidRequestError
 from inferline.router.attempt import Routed
 from inferline.router.request import Caller
+from inferline.server import route_context
 from inferline.server.errors import HTTPError, to_http_error
 from inferline.server.openai_protocol import ChatCompletionRequest
 from inferline.server.openai_serving import Confidence, Generation, OpenAIServing, TokenCounts
@@ -154,6 +155,13 @@ def chat_request(body: ResponsesRequest, items: list[dict[str, Any]]) -> ChatCom
         raise _in_responses_terms(InvalidRequestError(f"{param}: {first['msg']}", param)) from None
 
 
+def file_citations(citations: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """OpenAI's annotations of file_search results: one per file cited, at `index` (the text's end: the
+    answer as a whole draws on the sources)."""
+    files = dict.fromkeys((c["file_id"], c["filename"]) for c in citations)
+    return [{"type": "file_citation", "file_id": f, "filename": n, "index": index} for f, n in files]
+
+
 def _response_format(text_format: dict[str, Any]) -> dict[str, Any]:
     """`text.format` as chat completions' `response_format` (which nests the schema one level down)."""
     if text_format["type"] != "json_schema":
@@ -178,6 +186,8 @@ class _Turn:
     items: list[dict[str, Any]]
     """The whole conversation it answers, as stored input items."""
     builder: OutputBuilder
+    citations: list[dict[str, Any]]
+    """A rag route's sources: `inferline.citations`, and file_citation annotations on its text."""
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     counts: TokenCounts = field(default_factory=TokenCounts)
@@ -200,6 +210,12 @@ class _Turn:
             response["usage"] = usage_object(self.counts.prompt, self.counts.completion, self.counts.cached)
         if status == "incomplete":
             response["incomplete_details"] = {"reason": "max_output_tokens"}
+        if self.citations:
+            response["inferline"] = {"citations": self.citations}
+            for item in response["output"]:
+                if item["type"] == "message":
+                    text = item["content"][0]
+                    text["annotations"] = file_citations(self.citations, len(text["text"]))
         return response
 
 
@@ -215,11 +231,21 @@ class ResponsesServing:
         tenant = caller.principal.tenant
         items = [*await self._history(body, tenant), *(stored_item(item) for item in body.input)]
         tools = tool_calling(body)
+        chat = chat_request(body, items)
+
+        async def route(prompt: str | None) -> Routed[Generation]:
+            return await self.chat.route_chat(route_context.augmented(chat, prompt), caller, watch, tools)
+
+        # Tools travel beside the chat request (ToolCalling), so the cache key takes them from the body.
+        extra = body.model_dump(include={"tools", "tool_choice", "parallel_tool_calls"}, mode="json")
+        conversation = route_context.chat_conversation(chat, extra)
         try:
-            routed = await self.chat.route_chat(chat_request(body, items), caller, watch, tools)
+            routed, citations = await route_context.route(
+                conversation, caller, route, self.chat.caches, self.chat.rag
+            )
         except InvalidRequestError as error:
             raise _in_responses_terms(error) from None
-        turn = _Turn(body, tenant, items, OutputBuilder(tools.parser()))
+        turn = _Turn(body, tenant, items, OutputBuilder(tools.parser()), citations)
         if body.stream:
             return routed, self._stream(turn, routed)
         for _, delta in routed.value.firsts:  # collected: every delta

@@ -49,10 +49,21 @@ class ChunkingRequest(BaseModel):
         return ChunkingStrategy(size, overlap)
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy: the store expires this many days after its last activity (a file added,
+    a search); an expired store says so (status 'expired') and refuses both, until it is deleted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["last_active_at"]
+    days: int = Field(..., ge=1, le=365)
+
+
 class CreateStoreRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # expires_after: stores are kept until deleted
+    model_config = ConfigDict(extra="ignore")
 
     name: str = Field("", max_length=256)
+    expires_after: ExpiresAfter | None = None
     metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     file_ids: list[str] = Field(default_factory=list, max_length=500)
     chunking_strategy: ChunkingRequest | None = None
@@ -101,7 +112,8 @@ def vector_store_router(
         tenant_name = who.principal.tenant
         chunking = None if body.chunking_strategy is None else body.chunking_strategy.strategy()
         files_given = [await asyncio.to_thread(files.get, tenant_name, i) for i in body.file_ids]
-        record = await stores.create(tenant_name, body.name, body.metadata, embed.model)
+        days = None if body.expires_after is None else body.expires_after.days
+        record = await stores.create(tenant_name, body.name, body.metadata, embed.model, days)
         for file in files_given:
             await stores.add_file(
                 tenant_name, record.id, file.id, file.filename, file.path, {}, chunking, embed
