@@ -34,7 +34,6 @@ NUM_CPUS = 2
 class RayCluster:
     address: str
     """The GCS address drivers join (`inferline serve --ray ADDRESS`)."""
-    num_cpus: int
     process: psutil.Process
     """`ray start --block`: every Ray process of this instance (GCS, raylet, workers) descends from it."""
 
@@ -71,7 +70,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     address, root = f"127.0.0.1:{port}", psutil.Process(started.pid)
     try:
         _wait_until_up(started, log_path, address)
-        yield RayCluster(address, NUM_CPUS, root)
+        yield RayCluster(address, root)
     finally:
         processes = [root, *root.children(recursive=True)]
         # Killed, not drained: on SIGTERM `ray start` waits up to 30 s for work the tests have finished.

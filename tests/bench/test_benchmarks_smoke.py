@@ -105,8 +105,7 @@ def test_benchmark_smoke_run_prints_its_figures(
     before = kept_results()
     args = ["--smoke"]
     if name == "ray_scale.py":  # on the tests' Ray instance, not one of its own
-        cluster = request.getfixturevalue("ray_cluster")
-        args += ["--ray-address", cluster.address, "--ray-num-cpus", str(cluster.num_cpus)]
+        args += ["--ray-address", request.getfixturevalue("ray_cluster").address]
     # Its own session, so a run that hangs is killed with the servers it started.
     process = subprocess.Popen(
         [sys.executable, str(BENCHMARKS / name), *args],
