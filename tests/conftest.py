@@ -9,6 +9,7 @@ from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.models.store import resolve
 from inferline.runners.embedding import EmbeddingRunner
 from tests.postgres import pgvector_url, postgres, postgres_url  # noqa: F401  (real PostgreSQL servers, started on first use)
+from tests.ray_cluster import ray_cluster  # noqa: F401  (one local Ray instance, started on first use)
 from tests.redis_server import redis_url  # noqa: F401  (a real Redis, started on first use)
 from tests.server.conftest import (
     API_KEY,

@@ -102,11 +102,16 @@ def kept_results() -> dict[Path, tuple[int, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIGURES))
-def test_benchmark_smoke_run_prints_its_figures(name: str, tmp_path: Path) -> None:
+def test_benchmark_smoke_run_prints_its_figures(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     before = kept_results()
+    args = ["--smoke"]
+    if name == "ray_scale.py":  # on the tests' Ray instance, not one of its own
+        args += ["--ray-address", request.getfixturevalue("ray_cluster").address]
     # Its own session, so a run that hangs is killed with the servers it started.
     process = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / name), "--smoke"],
+        [sys.executable, str(BENCHMARKS / name), *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -68,6 +68,8 @@ class BackendStats:
     running: int
     estimated_wait_s: float
     """Rough time a new request would wait before it starts."""
+    scaling: dict[str, Any] | None = None
+    """A backend on several replicas (Ray): how many serve, how many its load needs and why; else None."""
 
 
 @dataclass

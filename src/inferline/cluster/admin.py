@@ -12,12 +12,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from ray import serve
 
-from inferline.cluster.autoscaling import replicas_needed
+from inferline.cluster.autoscaling import scaling_view
 from inferline.cluster.board import ROUTERS
 from inferline.cluster.deploy import app_name
 from inferline.config import LocalDeploymentConfig
-
-SIGNALS = ("load_tokens", "kv_usage", "queue_wait_s")
 
 
 def cluster_view(deployments: list[LocalDeploymentConfig]) -> dict[str, Any]:
@@ -26,24 +24,13 @@ def cluster_view(deployments: list[LocalDeploymentConfig]) -> dict[str, Any]:
     for deployment in deployments:
         router = ROUTERS.get(deployment.name)
         routing = router.view() if router is not None else {"decisions": {}, "replicas": {}}
-        loads = {s: [float(r.get(s, 0.0)) for r in routing["replicas"].values()] for s in SIGNALS}
-        replicas = deployment.replicas
-        needed = replicas_needed(
-            loads,
-            len(routing["replicas"]),
-            replicas.target_tokens,
-            replicas.target_kv_usage,
-            replicas.target_queue_wait_s,
-        )
+        scaling = scaling_view(deployment, routing["replicas"])
         views[deployment.name] = {
             "version": deployment.version,
-            "num_replicas_routed": len(routing["replicas"]),
-            "min_replicas": replicas.min,
-            "max_replicas": replicas.max,
-            "autoscaling": {
-                "replicas_needed": min(max(needed.num_replicas, replicas.min), replicas.max),
-                "reason": needed.reason,
-            },
+            "num_replicas_routed": scaling["num_replicas_routed"],
+            "min_replicas": scaling["min_replicas"],
+            "max_replicas": scaling["max_replicas"],
+            "autoscaling": {"replicas_needed": scaling["replicas_needed"], "reason": scaling["reason"]},
             "routing": routing,
         }
     return views

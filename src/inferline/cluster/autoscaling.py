@@ -14,6 +14,11 @@ from typing import Any
 
 from ray.serve.config import AutoscalingContext
 
+from inferline.config import LocalDeploymentConfig
+
+SIGNALS = ("load_tokens", "kv_usage", "queue_wait_s")
+"""What each replica reports (replica.py, ReplicaLoad) and the policy scales on."""
+
 
 @dataclass(frozen=True)
 class ScalingDecision:
@@ -49,6 +54,23 @@ def replicas_needed(
         )
     signal = max(needs, key=lambda s: needs[s][0])
     return ScalingDecision(needs[signal][0], f"{signal}: {needs[signal][1]}")
+
+
+def scaling_view(deployment: LocalDeploymentConfig, replicas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The replicas routed to (`replicas`: the request router's view of each one's load) and what the policy
+    makes of their loads, within min and max: what /admin/cluster, /admin/routes and the metrics show."""
+    loads = {s: [float(r.get(s, 0.0)) for r in replicas.values()] for s in SIGNALS}
+    bounds = deployment.replicas
+    needed = replicas_needed(
+        loads, len(replicas), bounds.target_tokens, bounds.target_kv_usage, bounds.target_queue_wait_s
+    )
+    return {
+        "num_replicas_routed": len(replicas),
+        "min_replicas": bounds.min,
+        "max_replicas": bounds.max,
+        "replicas_needed": min(max(needed.num_replicas, bounds.min), bounds.max),
+        "reason": needed.reason,
+    }
 
 
 class TokenLoadPolicy:

@@ -33,7 +33,14 @@ def app_name(deployment: LocalDeploymentConfig) -> str:
 def replica_options(deployment: LocalDeploymentConfig) -> dict[str, Any]:
     """The Serve deployment options that the inferline deployment config sets."""
     replicas, resources = deployment.replicas, deployment.resources
-    actor: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    actor: dict[str, Any] = {
+        "num_cpus": resources.num_cpus,
+        "num_gpus": resources.num_gpus,
+        # The replica's methods run on its own event loop, not on a thread beside it: each streamed item
+        # then skips a hop between threads. Nothing in Replica blocks its loop (engines and runners
+        # compute on threads of their own).
+        "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
+    }
     if resources.memory_gb is not None:
         actor["memory"] = int(resources.memory_gb * 1024**3)
     # A replica takes what its own queue takes; past that the request waits in the handle, where the

@@ -20,6 +20,9 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 from inferline.cluster import board
 from inferline.cluster.affinity import owner_of
 
+MAX_UNROUTED = 10_000
+"""Choices remembered for requests not yet routed; the oldest go first (their requests were cancelled)."""
+
 
 class PrefixAffinityRouter(RequestRouter):
     def initialize_state(self, deployment: str = "", max_imbalance_tokens: int = 2048, **_: Any) -> None:
@@ -32,6 +35,9 @@ class PrefixAffinityRouter(RequestRouter):
         """Tokens in flight per replica (unique id) as this router counts them."""
         self._in_flight: dict[str, tuple[str, int]] = {}
         """Internal request id -> (replica, tokens) for the requests this router has routed."""
+        self._deciding: dict[str, str] = {}
+        """Internal request id -> the decision of its latest choice, counted once it is routed (Ray chooses
+        again when the replicas it was offered were full or slow to answer)."""
         board.ROUTERS[deployment] = self
 
     async def choose_replicas(
@@ -42,15 +48,23 @@ class PrefixAffinityRouter(RequestRouter):
         by_load = sorted(candidate_replicas, key=self.load_of)
         key = pending_request.kwargs.get("affinity_key") if pending_request is not None else None
         if key is None:
-            self.decisions["least_loaded"] += 1
+            self._decide(pending_request, "least_loaded")
             return [by_load]
         owner_id = owner_of(key, [r.replica_id.unique_id for r in candidate_replicas])
         owner = next(r for r in candidate_replicas if r.replica_id.unique_id == owner_id)
         if self.load_of(owner) - self.load_of(by_load[0]) > self.max_imbalance_tokens:
-            self.decisions["overloaded"] += 1
+            self._decide(pending_request, "overloaded")
             return [by_load]
-        self.decisions["affinity"] += 1
+        self._decide(pending_request, "affinity")
         return [[owner], [r for r in by_load if r is not owner]]
+
+    def _decide(self, pending_request: PendingRequest | None, decision: str) -> None:
+        if pending_request is None:
+            self.decisions[decision] += 1
+        else:
+            self._deciding[pending_request.metadata.internal_request_id] = decision
+            if len(self._deciding) > MAX_UNROUTED:  # requests cancelled before they were routed
+                del self._deciding[next(iter(self._deciding))]
 
     def load_of(self, replica: RunningReplica) -> int:
         reported = int(replica.routing_stats.get("load_tokens", 0))
@@ -59,7 +73,11 @@ class PrefixAffinityRouter(RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         tokens = int(pending_request.kwargs.get("load_tokens", 0))
         replica = replica_id.unique_id
-        self._in_flight[pending_request.metadata.internal_request_id] = (replica, tokens)
+        request_id = pending_request.metadata.internal_request_id
+        decision = self._deciding.pop(request_id, None)
+        if decision is not None:
+            self.decisions[decision] += 1
+        self._in_flight[request_id] = (replica, tokens)
         self.sent_tokens[replica] = self.sent_tokens.get(replica, 0) + tokens
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:

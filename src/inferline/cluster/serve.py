@@ -30,7 +30,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to the cluster at `address` ("auto": the one this machine belongs to), or start one
     here when None (with `num_cpus` cores, all of them by default)."""
     ray.init(
-        address=address,
+        # "local", not None: None would join a cluster that `ray start` left noted on this machine.
+        address=address or "local",
         num_cpus=num_cpus if address is None else None,
         include_dashboard=False,
         log_to_driver=False,

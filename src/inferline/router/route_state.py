@@ -29,6 +29,7 @@ class RouteState:
         arms = {}
         for name, stats in self.arms.items():
             deployment = pool.by_name[name]
+            scaling = deployment.backend.stats().scaling if deployment.ready else None
             arms[name] = {
                 **stats.snapshot(),
                 "weight": self.weights.get(name),
@@ -38,6 +39,7 @@ class RouteState:
                 "waiting": deployment.waiting,
                 "estimated_wait_s": round(deployment.estimated_wait_s(), 4),
                 "estimated_first_token_s": round(deployment.estimated_first_result_s(), 4),
+                **({"replicas": scaling} if scaling is not None else {}),
             }
         return {
             "policy": self.config.policy,
