@@ -103,12 +103,15 @@ class ServingExecutor:
         max_batch_size): the next full step is queued while one runs, so the model never waits for the
         event loop to hand it lines. Within every deployment's max_queued_requests, where a busy answer
         would make lines sleep and retry."""
-        deployments = [d for model in models for d in self._deployments(model)]
-        rows = [_step_rows(d) for d in deployments]
-        queued = [d.config.max_queued_requests for d in deployments if _step_rows(d)]
-        if not any(rows):  # remote upstreams only: no step to fill
+        local = [
+            (_step_rows(d), d.config.max_queued_requests)
+            for model in models
+            for d in self._deployments(model)
+            if _step_rows(d)
+        ]
+        if not local:  # remote upstreams only: no step to fill
             return DEFAULT_WINDOW
-        return max(1, min([2 * max(rows), *queued]))
+        return min([2 * max(rows for rows, _ in local), *(queued for _, queued in local)])
 
     def check(self, endpoint: str, body: dict[str, Any]) -> LineCheck:
         request = self._parse(endpoint, body)
