@@ -39,7 +39,6 @@ FIGURES = {
     "ray_scale.py": [
         r"^serve +\d+\.\d tok/s +TTFT p50 +\d+\.\d ms +p99 +\d+\.\d ms +failed 0",
         r"^serve --ray, 1 replica +\d+\.\d tok/s .*failed 0 +ratio \d+\.\d\dx +added TTFT p50 [+-]\d+\.\d ms",
-        r"^replace a killed replica \(1 of 1\): \d+\.\d s",
     ],
     "retrieval.py": [
         r"^inferline embedded hnsw +\d+\.\d +\d+\.\d\d +\d+\.\d\d +\d\.\d{3}",

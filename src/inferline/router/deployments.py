@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -312,6 +313,12 @@ class DeploymentPool:
                     on_failure()
 
         await asyncio.gather(*(load(d) for d in self.deployments))
+        # What the models loaded (vocabularies, merges, metadata: ~300k objects for the two defaults)
+        # lives as long as the process. Out of the collector's sight, a full collection takes well under
+        # a millisecond instead of ~190 ms (a pause every request in flight would feel), and the exit
+        # walks none of it (2.6 s of SIGTERM-to-exit before).
+        gc.collect()
+        gc.freeze()
 
     async def unload_all(self) -> None:
         for deployment in self.deployments:

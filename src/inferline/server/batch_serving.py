@@ -49,14 +49,14 @@ _BODIES: dict[str, type[BaseModel]] = {
 }
 
 
-def _step_rows(deployment: Deployment) -> int:
-    """Rows the deployment computes in one step; 0 for a remote upstream."""
+def _step(deployment: Deployment) -> tuple[int, int] | None:
+    """(rows computed in one step, max_queued_requests) of a local deployment; None for a remote one."""
     config = deployment.config
     if isinstance(config, LLMDeploymentConfig):
-        return config.engine.max_num_seqs
+        return config.engine.max_num_seqs, config.max_queued_requests
     if isinstance(config, EmbeddingDeploymentConfig | OnnxDeploymentConfig):
-        return config.max_batch_size
-    return 0
+        return config.max_batch_size, config.max_queued_requests
+    return None
 
 
 def _never_gone() -> Any:
@@ -103,12 +103,7 @@ class ServingExecutor:
         max_batch_size): the next full step is queued while one runs, so the model never waits for the
         event loop to hand it lines. Within every deployment's max_queued_requests, where a busy answer
         would make lines sleep and retry."""
-        local = [
-            (_step_rows(d), d.config.max_queued_requests)
-            for model in models
-            for d in self._deployments(model)
-            if _step_rows(d)
-        ]
+        local = [step for model in models for d in self._deployments(model) if (step := _step(d))]
         if not local:  # remote upstreams only: no step to fill
             return DEFAULT_WINDOW
         return min([2 * max(rows for rows, _ in local), *(queued for _, queued in local)])
