@@ -86,6 +86,18 @@ def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: i
     assert ((got - dense).norm() / dense.norm()).item() < 0.01
 
 
+@pytest.mark.parametrize("rows", [1, 5, SMALL_BATCH_ROWS])
+@pytest.mark.parametrize("in_features", [192, 160, 224])
+def test_int8_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int, in_features: int) -> None:
+    # The tails of a row (one to three blocks past the last group of four) are read with masks.
+    weight = torch.randn(80, in_features, generator=torch.Generator().manual_seed(7)) * 0.05
+    layer = Int8Linear.quantize(weight, torch.randn(80), torch.bfloat16)
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(8)).bfloat16()
+    dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()
+    got = layer(x).float()
+    assert ((got - dense).norm() / dense.norm()).item() < 0.01
+
+
 def test_int4_dequantizes_the_same_with_and_without_the_cpp_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(6))
     layer = Int4Linear.quantize(weight, None, torch.bfloat16)

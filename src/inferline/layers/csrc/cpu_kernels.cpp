@@ -42,41 +42,84 @@ namespace {
 // ---- int4 weights ------------------------------------------------------------------------------
 
 constexpr int64_t kInt4Block = 32;
+constexpr int64_t kGroupBlocks = 4;  // blocks per group: one 512-bit register of packed int4 codes
+constexpr int64_t kGroupCodes = kGroupBlocks * kInt4Block;
 
-// Activation rows quantized per block of 32, each block's elements 0-15 in `low`, 16-31 in `high`
-// (the order of the nibbles they meet).
+// How a group's 128 activation codes are ordered: as the nibbles of int4 weights meet them (each block's
+// elements 0-15 in the group's first 64 bytes, 16-31 in its last 64), or as they come (int8 weights).
+enum class CodeOrder { kNibbles, kNatural };
+
+// Activation rows quantized per block of 32 (int8 codes, a float scale per block), stored group by
+// group with the rows of a group side by side, [groups][rows][...]: a tile of rows then reads one stream
+// at constant offsets (one pointer per row spilled out of registers in the first layout). The last group
+// is padded with zero codes and scales, so whatever a padded weight block holds adds nothing.
 struct QuantizedRows {
-  int64_t blocks;
-  std::vector<int8_t> low, high;   // [rows, K/2]
-  std::vector<float> scale;        // [rows, K/32]
-  std::vector<float> scaled_sum;   // [rows, K/32]: scale times the sum of the block's codes
+  int64_t rows, blocks, groups;
+  std::vector<int8_t> codes;       // [groups][rows][128]
+  std::vector<float> scale;        // [groups][rows][4]
+  std::vector<float> scaled_sum;   // [groups][rows][4]: scale times the sum of the block's codes
+#ifdef INFERLINE_VNNI
+  // [groups][rows][32] each: each block's scale repeated over the int32 lanes its dot products land in
+  // (nibble order: 4 lanes a block in one register; natural order: 8 lanes a block over two), and the
+  // block's term that does not depend on the weight codes in the first of its lanes, zero in the others
+  // (nibble order: the scaled sum, times the weight block's minimum; natural order: -128 times the scaled
+  // sum, times the weight block's scale, undoing the unsigned weights' offset), so that both go into
+  // one accumulator a row.
+  std::vector<float> lane_scale;
+  std::vector<float> lane_sum;
+#endif
+  const int8_t* group_codes(int64_t group, int64_t row) const { return codes.data() + (group * rows + row) * kGroupCodes; }
+  const float* group_scale(int64_t group, int64_t row) const { return scale.data() + (group * rows + row) * kGroupBlocks; }
+  const float* group_sum(int64_t group, int64_t row) const { return scaled_sum.data() + (group * rows + row) * kGroupBlocks; }
 };
 
 template <typename T>
-QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k) {
+QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, CodeOrder order) {
   QuantizedRows q;
+  q.rows = rows;
   q.blocks = k / kInt4Block;
-  q.low.resize(rows * k / 2);
-  q.high.resize(rows * k / 2);
-  q.scale.resize(rows * q.blocks);
-  q.scaled_sum.resize(rows * q.blocks);
+  q.groups = (q.blocks + kGroupBlocks - 1) / kGroupBlocks;
+  q.codes.assign(q.groups * rows * kGroupCodes, 0);
+  q.scale.assign(q.groups * rows * kGroupBlocks, 0.f);
+  q.scaled_sum.assign(q.groups * rows * kGroupBlocks, 0.f);
+#ifdef INFERLINE_VNNI
+  q.lane_scale.assign(q.groups * rows * 32, 0.f);
+  q.lane_sum.assign(q.groups * rows * 32, 0.f);
+#endif
   float values[kInt4Block];
-  for (int64_t block = 0; block < rows * q.blocks; ++block) {
-    float max_abs = 0.f;
-    for (int64_t j = 0; j < kInt4Block; ++j) {
-      values[j] = static_cast<float>(x[block * kInt4Block + j]);
-      max_abs = std::max(max_abs, std::fabs(values[j]));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < q.blocks; ++b) {
+      const T* block = x + r * k + b * kInt4Block;
+      float max_abs = 0.f;
+      for (int64_t j = 0; j < kInt4Block; ++j) {
+        values[j] = static_cast<float>(block[j]);
+        max_abs = std::max(max_abs, std::fabs(values[j]));
+      }
+      const float scale = max_abs / 127.f;
+      const float inverse = scale > 0.f ? 1.f / scale : 0.f;
+      const int64_t group = b / kGroupBlocks;
+      const int64_t slot = b % kGroupBlocks;
+      int8_t* codes = q.codes.data() + (group * rows + r) * kGroupCodes;
+      int32_t sum = 0;
+      for (int64_t j = 0; j < kInt4Block; ++j) {
+        const auto code = static_cast<int8_t>(std::nearbyint(values[j] * inverse));
+        sum += code;
+        const int64_t at = order == CodeOrder::kNatural ? slot * kInt4Block + j
+                           : j < 16                     ? slot * 16 + j
+                                                        : 64 + slot * 16 + j - 16;
+        codes[at] = code;
+      }
+      const int64_t at = (group * rows + r) * kGroupBlocks + slot;
+      q.scale[at] = scale;
+      q.scaled_sum[at] = scale * static_cast<float>(sum);
+#ifdef INFERLINE_VNNI
+      float* lanes = q.lane_scale.data() + (group * rows + r) * 32;
+      const int64_t per_block = order == CodeOrder::kNibbles ? 4 : 8;
+      for (int64_t lane = slot * per_block; lane < (slot + 1) * per_block; ++lane) lanes[lane] = scale;
+      q.lane_sum[(group * rows + r) * 32 + slot * per_block] =
+          (order == CodeOrder::kNibbles ? 1.f : -128.f) * q.scaled_sum[at];
+#endif
     }
-    const float scale = max_abs / 127.f;
-    const float inverse = scale > 0.f ? 1.f / scale : 0.f;
-    int32_t sum = 0;
-    for (int64_t j = 0; j < kInt4Block; ++j) {
-      const auto code = static_cast<int8_t>(std::nearbyint(values[j] * inverse));
-      sum += code;
-      (j < 16 ? q.low[block * 16 + j] : q.high[block * 16 + j - 16]) = code;
-    }
-    q.scale[block] = scale;
-    q.scaled_sum[block] = scale * static_cast<float>(sum);
   }
   return q;
 }
@@ -108,74 +151,104 @@ inline float sum_lanes(__m256 v) {
 }
 #endif
 
+#ifdef INFERLINE_VNNI
+// The loops over a tile's rows are unrolled by pragma: left to itself GCC keeps 16 rows' accumulators
+// in a loop over memory.
+
+// totals[i] = the sum of acc[i]'s lanes for R <= 16 rows at once: a transpose made of adds, ~45
+// instructions for 16 rows where a reduction per row takes ~10 each.
+template <int R>
+inline void sum_each(const __m512* acc, float* totals) {
+  if constexpr (R == 1) {
+    totals[0] = _mm512_reduce_add_ps(acc[0]);
+  } else {
+    __m512 v[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) v[i] = i < R ? acc[i] : _mm512_setzero_ps();
+    __m512 pairs[8];  // per 128-bit lane: [row 2i's two partial sums, row 2i + 1's], interleaved
+    #pragma GCC unroll 16
+    for (int i = 0; i < 8; ++i) {
+      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    __m512 quads[4];  // per 128-bit lane: rows 4i .. 4i + 3
+    #pragma GCC unroll 16
+    for (int i = 0; i < 4; ++i) {
+      quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
+                               _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
+    }
+    const __m512 halves01 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x44),
+                                          _mm512_shuffle_f32x4(quads[0], quads[1], 0xEE));
+    const __m512 halves23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x44),
+                                          _mm512_shuffle_f32x4(quads[2], quads[3], 0xEE));
+    const __m512 sums = _mm512_add_ps(_mm512_shuffle_f32x4(halves01, halves23, 0x88),
+                                      _mm512_shuffle_f32x4(halves01, halves23, 0xDD));
+    alignas(64) float all[16];
+    _mm512_store_ps(all, sums);
+    #pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) totals[i] = all[i];
+  }
+}
+
+// One group of four blocks of weight row `codes` against R activation rows, the codes unpacked once for
+// all of them. `Tail`: the row's last, partial group, whose weight bytes past the row are not read.
+template <int R, bool Tail>
+inline void int4_group(const uint8_t* codes, const uint16_t* scales, const uint16_t* mins, int64_t left,
+                       const int8_t* x_codes, const float* x_lanes, const float* x_sums, __m512* acc) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i four_lanes_each = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512i packed;
+  __m128 w_scale, w_min;
+  if constexpr (Tail) {
+    const __mmask8 lane_mask = static_cast<__mmask8>((1U << left) - 1);
+    packed = _mm512_maskz_loadu_epi8(_cvtu64_mask64((1ULL << (left * 16)) - 1), codes);
+    w_scale = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, scales));
+    w_min = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, mins));
+  } else {
+    packed = _mm512_loadu_si512(codes);
+    w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
+    w_min = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
+  }
+  const __m512i low_codes = _mm512_and_si512(packed, nibble);
+  const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+  const __m512 w_lanes = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(w_scale));
+  const __m512 w_min_lanes = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(w_min));
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes, _mm512_loadu_si512(x_codes + i * kGroupCodes));
+    dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_loadu_si512(x_codes + i * kGroupCodes + 64));
+    const __m512 lane_scale = _mm512_mul_ps(w_lanes, _mm512_loadu_ps(x_lanes + i * 32));
+    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
+    acc[i] = _mm512_fmadd_ps(w_min_lanes, _mm512_loadu_ps(x_sums + i * 32), acc[i]);
+  }
+}
+#endif
+
 // Outputs of weight row `codes` for R consecutive activation rows: the codes are unpacked once and
 // used for every row (a decode batch of 16 would otherwise unpack each weight 16 times).
 template <int R>
 void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t* mins, const QuantizedRows& q,
-                   int64_t first_row, int64_t k, float* totals) {
+                   int64_t first_row, float* totals) {
   const int64_t blocks = q.blocks;
-  const int8_t* low[R];
-  const int8_t* high[R];
-  const float* x_scale[R];
-  const float* x_sum[R];
-  for (int i = 0; i < R; ++i) {
-    low[i] = q.low.data() + (first_row + i) * k / 2;
-    high[i] = q.high.data() + (first_row + i) * k / 2;
-    x_scale[i] = q.scale.data() + (first_row + i) * blocks;
-    x_sum[i] = q.scaled_sum.data() + (first_row + i) * blocks;
-    totals[i] = 0.f;
-  }
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) totals[i] = 0.f;
   int64_t b = 0;
 #ifdef INFERLINE_VNNI
-  // Four blocks at a time: 128 codes, 16 int32 lanes (four per block), one float scale per lane.
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i four_lanes_each = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   __m512 acc[R];
-  __m128 min_acc[R];
-  for (int i = 0; i < R; ++i) {
-    acc[i] = _mm512_setzero_ps();
-    min_acc[i] = _mm_setzero_ps();
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t full_groups = blocks / kGroupBlocks;
+  for (int64_t g = 0; g < full_groups; ++g, b += kGroupBlocks) {
+    const int64_t at = (g * q.rows + first_row) * 32;
+    int4_group<R, false>(codes + b * 16, scales + b, mins + b, kGroupBlocks, q.group_codes(g, first_row),
+                         q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
   }
-  for (; b + 4 <= blocks; b += 4) {
-    const __m512i packed = _mm512_loadu_si512(codes + b * 16);
-    const __m512i low_codes = _mm512_and_si512(packed, nibble);
-    const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-    const __m128 w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b)));
-    const __m128 w_min = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins + b)));
-    for (int i = 0; i < R; ++i) {
-      __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes, _mm512_loadu_si512(low[i] + b * 16));
-      dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_loadu_si512(high[i] + b * 16));
-      const __m128 block_scale = _mm_mul_ps(w_scale, _mm_loadu_ps(x_scale[i] + b));
-      const __m512 lane_scale = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(block_scale));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
-      min_acc[i] = _mm_fmadd_ps(w_min, _mm_loadu_ps(x_sum[i] + b), min_acc[i]);
-    }
-  }
-  // The last one to three blocks (K = 576 leaves two) take the same path with masked loads: absent blocks
-  // read as zero codes, activations and scales, so they add nothing.
-  if (b < blocks) {
-    const int64_t left = blocks - b;
-    const __mmask64 code_mask = _cvtu64_mask64((1ULL << (left * 16)) - 1);
-    const __mmask8 lane_mask = static_cast<__mmask8>((1U << left) - 1);
-    const __m512i packed = _mm512_maskz_loadu_epi8(code_mask, codes + b * 16);
-    const __m512i low_codes = _mm512_and_si512(packed, nibble);
-    const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-    const __m128 w_scale = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, scales + b));
-    const __m128 w_min = _mm_cvtph_ps(_mm_maskz_loadu_epi16(lane_mask, mins + b));
-    for (int i = 0; i < R; ++i) {
-      __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes,
-                                         _mm512_maskz_loadu_epi8(code_mask, low[i] + b * 16));
-      dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_maskz_loadu_epi8(code_mask, high[i] + b * 16));
-      const __m128 block_scale = _mm_mul_ps(w_scale, _mm_maskz_loadu_ps(lane_mask, x_scale[i] + b));
-      const __m512 lane_scale = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(block_scale));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
-      min_acc[i] = _mm_fmadd_ps(w_min, _mm_maskz_loadu_ps(lane_mask, x_sum[i] + b), min_acc[i]);
-    }
+  if (b < blocks) {  // K = 576 leaves two blocks
+    const int64_t at = (full_groups * q.rows + first_row) * 32;
+    int4_group<R, true>(codes + b * 16, scales + b, mins + b, blocks - b, q.group_codes(full_groups, first_row),
+                        q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
     b = blocks;
   }
-  for (int i = 0; i < R; ++i) {
-    totals[i] += _mm512_reduce_add_ps(_mm512_add_ps(acc[i], _mm512_zextps128_ps512(min_acc[i])));
-  }
+  sum_each<R>(acc, totals);
 #elif defined(INFERLINE_AVX2)
   // Two blocks at a time: their 32 packed bytes fill one register, and the int32 result has four lanes
   // per block, so one block's scale covers half the register.
@@ -183,72 +256,85 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
   const __m256i four_lanes_each = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   __m256 acc[R];
   __m128 min_acc[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     acc[i] = _mm256_setzero_ps();
     min_acc[i] = _mm_setzero_ps();
   }
   for (; b + 2 <= blocks; b += 2) {
+    const int64_t group = b / kGroupBlocks;
+    const int64_t slot = b % kGroupBlocks;  // 0 or 2: a pair never straddles two groups
     const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * 16));
     const __m256i low_codes = _mm256_and_si256(packed, nibble);
     const __m256i high_codes = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
     // Two float16 values each (lanes 2 and 3 are zero, so they add nothing to min_acc).
     const __m128 w_scale = _mm_cvtph_ps(_mm_loadu_si32(scales + b));
     const __m128 w_min = _mm_cvtph_ps(_mm_loadu_si32(mins + b));
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
+      const int8_t* x = q.group_codes(group, first_row + i) + slot * 16;
       // Codes are unsigned, activations signed: maddubs takes them as they are, no sign trick needed.
       const __m256i products = _mm256_add_epi16(
-          _mm256_maddubs_epi16(low_codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low[i] + b * 16))),
-          _mm256_maddubs_epi16(high_codes,
-                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(high[i] + b * 16))));
-      const __m128 x_scales = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_scale[i] + b)));
-      const __m128 x_sums = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_sum[i] + b)));
+          _mm256_maddubs_epi16(low_codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+          _mm256_maddubs_epi16(high_codes, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64))));
+      const float* x_scale = q.group_scale(group, first_row + i) + slot;
+      const float* x_sum = q.group_sum(group, first_row + i) + slot;
+      const __m128 x_scales = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_scale)));
+      const __m128 x_sums = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x_sum)));
       const __m256 lane_scale =
           _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(w_scale, x_scales)), four_lanes_each);
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_pairs_to_int32(products)), lane_scale, acc[i]);
       min_acc[i] = _mm_fmadd_ps(w_min, x_sums, min_acc[i]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     totals[i] += sum_lanes(_mm256_add_ps(acc[i], _mm256_castps128_ps256(min_acc[i])));
   }
 #endif
   for (; b < blocks; ++b) {  // what is left, and every block on CPUs without AVX2
     const uint8_t* c = codes + b * 16;
+    const int64_t group = b / kGroupBlocks;
+    const int64_t slot = b % kGroupBlocks;
     for (int i = 0; i < R; ++i) {
+      const int8_t* low = q.group_codes(group, first_row + i) + slot * 16;
+      const int8_t* high = low + 64;
       int32_t dot = 0;
-      for (int64_t j = 0; j < 16; ++j) dot += (c[j] & 15) * low[i][b * 16 + j] + (c[j] >> 4) * high[i][b * 16 + j];
-      totals[i] += half_to_float(scales[b]) * x_scale[i][b] * static_cast<float>(dot) +
-                   half_to_float(mins[b]) * x_sum[i][b];
+      for (int64_t j = 0; j < 16; ++j) dot += (c[j] & 15) * low[j] + (c[j] >> 4) * high[j];
+      totals[i] += half_to_float(scales[b]) * q.group_scale(group, first_row + i)[slot] * static_cast<float>(dot) +
+                   half_to_float(mins[b]) * q.group_sum(group, first_row + i)[slot];
     }
   }
 }
 
 #ifdef INFERLINE_VNNI
-constexpr int64_t kRowTile = 8;  // 32 vector registers: 8 rows' accumulators fit beside the unpacked codes
+constexpr int kRowTile = 16;  // 32 vector registers: 16 rows' accumulators fit beside the unpacked codes
 #else
-constexpr int64_t kRowTile = 4;  // AVX2 has 16: more rows' accumulators would spill to memory
+constexpr int kRowTile = 4;  // AVX2 has 16: more rows' accumulators would spill to memory
 #endif
 
+// dot(..., integral_constant<tile>) for a runtime tile of 1 .. R rows: each size its own unrolled code.
+template <int R, typename Call>
+inline void with_tile(int64_t tile, Call call) {
+  if constexpr (R == 1) {
+    call(std::integral_constant<int, 1>{});
+  } else if (tile == R) {
+    call(std::integral_constant<int, R>{});
+  } else {
+    with_tile<R - 1>(tile, call);
+  }
+}
+
 // out[r, n] = dot(n, first_row, R, totals) for every weight row n (split over threads) and every tile
-// of R <= kRowTile activation rows; R comes as a compile-time constant, so each tile size gets its
-// own unrolled accumulators.
+// of R <= kRowTile activation rows.
 template <typename T, typename Dot>
 void tiled_matmul(int64_t rows, int64_t n_out, T* out, Dot dot) {
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    float totals[8];  // the largest case below, whatever kRowTile this build has
+    float totals[kRowTile];
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t r = 0; r < rows; r += kRowTile) {
-        const int64_t tile = std::min(kRowTile, rows - r);
-        switch (tile) {
-          case 8: dot(n, r, std::integral_constant<int, 8>{}, totals); break;
-          case 7: dot(n, r, std::integral_constant<int, 7>{}, totals); break;
-          case 6: dot(n, r, std::integral_constant<int, 6>{}, totals); break;
-          case 5: dot(n, r, std::integral_constant<int, 5>{}, totals); break;
-          case 4: dot(n, r, std::integral_constant<int, 4>{}, totals); break;
-          case 3: dot(n, r, std::integral_constant<int, 3>{}, totals); break;
-          case 2: dot(n, r, std::integral_constant<int, 2>{}, totals); break;
-          default: dot(n, r, std::integral_constant<int, 1>{}, totals); break;
-        }
+        const int64_t tile = std::min<int64_t>(kRowTile, rows - r);
+        with_tile<kRowTile>(tile, [&](auto size) { dot(n, r, size, totals); });
         for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
       }
     }
@@ -260,13 +346,13 @@ void int4_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, c
                  T* out) {
   const int64_t n_out = codes.size(0);
   const int64_t blocks = k / kInt4Block;
-  const QuantizedRows q = quantize_rows(x, rows, k);
+  const QuantizedRows q = quantize_rows(x, rows, k, CodeOrder::kNibbles);
   const auto* code_rows = codes.data_ptr<uint8_t>();
   const auto* scales = reinterpret_cast<const uint16_t*>(scales_and_mins.data_ptr<at::Half>());
   const uint16_t* mins = scales + n_out * blocks;
   tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
     int4_dot_rows<decltype(tile)::value>(code_rows + n * k / 2, scales + n * blocks, mins + n * blocks, q, first,
-                                         k, totals);
+                                         totals);
   });
 }
 
@@ -322,46 +408,108 @@ at::Tensor int4_dequantize(const at::Tensor& codes, const at::Tensor& scales_and
 
 // ---- int8 weights ------------------------------------------------------------------------------
 // Layout (Int8Linear): codes [N, K] int8 in -127..127, scales [N, K/32] float16 (GGUF's Q8_0).
-// Activations are quantized per block of 32 as for int4; a block's product is |x| times w with x's
-// signs moved onto w (the unsigned-by-signed multiply VNNI has).
+// Activations are quantized per block of 32 as for int4, in natural order.
+
+#ifdef INFERLINE_VNNI
+// One group of four blocks (two registers of weights) against R activation rows. VNNI multiplies
+// unsigned by signed bytes, so the weights go in as w + 128 (a flipped sign bit, once for all rows) and
+// the 128 * sum(x) this adds to a block comes off through the rows' lane sums.
+template <int R, bool Tail>
+inline void int8_group(const int8_t* codes, const uint16_t* scales, int64_t left, const int8_t* x_codes,
+                       const float* x_lanes, const float* x_sums, __m512* acc) {
+  const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i first_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i second_half = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  __m512i w0, w1;
+  __m128 w_scale;
+  if constexpr (Tail) {
+    const int64_t bytes = left * kInt4Block;
+    w0 = _mm512_maskz_loadu_epi8(_cvtu64_mask64(bytes >= 64 ? ~0ULL : (1ULL << bytes) - 1), codes);
+    w1 = bytes > 64 ? _mm512_maskz_loadu_epi8(_cvtu64_mask64((1ULL << (bytes - 64)) - 1), codes + 64)
+                    : _mm512_setzero_si512();
+    w_scale = _mm_cvtph_ps(_mm_maskz_loadu_epi16(static_cast<__mmask8>((1U << left) - 1), scales));
+  } else {
+    w0 = _mm512_loadu_si512(codes);
+    w1 = _mm512_loadu_si512(codes + 64);
+    w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
+  }
+  w0 = _mm512_xor_si512(w0, sign_bit);
+  w1 = _mm512_xor_si512(w1, sign_bit);
+  const __m512 w_lanes0 = _mm512_permutexvar_ps(first_half, _mm512_castps128_ps512(w_scale));
+  const __m512 w_lanes1 = _mm512_permutexvar_ps(second_half, _mm512_castps128_ps512(w_scale));
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    const int8_t* x = x_codes + i * kGroupCodes;
+    const float* lanes = x_lanes + i * 32;
+    const float* sums = x_sums + i * 32;
+    const __m512i dots0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(x));
+    const __m512i dots1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512(x + 64));
+    // (dots + sums / scales) * scales, with the lane sums added where a block's first lane is.
+    const __m512 sum0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots0), _mm512_loadu_ps(lanes), _mm512_loadu_ps(sums));
+    const __m512 sum1 =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots1), _mm512_loadu_ps(lanes + 16), _mm512_loadu_ps(sums + 16));
+    acc[i] = _mm512_fmadd_ps(sum0, w_lanes0, acc[i]);
+    acc[i] = _mm512_fmadd_ps(sum1, w_lanes1, acc[i]);
+  }
+}
+#endif
 
 template <int R>
 void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedRows& q, int64_t first_row,
-                   int64_t k, float* totals) {
+                   float* totals) {
   const int64_t blocks = q.blocks;
-  const int8_t* low[R];
-  const int8_t* high[R];
-  const float* x_scale[R];
-  for (int i = 0; i < R; ++i) {
-    low[i] = q.low.data() + (first_row + i) * k / 2;
-    high[i] = q.high.data() + (first_row + i) * k / 2;
-    x_scale[i] = q.scale.data() + (first_row + i) * blocks;
-    totals[i] = 0.f;
-  }
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) totals[i] = 0.f;
   int64_t b = 0;
-#if defined(INFERLINE_VNNI) || defined(INFERLINE_AVX2)
+#ifdef INFERLINE_VNNI
+  __m512 acc[R];
+  #pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t full_groups = blocks / kGroupBlocks;
+  for (int64_t g = 0; g < full_groups; ++g, b += kGroupBlocks) {
+    const int64_t at = (g * q.rows + first_row) * 32;
+    int8_group<R, false>(codes + b * kInt4Block, scales + b, kGroupBlocks, q.group_codes(g, first_row),
+                         q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
+  }
+  if (b < blocks) {
+    const int64_t at = (full_groups * q.rows + first_row) * 32;
+    int8_group<R, true>(codes + b * kInt4Block, scales + b, blocks - b, q.group_codes(full_groups, first_row),
+                        q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
+    b = blocks;
+  }
+  sum_each<R>(acc, totals);
+#elif defined(INFERLINE_AVX2)
   __m256 acc[R];
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   for (; b < blocks; ++b) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b * kInt4Block));
     const float w_scale = half_to_float(scales[b]);
+    const int64_t group = b / kGroupBlocks;
+    const int64_t slot = b % kGroupBlocks;
+    #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const __m256i x = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high[i] + b * 16)),
-                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(low[i] + b * 16)));
+      const __m256i x =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.group_codes(group, first_row + i) + slot * kInt4Block));
       // Both operands are signed but the dot product takes its first as unsigned: |x| goes first and
       // x's signs move onto w (sign_epi8 also zeroes w where x is zero).
       const __m256i dots = dot_u8_s8(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(w_scale * x_scale[i][b]), acc[i]);
+      const float x_scale = q.group_scale(group, first_row + i)[slot];
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(w_scale * x_scale), acc[i]);
     }
   }
+  #pragma GCC unroll 16
   for (int i = 0; i < R; ++i) totals[i] = sum_lanes(acc[i]);
 #endif
   for (; b < blocks; ++b) {  // every block on CPUs without AVX2
     const int8_t* c = codes + b * kInt4Block;
+    const int64_t group = b / kGroupBlocks;
+    const int64_t slot = b % kGroupBlocks;
     for (int i = 0; i < R; ++i) {
+      const int8_t* x = q.group_codes(group, first_row + i) + slot * kInt4Block;
       int32_t dot = 0;
-      for (int64_t j = 0; j < 16; ++j) dot += c[j] * low[i][b * 16 + j] + c[j + 16] * high[i][b * 16 + j];
-      totals[i] += half_to_float(scales[b]) * x_scale[i][b] * static_cast<float>(dot);
+      for (int64_t j = 0; j < kInt4Block; ++j) dot += c[j] * x[j];
+      totals[i] += half_to_float(scales[b]) * q.group_scale(group, first_row + i)[slot] * static_cast<float>(dot);
     }
   }
 }
@@ -370,11 +518,11 @@ template <typename T>
 void int8_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, const at::Tensor& scales, T* out) {
   const int64_t n_out = codes.size(0);
   const int64_t blocks = k / kInt4Block;
-  const QuantizedRows q = quantize_rows(x, rows, k);
+  const QuantizedRows q = quantize_rows(x, rows, k, CodeOrder::kNatural);
   const auto* code_rows = codes.data_ptr<int8_t>();
   const auto* scale_rows = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
-    int8_dot_rows<decltype(tile)::value>(code_rows + n * k, scale_rows + n * blocks, q, first, k, totals);
+    int8_dot_rows<decltype(tile)::value>(code_rows + n * k, scale_rows + n * blocks, q, first, totals);
   });
 }
 
