@@ -25,8 +25,7 @@ from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.layers.rotary import RopeTable
 
 MAX_ROWS = 16
-"""Largest decode batch the C++ step takes with float weights: the int8 kernels' limit too
-(quant_linear.SMALL_BATCH_ROWS)."""
+"""Largest decode batch the C++ step takes with float weights (its dense projections are PyTorch's)."""
 MAX_QUANTIZED_ROWS = 32
 """Largest decode batch it takes with int4/int8 weights: the default max_num_seqs. At 32 rows the
 step is still well ahead of the eager layers and their weights widened per call (the default model,

@@ -5,10 +5,10 @@ scale and minimum per group), so weights from such a GGUF carry over exactly. De
 sequences is bound by reading weights, so smaller weights are faster: up to SMALL_BATCH_ROWS rows go
 through inferline's kernels (layers/csrc/cpu_kernels.cpp), which quantize the activations of each
 group to int8 and multiply with integer dot products, as llama.cpp does; 3-5x faster than a bfloat16
-matmul for a few rows. Those kernels are matrix-vector loops, though: their cost grows with every row,
-while a bfloat16 GEMM barely notices 16 more. So for many rows at once (prefill chunks, large decode
-batches) the layers widen their weights to bfloat16 for the call and run the GEMM; the widening costs
-about what 16 rows of the kernel cost, and is paid once for all rows. (Quantizing activations per row
+matmul for a few rows. Their cost grows with every row, though (they unpack a weight once for a tile of
+up to 16 rows), while a bfloat16 GEMM barely notices 16 more. So for many rows at once (long prefill
+chunks, large decode batches) the layers widen their weights to bfloat16 for the call and run the GEMM;
+the widening costs about what 32 rows of the kernel cost, and is paid once for all rows. (Quantizing activations per row
 instead of per group of 32 made the 135M model's perplexity 6% worse; per group costs ~0.5%,
 benchmarks/RESULTS.md.) Without the C++ kernels every matmul takes the widened-weights path.
 """
@@ -26,15 +26,18 @@ from inferline.layers.cpu_kernels import load_cpu_kernels
 
 QuantizationMode = Literal["none", "int8", "int4"]
 
-SMALL_BATCH_ROWS = 16
-"""Up to this many rows the kernels win; above it widening the weights for a GEMM does."""
+SMALL_BATCH_ROWS = 32
+"""Up to this many rows the kernels win; above it widening the weights for a GEMM does. Measured on the
+default model's shapes (2-core Zen 5, 1 and 2 threads): 3072 x 576 at 24 rows 0.75 against 1.11 ms
+widened, at 32 rows even on one thread and 0.58 against 0.78 ms on two, at 48 rows even on two; a short
+prompt joining a few decoding sequences (~24 rows) is the case this serves."""
 
 LARGE_WEIGHT_ELEMENTS = 8 << 20
 LARGE_WEIGHT_KERNEL_ROWS = 96
 """A matrix this large (the vocabulary projection: 49152 x 576) widens past the caches, so widening is
 bound by memory and the kernels win to ~100 rows: int8 at 32 rows took 20 ms against 61 ms widened
 (a 32-sequence decode step spent 60 of its 133 ms there), at 128 rows 72 against 85 ms. A decoder
-layer's matrix widens in cache and crosses over near 24-32 rows, so SMALL_BATCH_ROWS holds for it."""
+layer's matrix widens in cache and crosses over near 32-48 rows, so SMALL_BATCH_ROWS holds for it."""
 
 
 def max_kernel_rows(out_features: int, in_features: int) -> int:

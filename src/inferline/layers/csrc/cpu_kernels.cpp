@@ -55,11 +55,12 @@ enum class CodeOrder { kNibbles, kNatural };
 // is padded with zero codes and scales, so whatever a padded weight block holds adds nothing.
 struct QuantizedRows {
   int64_t rows, blocks, groups;
+  int64_t lanes;  // floats a row's group has in lane_scale and lane_sum: 16 in nibble order, 32 in natural
   std::vector<int8_t> codes;       // [groups][rows][128]
   std::vector<float> scale;        // [groups][rows][4]
   std::vector<float> scaled_sum;   // [groups][rows][4]: scale times the sum of the block's codes
 #ifdef INFERLINE_VNNI
-  // [groups][rows][32] each: each block's scale repeated over the int32 lanes its dot products land in
+  // [groups][rows][lanes] each: each block's scale repeated over the int32 lanes its dot products land in
   // (nibble order: 4 lanes a block in one register; natural order: 8 lanes a block over two), and the
   // block's term that does not depend on the weight codes in the first of its lanes, zero in the others
   // (nibble order: the scaled sum, times the weight block's minimum; natural order: -128 times the scaled
@@ -71,6 +72,8 @@ struct QuantizedRows {
   const int8_t* group_codes(int64_t group, int64_t row) const { return codes.data() + (group * rows + row) * kGroupCodes; }
   const float* group_scale(int64_t group, int64_t row) const { return scale.data() + (group * rows + row) * kGroupBlocks; }
   const float* group_sum(int64_t group, int64_t row) const { return scaled_sum.data() + (group * rows + row) * kGroupBlocks; }
+  // What one row of a tile keeps in cache while the tile is multiplied by a weight row.
+  int64_t bytes_per_row() const { return groups * (kGroupCodes + 2 * lanes * static_cast<int64_t>(sizeof(float))); }
 };
 
 template <typename T>
@@ -79,12 +82,13 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, CodeOrder order
   q.rows = rows;
   q.blocks = k / kInt4Block;
   q.groups = (q.blocks + kGroupBlocks - 1) / kGroupBlocks;
+  q.lanes = order == CodeOrder::kNibbles ? 16 : 32;
   q.codes.assign(q.groups * rows * kGroupCodes, 0);
   q.scale.assign(q.groups * rows * kGroupBlocks, 0.f);
   q.scaled_sum.assign(q.groups * rows * kGroupBlocks, 0.f);
 #ifdef INFERLINE_VNNI
-  q.lane_scale.assign(q.groups * rows * 32, 0.f);
-  q.lane_sum.assign(q.groups * rows * 32, 0.f);
+  q.lane_scale.assign(q.groups * rows * q.lanes, 0.f);
+  q.lane_sum.assign(q.groups * rows * q.lanes, 0.f);
 #endif
   float values[kInt4Block];
   for (int64_t r = 0; r < rows; ++r) {
@@ -113,10 +117,10 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k, CodeOrder order
       q.scale[at] = scale;
       q.scaled_sum[at] = scale * static_cast<float>(sum);
 #ifdef INFERLINE_VNNI
-      float* lanes = q.lane_scale.data() + (group * rows + r) * 32;
+      float* lanes = q.lane_scale.data() + (group * rows + r) * q.lanes;
       const int64_t per_block = order == CodeOrder::kNibbles ? 4 : 8;
       for (int64_t lane = slot * per_block; lane < (slot + 1) * per_block; ++lane) lanes[lane] = scale;
-      q.lane_sum[(group * rows + r) * 32 + slot * per_block] =
+      q.lane_sum[(group * rows + r) * q.lanes + slot * per_block] =
           (order == CodeOrder::kNibbles ? 1.f : -128.f) * q.scaled_sum[at];
 #endif
     }
@@ -216,9 +220,9 @@ inline void int4_group(const uint8_t* codes, const uint16_t* scales, const uint1
   for (int i = 0; i < R; ++i) {
     __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low_codes, _mm512_loadu_si512(x_codes + i * kGroupCodes));
     dots = _mm512_dpbusd_epi32(dots, high_codes, _mm512_loadu_si512(x_codes + i * kGroupCodes + 64));
-    const __m512 lane_scale = _mm512_mul_ps(w_lanes, _mm512_loadu_ps(x_lanes + i * 32));
+    const __m512 lane_scale = _mm512_mul_ps(w_lanes, _mm512_loadu_ps(x_lanes + i * 16));
     acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), lane_scale, acc[i]);
-    acc[i] = _mm512_fmadd_ps(w_min_lanes, _mm512_loadu_ps(x_sums + i * 32), acc[i]);
+    acc[i] = _mm512_fmadd_ps(w_min_lanes, _mm512_loadu_ps(x_sums + i * 16), acc[i]);
   }
 }
 #endif
@@ -238,12 +242,12 @@ void int4_dot_rows(const uint8_t* codes, const uint16_t* scales, const uint16_t*
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t full_groups = blocks / kGroupBlocks;
   for (int64_t g = 0; g < full_groups; ++g, b += kGroupBlocks) {
-    const int64_t at = (g * q.rows + first_row) * 32;
+    const int64_t at = (g * q.rows + first_row) * q.lanes;
     int4_group<R, false>(codes + b * 16, scales + b, mins + b, kGroupBlocks, q.group_codes(g, first_row),
                          q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
   }
   if (b < blocks) {  // K = 576 leaves two blocks
-    const int64_t at = (full_groups * q.rows + first_row) * 32;
+    const int64_t at = (full_groups * q.rows + first_row) * q.lanes;
     int4_group<R, true>(codes + b * 16, scales + b, mins + b, blocks - b, q.group_codes(full_groups, first_row),
                         q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
     b = blocks;
@@ -325,17 +329,29 @@ inline void with_tile(int64_t tile, Call call) {
   }
 }
 
+constexpr int64_t kTileBytes = 32 << 10;
+constexpr int64_t kWeightRowsPerBlock = 32;
+// A tile's activations stay in L1 (48 KiB here) while a block of weight rows passes them; tiles of a
+// down projection's 1536 inputs hold fewer rows. Weight rows go by in blocks, so a second tile meets
+// them in cache: row by row, two 16-row tiles pushed each other out of L1 and 32 rows took 4x what 16 did.
+
 // out[r, n] = dot(n, first_row, R, totals) for every weight row n (split over threads) and every tile
 // of R <= kRowTile activation rows.
 template <typename T, typename Dot>
-void tiled_matmul(int64_t rows, int64_t n_out, T* out, Dot dot) {
+void tiled_matmul(int64_t rows, int64_t n_out, int64_t bytes_per_row, T* out, Dot dot) {
+  const int64_t max_tile = std::clamp<int64_t>(kTileBytes / bytes_per_row, 1, kRowTile);
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
     float totals[kRowTile];
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t r = 0; r < rows; r += kRowTile) {
-        const int64_t tile = std::min<int64_t>(kRowTile, rows - r);
-        with_tile<kRowTile>(tile, [&](auto size) { dot(n, r, size, totals); });
-        for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
+    for (int64_t block = begin; block < end; block += kWeightRowsPerBlock) {
+      const int64_t block_end = std::min(end, block + kWeightRowsPerBlock);
+      for (int64_t r = 0; r < rows; r += max_tile) {
+        const int64_t tile = std::min(max_tile, rows - r);
+        with_tile<kRowTile>(tile, [&](auto size) {
+          for (int64_t n = block; n < block_end; ++n) {
+            dot(n, r, size, totals);
+            for (int64_t i = 0; i < tile; ++i) out[(r + i) * n_out + n] = static_cast<T>(totals[i]);
+          }
+        });
       }
     }
   });
@@ -350,7 +366,7 @@ void int4_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, c
   const auto* code_rows = codes.data_ptr<uint8_t>();
   const auto* scales = reinterpret_cast<const uint16_t*>(scales_and_mins.data_ptr<at::Half>());
   const uint16_t* mins = scales + n_out * blocks;
-  tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
+  tiled_matmul(rows, n_out, q.bytes_per_row(), out, [&](int64_t n, int64_t first, auto tile, float* totals) {
     int4_dot_rows<decltype(tile)::value>(code_rows + n * k / 2, scales + n * blocks, mins + n * blocks, q, first,
                                          totals);
   });
@@ -467,12 +483,12 @@ void int8_dot_rows(const int8_t* codes, const uint16_t* scales, const QuantizedR
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t full_groups = blocks / kGroupBlocks;
   for (int64_t g = 0; g < full_groups; ++g, b += kGroupBlocks) {
-    const int64_t at = (g * q.rows + first_row) * 32;
+    const int64_t at = (g * q.rows + first_row) * q.lanes;
     int8_group<R, false>(codes + b * kInt4Block, scales + b, kGroupBlocks, q.group_codes(g, first_row),
                          q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
   }
   if (b < blocks) {
-    const int64_t at = (full_groups * q.rows + first_row) * 32;
+    const int64_t at = (full_groups * q.rows + first_row) * q.lanes;
     int8_group<R, true>(codes + b * kInt4Block, scales + b, blocks - b, q.group_codes(full_groups, first_row),
                         q.lane_scale.data() + at, q.lane_sum.data() + at, acc);
     b = blocks;
@@ -521,7 +537,7 @@ void int8_matmul(const T* x, int64_t rows, int64_t k, const at::Tensor& codes, c
   const QuantizedRows q = quantize_rows(x, rows, k, CodeOrder::kNatural);
   const auto* code_rows = codes.data_ptr<int8_t>();
   const auto* scale_rows = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
-  tiled_matmul(rows, n_out, out, [&](int64_t n, int64_t first, auto tile, float* totals) {
+  tiled_matmul(rows, n_out, q.bytes_per_row(), out, [&](int64_t n, int64_t first, auto tile, float* totals) {
     int8_dot_rows<decltype(tile)::value>(code_rows + n * k, scale_rows + n * blocks, q, first, totals);
   });
 }
