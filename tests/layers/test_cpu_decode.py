@@ -44,8 +44,29 @@ def _decode_meta(dtype: torch.dtype) -> AttentionMetadata:
     return AttentionMetadata(slots, DecodeBatch(len(PROMPT_LENS), tables, mask, context_lens))
 
 
+# A mixed step: sequences 1 and 2 decode, sequence 0 goes on with three more prompt tokens after its
+# five cached ones, and a new sequence brings a six-token prompt in blocks 4 and 8.
+NEW_TABLE = [4, 8]
+MIXED_IDS = [101, 2024, 9, 88, 4000, 15, 16, 17, 18, 19, 20]
+
+
+def _mixed_meta(dtype: torch.dtype) -> tuple[torch.Tensor, AttentionMetadata]:
+    decoding = [1, 2]
+    max_blocks = max(len(BLOCK_TABLES[s]) for s in decoding)
+    tables = torch.tensor([BLOCK_TABLES[s] + [0] * (max_blocks - len(BLOCK_TABLES[s])) for s in decoding])
+    context_lens = torch.tensor([PROMPT_LENS[s] + 1 for s in decoding])
+    past = torch.arange(max_blocks * BLOCK_SIZE)[None, :] >= context_lens[:, None]
+    mask = torch.zeros(past.shape, dtype=dtype).masked_fill_(past, float("-inf")).view(2, 1, 1, -1)
+    rows = [(BLOCK_TABLES[s], PROMPT_LENS[s]) for s in decoding]
+    rows += [(BLOCK_TABLES[0], p) for p in range(5, 8)] + [(NEW_TABLE, p) for p in range(6)]
+    slots = torch.tensor([t[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for t, p in rows])
+    chunks = [PrefillChunk(2, 3, 5, torch.tensor(BLOCK_TABLES[0])), PrefillChunk(5, 6, 0, torch.tensor(NEW_TABLE))]
+    meta = AttentionMetadata(slots, DecodeBatch(2, tables, mask, context_lens), chunks)
+    return torch.tensor([p for _, p in rows]), meta
+
+
 def _decode_both_ways(
-    loaded: LoadedModel,
+    loaded: LoadedModel, mixed: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     config = loaded.config
     layer_shape = (2, NUM_BLOCKS, BLOCK_SIZE, config.num_key_value_heads, config.head_dim)
@@ -53,9 +74,13 @@ def _decode_both_ways(
     model = loaded.model
     with torch.inference_mode():
         _prefill(loaded, caches)
-        ids = torch.tensor([101, 2024, 377])
-        positions = torch.tensor(PROMPT_LENS)
-        meta = _decode_meta(torch.float32)
+        if mixed:
+            ids = torch.tensor(MIXED_IDS)
+            positions, meta = _mixed_meta(torch.float32)
+        else:
+            ids = torch.tensor([101, 2024, 377])
+            positions = torch.tensor(PROMPT_LENS)
+            meta = _decode_meta(torch.float32)
         fused_caches = [c.clone() for c in caches]
         model.cpu_decode = None  # an engine built earlier on this shared model may have set it
         eager = model(ids, positions, caches, meta)
@@ -73,8 +98,9 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def test_float32_step_matches_eager_layers(default_model: LoadedModel) -> None:
-    eager, fused, caches, fused_caches = _decode_both_ways(default_model)
+@pytest.mark.parametrize("mixed", [False, True], ids=["decodes", "decodes-and-prompt-chunks"])
+def test_float32_step_matches_eager_layers(default_model: LoadedModel, mixed: bool) -> None:
+    eager, fused, caches, fused_caches = _decode_both_ways(default_model, mixed)
     assert _relative(fused, eager) < 1e-5
     for cache, fused_cache in zip(caches, fused_caches, strict=True):
         torch.testing.assert_close(fused_cache, cache, atol=1e-4, rtol=1e-4)  # the new keys and values
@@ -98,7 +124,7 @@ def test_bfloat16_and_quantized_steps_are_as_close_to_float32_as_eager_layers(
 @pytest.mark.parametrize(
     ("options", "max_rows"), [({"dtype": "float32"}, MAX_ROWS), ({}, MAX_QUANTIZED_ROWS)]
 )
-def test_only_small_decode_only_batches_take_the_step(
+def test_only_steps_of_few_tokens_take_the_step(
     default_model: LoadedModel, options: dict[str, str], max_rows: int
 ) -> None:
     loaded = default_model if options else load_model(EngineConfig(device="cpu"))  # {}: int4, the default
@@ -107,15 +133,11 @@ def test_only_small_decode_only_batches_take_the_step(
     loaded.model.cpu_decode = None  # the shared model stays as other tests expect it
     assert step is not None
     table = torch.zeros(1, 1, dtype=torch.long)
-    decode = DecodeBatch(max_rows, table, torch.zeros(1), torch.ones(1, dtype=torch.long))
-    slots = torch.zeros(1, dtype=torch.long)
-    assert step.handles(AttentionMetadata(slots, decode))
-    decode.num_seqs = max_rows + 1
-    assert not step.handles(AttentionMetadata(slots, decode))
-    chunk = PrefillChunk(1, 3, 0, table[0])
-    assert not step.handles(AttentionMetadata(slots, None, [chunk]))
-    decode.num_seqs = 1
-    assert not step.handles(AttentionMetadata(slots, decode, [chunk]))
+    decode = DecodeBatch(2, table, torch.zeros(1), torch.ones(1, dtype=torch.long))
+    chunk = PrefillChunk(2, max_rows - 2, 0, table[0])
+    assert step.handles(AttentionMetadata(torch.zeros(max_rows, dtype=torch.long), decode, [chunk]))
+    chunk.num_tokens += 1
+    assert not step.handles(AttentionMetadata(torch.zeros(max_rows + 1, dtype=torch.long), decode, [chunk]))
 
 
 def test_engine_greedy_output_is_unchanged_by_the_step(default_model: LoadedModel) -> None:

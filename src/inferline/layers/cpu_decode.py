@@ -5,9 +5,13 @@ Run op by op, a decode step of SmolLM2-135M on the CPU spent about half its time
 kernels: ~45 eager ops per layer, each a few microseconds of dispatch and allocation, and a gather
 of every sequence's blocks for attention. The C++ step calls the same weight kernels and does the rest
 in plain loops over the batch's rows, reading keys and values in place through the block table.
-It takes decode-only batches of up to MAX_ROWS sequences (MAX_QUANTIZED_ROWS with int4/int8
-weights); larger batches and prefills amortise the dispatch over many rows and stay on the eager
-path (layers/attention.py), which it matches to rounding (tests/layers/test_cpu_decode.py).
+It takes steps of up to MAX_ROWS tokens (MAX_QUANTIZED_ROWS with int4/int8 weights), short prefill
+chunks included: every token is a row with its own context length and block table, so a prompt token
+at position p attends to keys 0..p, its chunk's earlier keys written in the same layer just before. A
+short prompt joining a few decoding sequences, the first token of most chat requests, costs one call
+instead of ~45 eager ops a layer (a 20-token prompt with 3 decodes: ~30 ms of dispatch). Larger steps
+amortise the dispatch over many rows and stay on the eager path (layers/attention.py), which the step
+matches to rounding (tests/layers/test_cpu_decode.py).
 
 The C++ source is layers/csrc/cpu_kernels.cpp, built by layers/cpu_kernels.py.
 """
@@ -19,15 +23,16 @@ from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from inferline.layers.attention import AttentionMetadata
 from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.layers.rotary import RopeTable
 
 MAX_ROWS = 16
-"""Largest decode batch the C++ step takes with float weights (its dense projections are PyTorch's)."""
+"""Most tokens a step the C++ step takes with float weights (its dense projections are PyTorch's)."""
 MAX_QUANTIZED_ROWS = 32
-"""Largest decode batch it takes with int4/int8 weights: the default max_num_seqs. At 32 rows the
+"""Most tokens a step it takes with int4/int8 weights: the default max_num_seqs. At 32 rows the
 step is still well ahead of the eager layers and their weights widened per call (the default model,
 int4, 32 sequences decoding, 2 cores: 251 against 204 tok/s), whose ~45 ops a layer cost more than
 the kernels' per-row work."""
@@ -86,14 +91,13 @@ class CpuDecodeStep:
 
     def handles(self, meta: AttentionMetadata) -> bool:
         max_rows = MAX_ROWS if self.weight_kind == _WEIGHT_KINDS[nn.Linear] else MAX_QUANTIZED_ROWS
-        return meta.decode is not None and not meta.prefills and meta.decode.num_seqs <= max_rows
+        return meta.slot_mapping.numel() <= max_rows
 
     def __call__(
         self, x: torch.Tensor, rope: RopeTable, kv_caches: list[torch.Tensor], meta: AttentionMetadata
     ) -> torch.Tensor:
-        # x: [B, hidden] embeddings of the batch's tokens -> hidden states after the last layer
-        decode = meta.decode
-        assert decode is not None
+        # x: [T, hidden] embeddings of the step's tokens -> hidden states after the last layer
+        block_tables, context_lens = _rows(meta)
         cos, signed_sin = rope
         return torch.ops.inferline_cpu.decode_layers(
             x,
@@ -101,11 +105,30 @@ class CpuDecodeStep:
             self.weight_kind,
             kv_caches,
             meta.slot_mapping,
-            decode.block_tables,
-            decode.context_lens,
+            block_tables,
+            context_lens,
             cos.view(x.shape[0], -1),
             signed_sin.view(x.shape[0], -1),
             self.num_heads,
             self.num_kv_heads,
             self.eps,
         )
+
+
+def _rows(meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, max_blocks] block tables and [T] context lengths, one per token: the decodes' own, then each
+    prefill token's sequence table with the keys up to and including its position."""
+    if not meta.prefills:
+        assert meta.decode is not None
+        return meta.decode.block_tables, meta.decode.context_lens
+    tables: list[torch.Tensor] = []
+    lengths: list[torch.Tensor] = []
+    if meta.decode is not None:
+        tables += list(meta.decode.block_tables)
+        lengths.append(meta.decode.context_lens)
+    for chunk in meta.prefills:
+        tables += [chunk.block_table] * chunk.num_tokens
+        first = chunk.num_context_tokens + 1
+        lengths.append(torch.arange(first, first + chunk.num_tokens))
+    # Padding entries are never read: a row reads only the blocks its context length covers.
+    return pad_sequence(tables, batch_first=True), torch.cat(lengths)
