@@ -193,6 +193,10 @@ inline void sum_each(const __m512* acc, float* totals) {
   }
 }
 
+// How far ahead of the codes being read the kernels ask for the next ones: one thread decoding one row
+// reads weights at ~19 GB/s, the core's bandwidth, only with a prefetch ahead of the hardware's.
+constexpr int64_t kPrefetchBytes = 1024;
+
 // One group of four blocks of weight row `codes` against R activation rows, the codes unpacked once for
 // all of them. `Tail`: the row's last, partial group, whose weight bytes past the row are not read.
 template <int R, bool Tail>
@@ -212,6 +216,7 @@ inline void int4_group(const uint8_t* codes, const uint16_t* scales, const uint1
     w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
     w_min = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mins)));
   }
+  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
   const __m512i low_codes = _mm512_and_si512(packed, nibble);
   const __m512i high_codes = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
   const __m512 w_lanes = _mm512_permutexvar_ps(four_lanes_each, _mm512_castps128_ps512(w_scale));
@@ -449,6 +454,8 @@ inline void int8_group(const int8_t* codes, const uint16_t* scales, int64_t left
     w1 = _mm512_loadu_si512(codes + 64);
     w_scale = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales)));
   }
+  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64, _MM_HINT_T0);
   w0 = _mm512_xor_si512(w0, sign_bit);
   w1 = _mm512_xor_si512(w1, sign_bit);
   const __m512 w_lanes0 = _mm512_permutexvar_ps(first_half, _mm512_castps128_ps512(w_scale));
