@@ -60,7 +60,10 @@ def _mixed_meta(dtype: torch.dtype) -> tuple[torch.Tensor, AttentionMetadata]:
     rows = [(BLOCK_TABLES[s], PROMPT_LENS[s]) for s in decoding]
     rows += [(BLOCK_TABLES[0], p) for p in range(5, 8)] + [(NEW_TABLE, p) for p in range(6)]
     slots = torch.tensor([t[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for t, p in rows])
-    chunks = [PrefillChunk(2, 3, 5, torch.tensor(BLOCK_TABLES[0])), PrefillChunk(5, 6, 0, torch.tensor(NEW_TABLE))]
+    chunks = [
+        PrefillChunk(2, 3, 5, torch.tensor(BLOCK_TABLES[0])),
+        PrefillChunk(5, 6, 0, torch.tensor(NEW_TABLE)),
+    ]
     meta = AttentionMetadata(slots, DecodeBatch(2, tables, mask, context_lens), chunks)
     return torch.tensor([p for _, p in rows]), meta
 

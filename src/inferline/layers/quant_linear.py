@@ -8,9 +8,9 @@ group to int8 and multiply with integer dot products, as llama.cpp does; 3-5x fa
 matmul for a few rows. Their cost grows with every row, though (they unpack a weight once for a tile of
 up to 16 rows), while a bfloat16 GEMM barely notices 16 more. So for many rows at once (long prefill
 chunks, large decode batches) the layers widen their weights to bfloat16 for the call and run the GEMM;
-the widening costs about what 32 rows of the kernel cost, and is paid once for all rows. (Quantizing activations per row
-instead of per group of 32 made the 135M model's perplexity 6% worse; per group costs ~0.5%,
-benchmarks/RESULTS.md.) Without the C++ kernels every matmul takes the widened-weights path.
+the widening costs about what 32 rows of the kernel cost, and is paid once for all rows. (Quantizing
+activations per row instead of per group of 32 made the 135M model's perplexity 6% worse; per group
+costs ~0.5%, benchmarks/RESULTS.md.) Without the C++ kernels every matmul takes the widened-weights path.
 """
 
 from __future__ import annotations

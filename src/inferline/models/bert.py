@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferline.layers.embedding import unloaded_embedding
+
 
 @dataclass(frozen=True)
 class BertConfig:
@@ -37,9 +39,9 @@ class BertConfig:
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.word_embeddings = unloaded_embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = unloaded_embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = unloaded_embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:

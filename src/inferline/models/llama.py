@@ -16,6 +16,7 @@ from torch import nn
 from inferline.layers.attention import AttentionMetadata, paged_attention
 from inferline.layers.cpu_decode import CpuDecodeStep, DecoderLayerWeights
 from inferline.layers.cpu_kernels import load_cpu_kernels
+from inferline.layers.embedding import unloaded_embedding
 from inferline.layers.norm import RMSNorm
 from inferline.layers.rotary import RopeTable, RotaryEmbedding
 from inferline.models.config import ModelConfig
@@ -92,7 +93,7 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(
             config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
         )
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = unloaded_embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, self.rotary) for _ in range(config.num_hidden_layers)]
         )
