@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from typing import Protocol, cast
 
 import numpy as np
-from redis.asyncio import Redis
 
 MAX_NEIGHBOURS_PER_SCOPE = 1000
 """Semantic entries compared per lookup (the most recent); one matrix-vector product of this size is
@@ -133,6 +132,8 @@ class RedisCacheStore:
     PREFIX = "inferline:cache:"
 
     def __init__(self, url: str) -> None:
+        from redis.asyncio import Redis  # 0.11 s of every start otherwise: only caches in Redis need it
+
         self.redis = Redis.from_url(url)
 
     async def get(self, key: str) -> bytes | None:
