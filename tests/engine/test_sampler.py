@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from inferline.engine.sampler import Sampler
+from inferline.engine.sampler import Sampler, draw
 from inferline.types import SamplingParams
 
 VOCAB = 8
@@ -105,6 +105,14 @@ def expected_distribution(row_logits: list[float], params: SamplingParams) -> to
     return p / p.sum()
 
 
+def chi_square_below_critical(counts: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether draws with these counts fit p, at the 99.9th percentile (3 to 7 degrees of freedom)."""
+    assert counts[p == 0].sum() == 0
+    expected = p[p > 0] * counts.sum()
+    chi_square = float(((counts[p > 0] - expected) ** 2 / expected).sum())
+    return chi_square < {3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}[int((p > 0).sum()) - 1]
+
+
 @pytest.mark.parametrize(
     "params",
     [SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=6, min_p=0.1)],
@@ -112,17 +120,21 @@ def expected_distribution(row_logits: list[float], params: SamplingParams) -> to
 )
 def test_sampled_tokens_follow_the_distribution(sampler: Sampler, params: SamplingParams) -> None:
     row_logits = [2.0, 1.6, 1.1, 0.7, 0.2, -0.4, -1.0, 0.9]
-    p = expected_distribution(row_logits, params)
     draws = 20_000
     counts = torch.zeros(VOCAB, dtype=torch.float64)
     for s in sampler(logits(*[row_logits] * draws), [Row(params)] * draws):
         counts[s.token_id] += 1
-    assert counts[p == 0].sum() == 0
-    expected = p[p > 0] * draws
-    chi_square = float(((counts[p > 0] - expected) ** 2 / expected).sum())
-    # 99.9th percentile of chi-square with (support - 1) degrees of freedom, for 4 to 7 of them.
-    critical = {3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}[int((p > 0).sum()) - 1]
-    assert chi_square < critical
+    assert chi_square_below_critical(counts, expected_distribution(row_logits, params))
+
+
+def test_draws_across_a_large_vocabulary_follow_the_weights() -> None:
+    # Mass in several of the search's blocks, at their edges, in a vocabulary that is no whole number of them.
+    p = torch.zeros(1029, dtype=torch.float64)
+    p[[0, 255, 256, 600, 767, 1028]] = torch.tensor([0.1, 0.25, 0.05, 0.3, 0.2, 0.1], dtype=torch.float64)
+    draws = 20_000
+    uniforms = torch.rand(draws, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens = draw(p.float().expand(draws, -1), uniforms)
+    assert chi_square_below_critical(torch.bincount(tokens, minlength=len(p)).double(), p)
 
 
 def test_greedy_rows_take_the_argmax_beside_sampled_rows(sampler: Sampler) -> None:

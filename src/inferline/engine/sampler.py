@@ -2,14 +2,14 @@
 
 The batch is processed as a whole; the costly pieces (penalty counts, sorting for top-p/top-k, min-p)
 run only when some row asks for them, so a greedy batch costs one argmax and a temperature-1 batch
-(OpenAI's default) one softmax and one cumulative sum. Sampling is by inverse CDF: one U(0, 1) draw u per
-row, and the token is the first whose cumulative probability exceeds u. That draws exactly from the
-row's distribution with one random number per row; the exponential race it replaced (argmax of p / E,
-E ~ Exp(1)) drew one per vocabulary entry, 16 x 49152 per decode step, which on a CPU cost more than
-the rest of sampling together (~18 of a ~75 ms step). The sums run in float64 so rounding moves no
-mass between tokens. Each seeded row takes its u from its own generator, so a seeded request samples
-the same tokens whatever else is in the batch; the generator's seed is derived from (seed, completion
-index, token index), so preemption and recompute do not change a seeded request's output.
+(OpenAI's default) one softmax and one pass of block sums. Sampling is by inverse CDF: one U(0, 1)
+draw u per row, and the token is the first whose cumulative probability exceeds u. That draws exactly
+from the row's distribution with one random number per row; the exponential race it replaced (argmax
+of p / E, E ~ Exp(1)) drew one per vocabulary entry, 16 x 49152 per decode step, which on a CPU cost
+more than the rest of sampling together (~18 of a ~75 ms step). Each seeded row takes its u from its
+own generator, so a seeded request samples the same tokens whatever else is in the batch; the
+generator's seed is derived from (seed, completion index, token index), so preemption and recompute
+do not change a seeded request's output.
 """
 
 from __future__ import annotations
@@ -42,17 +42,40 @@ class SampledToken:
     top_logprobs: list[float] = field(default_factory=list)
 
 
+_BLOCK = 256
+"""Tokens per block of the two-level search in `draw`."""
+
+
 def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """[B] for each row of `weights` ([B, V], >= 0, any positive sum) the index i with probability
     weights[i] / sum(weights), by its draw u in `uniforms` ([B]): the first i whose cumulative weight
-    exceeds u * sum. A zero weight is never drawn (its cumulative weight equals the one before it)."""
-    # float64: in float32 the running sum's rounding (~6e-8 near 1) would move mass between tokens.
-    cdf = weights.to(torch.float64).cumsum(dim=-1)
-    total = cdf[:, -1:]
-    # u < 1, yet u * total can round up to total, past every token: stay just below it.
-    target = torch.minimum(uniforms.unsqueeze(1) * total, total.nextafter(torch.zeros_like(total)))
+    exceeds u * sum. A zero weight is never drawn (its cumulative weight equals the one before it).
+
+    The search runs in two levels, over sums of blocks of the row and then within the one block the
+    draw falls in, so it takes one cheap pass over the row instead of a running sum across all of it
+    (a chain of V dependent additions, and a V-long float64 buffer). Sums are float64: in float32 their
+    rounding (~6e-8 near 1) would move mass between tokens."""
+    num_rows, vocab = weights.shape
+    if vocab % _BLOCK:
+        weights = torch.nn.functional.pad(weights, (0, _BLOCK - vocab % _BLOCK))
+    blocks = weights.view(num_rows, -1, _BLOCK)
+    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [B, V / BLOCK]
+    block, left = _search(block_cdf, uniforms.unsqueeze(1) * block_cdf[:, -1:])
+    chosen = blocks.gather(1, block.unsqueeze(2).expand(-1, -1, _BLOCK)).squeeze(1)  # [B, BLOCK]
+    token, _ = _search(chosen.to(torch.float64).cumsum(dim=-1), left)
     # A row with no mass (NaN logits) finds nothing; it must still name a token of the vocabulary.
-    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=weights.shape[-1] - 1)
+    return (block * _BLOCK + token).squeeze(1).clamp_(max=vocab - 1)
+
+
+def _search(cdf: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, 1] the first index whose cumulative weight in `cdf` ([B, N]) exceeds `target` ([B, 1]),
+    [B, 1] what is left of the target past the entries before it)."""
+    total = cdf[:, -1:]
+    # u < 1, yet u * total can round up to total, past every entry: stay just below it.
+    target = torch.minimum(target, total.nextafter(torch.zeros_like(total)))
+    index = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+    before = cdf.gather(1, (index - 1).clamp(min=0)).masked_fill_(index == 0, 0.0)
+    return index, target - before
 
 
 def _draw_seed(seed: int, seq_index: int, token_index: int, salt: str | None) -> int:
