@@ -59,23 +59,22 @@ def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     if vocab % _BLOCK:
         weights = torch.nn.functional.pad(weights, (0, _BLOCK - vocab % _BLOCK))
     blocks = weights.view(num_rows, -1, _BLOCK)
-    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [B, V / BLOCK]
-    block, left = _search(block_cdf, uniforms.unsqueeze(1) * block_cdf[:, -1:])
+    num_blocks = blocks.shape[1]
+    # [B, 1 + blocks]: the weight before each block, from 0, and the total last.
+    block_cdf = torch.nn.functional.pad(blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1), (1, 0))
+    target = _below(uniforms.unsqueeze(1) * block_cdf[:, -1:], block_cdf[:, -1:])
+    # A row with no mass (NaN logits) finds nothing; the clamps keep it inside the vocabulary.
+    block = (torch.searchsorted(block_cdf, target, right=True) - 1).clamp_(0, num_blocks - 1)
+    left = target - block_cdf.gather(1, block)
     chosen = blocks.gather(1, block.unsqueeze(2).expand(-1, -1, _BLOCK)).squeeze(1)  # [B, BLOCK]
-    token, _ = _search(chosen.to(torch.float64).cumsum(dim=-1), left)
-    # A row with no mass (NaN logits) finds nothing; it must still name a token of the vocabulary.
+    token_cdf = chosen.to(torch.float64).cumsum(dim=-1)
+    token = torch.searchsorted(token_cdf, _below(left, token_cdf[:, -1:]), right=True).clamp_(max=_BLOCK - 1)
     return (block * _BLOCK + token).squeeze(1).clamp_(max=vocab - 1)
 
 
-def _search(cdf: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, 1] the first index whose cumulative weight in `cdf` ([B, N]) exceeds `target` ([B, 1]),
-    [B, 1] what is left of the target past the entries before it)."""
-    total = cdf[:, -1:]
-    # u < 1, yet u * total can round up to total, past every entry: stay just below it.
-    target = torch.minimum(target, total.nextafter(torch.zeros_like(total)))
-    index = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-    before = cdf.gather(1, (index - 1).clamp(min=0)).masked_fill_(index == 0, 0.0)
-    return index, target - before
+def _below(target: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """`target` held just below `total`: u < 1, yet u * total can round up to total, past every entry."""
+    return torch.minimum(target, total.nextafter(torch.zeros_like(total)))
 
 
 def _draw_seed(seed: int, seq_index: int, token_index: int, salt: str | None) -> int:
