@@ -56,25 +56,35 @@ def draw(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     (a chain of V dependent additions, and a V-long float64 buffer). Sums are float64: in float32 their
     rounding (~6e-8 near 1) would move mass between tokens."""
     num_rows, vocab = weights.shape
+    if vocab <= _BLOCK:  # one block: the search within it alone
+        cdf = weights.to(torch.float64).cumsum(dim=-1)
+        return _first_above(cdf, uniforms.unsqueeze(1) * cdf[:, -1:]).squeeze(1)
     if vocab % _BLOCK:
         weights = torch.nn.functional.pad(weights, (0, _BLOCK - vocab % _BLOCK))
     blocks = weights.view(num_rows, -1, _BLOCK)
     num_blocks = blocks.shape[1]
     # [B, 1 + blocks]: the weight before each block, from 0, and the total last.
     block_cdf = torch.nn.functional.pad(blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1), (1, 0))
-    target = _below(uniforms.unsqueeze(1) * block_cdf[:, -1:], block_cdf[:, -1:])
-    # A row with no mass (NaN logits) finds nothing; the clamps keep it inside the vocabulary.
+    target = _below_total(uniforms.unsqueeze(1) * block_cdf[:, -1:], block_cdf)
     block = (torch.searchsorted(block_cdf, target, right=True) - 1).clamp_(0, num_blocks - 1)
     left = target - block_cdf.gather(1, block)
     chosen = blocks.gather(1, block.unsqueeze(2).expand(-1, -1, _BLOCK)).squeeze(1)  # [B, BLOCK]
-    token_cdf = chosen.to(torch.float64).cumsum(dim=-1)
-    token = torch.searchsorted(token_cdf, _below(left, token_cdf[:, -1:]), right=True).clamp_(max=_BLOCK - 1)
+    token = _first_above(chosen.to(torch.float64).cumsum(dim=-1), left)
     return (block * _BLOCK + token).squeeze(1).clamp_(max=vocab - 1)
 
 
-def _below(target: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """`target` held just below `total`: u < 1, yet u * total can round up to total, past every entry."""
+def _below_total(target: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
+    """`target` ([B, 1]) held just below the total of `cdf` ([B, N]): u < 1, yet u * total can round
+    up to the total, past every entry."""
+    total = cdf[:, -1:]
     return torch.minimum(target, total.nextafter(torch.zeros_like(total)))
+
+
+def _first_above(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, 1] the first index whose cumulative weight in `cdf` ([B, N]) exceeds `target` ([B, 1]). A row
+    with no mass (NaN logits) finds none; the clamp keeps it inside the row."""
+    index = torch.searchsorted(cdf, _below_total(target, cdf), right=True)
+    return index.clamp_(max=cdf.shape[-1] - 1)
 
 
 def _draw_seed(seed: int, seq_index: int, token_index: int, salt: str | None) -> int:
