@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from inferline.engine.sampler import Sampler
+from inferline.engine.sampler import Sampler, draw
 from inferline.types import SamplingParams
 
 VOCAB = 8
@@ -85,6 +85,64 @@ def test_seeded_rows_ignore_their_neighbours(sampler: Sampler) -> None:
     for other_seed in range(5):
         crowd = [Row(SamplingParams(temperature=1.0, seed=other_seed)), seeded, Row(SamplingParams())]
         assert sampler(logits(flat, flat, flat), crowd)[1].token_id == alone
+
+
+def test_a_seeded_request_varies_by_token_index_but_not_by_sampler_or_batch_order() -> None:
+    flat = [1.0] * VOCAB
+    rows = [Row(SamplingParams(temperature=1.0, seed=7), output_token_ids=[0] * i) for i in range(64)]
+    first = [s.token_id for s in Sampler(0, torch.device("cpu"))(logits(*[flat] * 64), rows)]
+    backwards = Sampler(99, torch.device("cpu"))(logits(*[flat] * 64), rows[::-1])
+    assert [s.token_id for s in backwards][::-1] == first
+    assert len(set(first)) > VOCAB // 2  # each token index has its own draw
+
+
+def expected_distribution(row_logits: list[float], params: SamplingParams) -> torch.Tensor:
+    """The distribution the sampler should draw from, computed here independently of it."""
+    p = torch.softmax(torch.tensor(row_logits, dtype=torch.float64) / params.temperature, dim=-1)
+    if params.top_k is not None:
+        p = torch.where(p >= p.topk(params.top_k).values[-1], p, 0.0)
+    p = torch.where(p >= params.min_p * p.max(), p, 0.0)
+    return p / p.sum()
+
+
+def chi_square_below_critical(counts: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether draws with these counts fit p, at the 99.9th percentile (3 to 7 degrees of freedom)."""
+    assert counts[p == 0].sum() == 0
+    expected = p[p > 0] * counts.sum()
+    chi_square = float(((counts[p > 0] - expected) ** 2 / expected).sum())
+    return chi_square < {3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}[int((p > 0).sum()) - 1]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.7), SamplingParams(temperature=1.3, top_k=6, min_p=0.1)],
+    ids=["temperature", "top_k_and_min_p"],
+)
+def test_sampled_tokens_follow_the_distribution(sampler: Sampler, params: SamplingParams) -> None:
+    row_logits = [2.0, 1.6, 1.1, 0.7, 0.2, -0.4, -1.0, 0.9]
+    draws = 20_000
+    counts = torch.zeros(VOCAB, dtype=torch.float64)
+    for s in sampler(logits(*[row_logits] * draws), [Row(params)] * draws):
+        counts[s.token_id] += 1
+    assert chi_square_below_critical(counts, expected_distribution(row_logits, params))
+
+
+def test_draws_across_a_large_vocabulary_follow_the_weights() -> None:
+    # Mass in several of the search's blocks, at their edges, in a vocabulary that is no whole number of them.
+    p = torch.zeros(1029, dtype=torch.float64)
+    p[[0, 255, 256, 600, 767, 1028]] = torch.tensor([0.1, 0.25, 0.05, 0.3, 0.2, 0.1], dtype=torch.float64)
+    draws = 20_000
+    uniforms = torch.rand(draws, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens = draw(p.float().expand(draws, -1), uniforms)
+    assert chi_square_below_critical(torch.bincount(tokens, minlength=len(p)).double(), p)
+
+
+def test_greedy_rows_take_the_argmax_beside_sampled_rows(sampler: Sampler) -> None:
+    close = [0, 1.0, 1.1, 0.9, 0, 0, 0, 0]
+    rows = [Row(SamplingParams(temperature=0)), Row(SamplingParams(temperature=1.0))] * 200
+    out = sampler(logits(*[close] * len(rows)), rows)
+    assert {s.token_id for s in out[0::2]} == {2}
+    assert len({s.token_id for s in out[1::2]}) == VOCAB
 
 
 def test_logprobs_report_the_raw_distribution(sampler: Sampler) -> None:

@@ -31,7 +31,7 @@ class DraftToken(SampledToken):
 
 class DraftSampler(Sampler):
     """The draft model's sampler: draws from the request's own distribution (penalties, temperature,
-    top-k/p, min-p) under the draft model and keeps it for verification. Its seeded noise is salted
+    top-k/p, min-p) under the draft model and keeps it for verification. Its seeded draws are salted
     apart from the target's, so a draft is independent of the draws that judge it."""
 
     def __call__(
@@ -41,7 +41,7 @@ class DraftSampler(Sampler):
         if all(r.sampling.greedy for r in rows):
             return [DraftToken(t) for t in logits.argmax(dim=-1).tolist()]
         probs = self.probabilities(logits, rows)
-        token_ids = self.pick(logits, probs, self.noise(logits, rows, salt="draft"), rows).tolist()
+        token_ids = self.pick(logits, probs, self.uniform(rows, salt="draft"), rows).tolist()
         return [
             DraftToken(t, probs=None if row.sampling.greedy else probs[i])
             for i, (t, row) in enumerate(zip(token_ids, rows, strict=True))

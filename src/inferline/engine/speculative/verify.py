@@ -1,7 +1,7 @@
 """Verification of drafts against the target's logits; the runner calls it for chunks carrying drafts.
 
 Verification is exact. Each row draws the token the plain sampler would draw there (same penalties,
-same seeded noise); when the draft is certain (n-gram, or a greedy request) a draft is accepted while
+same seeded draws); when the draft is certain (n-gram, or a greedy request) a draft is accepted while
 it equals that token, which is rejection sampling with a one-hot q: accepted with probability p(d),
 otherwise a draw from p without d. So greedy output is token-for-token that of plain decoding, and a
 seeded request samples the same tokens as without speculation. A draft drawn from a draft distribution
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from inferline.engine.guided.masks import RowMasks
-from inferline.engine.sampler import SampledToken, Sampler
+from inferline.engine.sampler import SampledToken, Sampler, draw
 from inferline.engine.scheduler import ScheduledChunk
 from inferline.types import SamplingParams
 
@@ -56,30 +56,31 @@ def verify_drafts(
     rows = _verify_rows(chunks)
     raw_logprobs = sampler.raw_logprobs(logits, rows)
     logits = sampler.constrain(sampler.apply_penalties(logits, rows), masks)
-    probs = noise = None
+    probs = uniforms = None
     if all(r.sampling.greedy for r in rows):
         token_ids = logits.argmax(dim=-1)
     else:
-        probs, noise = sampler.probabilities(logits, rows), sampler.noise(logits, rows)
-        token_ids = sampler.pick(logits, probs, noise, rows)  # [R] what plain sampling draws per row
+        probs, uniforms = sampler.probabilities(logits, rows), sampler.uniform(rows)
+        token_ids = sampler.pick(logits, probs, uniforms, rows)  # [R] what plain sampling draws per row
     targets = token_ids.tolist()
     num_kept = []
     start = 0
     for chunk in chunks:
         end = start + 1 + len(chunk.draft_token_ids)
-        if chunk.draft_probs is None or chunk.sampling.greedy or probs is None or noise is None:
+        if chunk.draft_probs is None or chunk.sampling.greedy or probs is None or uniforms is None:
             num_accepted = _num_matching(chunk.draft_token_ids, targets[start:end])
         else:
-            num_accepted, token_id = _rejection_sample(
+            num_accepted, correction = _rejection_sample(
                 sampler,
                 chunk.draft_token_ids,
                 chunk.draft_probs,
                 probs[start:end],
-                noise[start:end],
+                uniforms[start:end],
                 rows[start:end],
             )
             token_ids[start : start + num_accepted] = torch.tensor(chunk.draft_token_ids[:num_accepted])
-            token_ids[start + num_accepted] = token_id
+            if correction is not None:
+                token_ids[start + num_accepted] = correction
         num_kept.append(num_accepted + 1)
         start = end
     results = sampler.results(token_ids, rows, raw_logprobs)
@@ -95,12 +96,14 @@ def _rejection_sample(
     draft_token_ids: list[int],
     draft_probs: torch.Tensor,
     probs: torch.Tensor,
-    noise: torch.Tensor,
+    uniforms: torch.Tensor,
     rows: Sequence[_VerifyRow],
-) -> tuple[int, int]:
-    """(accepted drafts, the target's token after them) for drafts drawn from `draft_probs` ([k, V]).
+) -> tuple[int, int | None]:
+    """(accepted drafts, the correction after them) for drafts drawn from `draft_probs` ([k, V]); the
+    correction is None when all k were accepted: the bonus token is then the plain draw of row k.
 
-    probs, noise: [k + 1, V] the target's distributions and the plain path's noise for the chunk's rows.
+    probs: [k + 1, V] the target's distributions, uniforms: [k + 1] the plain path's draws, for the
+    chunk's rows.
     """
     num_drafts = len(draft_token_ids)
     drafts = torch.tensor(draft_token_ids, device=probs.device)
@@ -111,9 +114,10 @@ def _rejection_sample(
     accepted = sampler.uniform(rows[:num_drafts], salt="accept") * q_draft < p_draft
     rejected = (~accepted).nonzero()
     if len(rejected) == 0:
-        return num_drafts, int((probs[num_drafts] / noise[num_drafts]).argmax())
+        return num_drafts, None
     at = int(rejected[0, 0])
     residual = (probs[at] - q[at]).clamp_(min=0)
     if float(residual.sum()) <= 0:  # p == q up to rounding: rejection had probability ~0
         residual = probs[at]
-    return at, int((residual / noise[at]).argmax())
+    # The row's plain draw is unused here (its target was not taken), so it is fresh for the residual.
+    return at, int(draw(residual.unsqueeze(0), uniforms[at : at + 1])[0])
