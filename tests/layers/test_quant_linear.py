@@ -98,6 +98,18 @@ def test_int8_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: i
     assert ((got - dense).norm() / dense.norm()).item() < 0.01
 
 
+@pytest.mark.parametrize("layer_type", [Int4Linear, Int8Linear])
+def test_a_row_comes_out_the_same_to_the_bit_alone_or_in_a_batch(layer_type: type[nn.Module]) -> None:
+    # Seeded sampling must not depend on what else is in the batch, so neither may the logits. Float32
+    # activations and outputs: bfloat16 would round away most differences in the sums' last bits.
+    weight = torch.randn(96, 192, generator=torch.Generator().manual_seed(9)) * 0.05
+    layer = layer_type.quantize(weight, None, torch.float32)  # type: ignore[attr-defined]
+    x = torch.randn(SMALL_BATCH_ROWS, 192, generator=torch.Generator().manual_seed(10))
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
+    for rows in (2, 5, 16, SMALL_BATCH_ROWS):
+        assert torch.equal(layer(x[:rows]), alone[:rows]), f"rows of a batch of {rows} differ from alone"
+
+
 def test_int4_dequantizes_the_same_with_and_without_the_cpp_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     weight = torch.randn(48, 96, generator=torch.Generator().manual_seed(6))
     layer = Int4Linear.quantize(weight, None, torch.bfloat16)

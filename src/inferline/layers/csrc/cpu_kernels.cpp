@@ -159,37 +159,34 @@ inline float sum_lanes(__m256 v) {
 // The loops over a tile's rows are unrolled by pragma: left to itself GCC keeps 16 rows' accumulators
 // in a loop over memory.
 
-// totals[i] = the sum of acc[i]'s lanes for R <= 16 rows at once: a transpose made of adds, ~45
-// instructions for 16 rows where a reduction per row takes ~10 each.
+// totals[i] = the sum of acc[i]'s lanes for R <= 16 rows at once: a transpose made of adds, ~60
+// instructions for 16 rows where a reduction per row takes ~10 each. Every row's adds go in one order
+// (256-bit halves, then 128-bit halves, then lanes 0 + 2 and 1 + 3, then those two), a lone row's too,
+// so a row's output is the same to the bit whether it is alone or in a tile: a seeded request samples
+// the same tokens whatever else is in the batch.
 template <int R>
 inline void sum_each(const __m512* acc, float* totals) {
-  if constexpr (R == 1) {
-    totals[0] = _mm512_reduce_add_ps(acc[0]);
-  } else {
-    __m512 v[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) v[i] = i < R ? acc[i] : _mm512_setzero_ps();
-    __m512 pairs[8];  // per 128-bit lane: [row 2i's two partial sums, row 2i + 1's], interleaved
-    #pragma GCC unroll 16
-    for (int i = 0; i < 8; ++i) {
-      pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    }
-    __m512 quads[4];  // per 128-bit lane: rows 4i .. 4i + 3
-    #pragma GCC unroll 16
-    for (int i = 0; i < 4; ++i) {
-      quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
-                               _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
-    }
-    const __m512 halves01 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x44),
-                                          _mm512_shuffle_f32x4(quads[0], quads[1], 0xEE));
-    const __m512 halves23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x44),
-                                          _mm512_shuffle_f32x4(quads[2], quads[3], 0xEE));
-    const __m512 sums = _mm512_add_ps(_mm512_shuffle_f32x4(halves01, halves23, 0x88),
-                                      _mm512_shuffle_f32x4(halves01, halves23, 0xDD));
-    alignas(64) float all[16];
-    _mm512_store_ps(all, sums);
-    #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) totals[i] = all[i];
+  constexpr int kPairs = (R + 1) / 2;
+  constexpr int kQuads = (R + 3) / 4;
+  __m512 halves[8];  // rows 2i and 2i + 1, each one's 256-bit halves added: [2i: 2 blocks | 2i + 1: 2]
+#pragma GCC unroll 16
+  for (int i = 0; i < kPairs; ++i) {
+    const __m512 a = acc[2 * i];
+    const __m512 b = 2 * i + 1 < R ? acc[2 * i + 1] : _mm512_setzero_ps();
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0xEE), _mm512_shuffle_f32x4(a, b, 0x44));
+  }
+  alignas(64) float lanes[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < kQuads; ++i) {
+    const __m512 a = halves[2 * i];
+    const __m512 b = 2 * i + 1 < kPairs ? halves[2 * i + 1] : _mm512_setzero_ps();
+    // Each 128-bit block: one row's four lanes, its two 128-bit halves added.
+    const __m512 quads = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0xDD), _mm512_shuffle_f32x4(a, b, 0x88));
+    const __m512 pairs = _mm512_add_ps(quads, _mm512_permute_ps(quads, 0x4E));  // lanes 0 + 2, 1 + 3
+    const __m512 sums = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0xB1));   // then those two
+    _mm512_store_ps(lanes, sums);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4 && 4 * i + j < R; ++j) totals[4 * i + j] = lanes[4 * j];
   }
 }
 
