@@ -74,26 +74,18 @@ def test_int4_keeps_the_vocabulary_projection_in_int8() -> None:
     assert isinstance(model.lm_head, Int8Linear)
 
 
+@pytest.mark.parametrize("layer_type", [Int4Linear, Int8Linear])
 @pytest.mark.parametrize("rows", [1, 5, SMALL_BATCH_ROWS])
 @pytest.mark.parametrize("in_features", [192, 160, 224])  # groups of 32: 4 + 2, 4 + 1, 4 + 3 (the tails)
-def test_int4_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int, in_features: int) -> None:
-    # The kernel quantizes activations per group of 32 to int8; the dense path multiplies exactly.
+def test_kernels_match_their_dense_weights_up_to_activation_rounding(
+    layer_type: type[nn.Module], rows: int, in_features: int
+) -> None:
+    # The kernels quantize activations per group of 32 to int8; the dense path multiplies exactly. The
+    # last one to three groups of a row (past the last four) are read with masks.
     weight = torch.randn(80, in_features, generator=torch.Generator().manual_seed(4)) * 0.05
-    layer = Int4Linear.quantize(weight, torch.randn(80), torch.bfloat16)
+    layer = layer_type.quantize(weight, torch.randn(80), torch.bfloat16)  # type: ignore[attr-defined]
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(5)).bfloat16()
-    dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()
-    got = layer(x).float()
-    assert ((got - dense).norm() / dense.norm()).item() < 0.01
-
-
-@pytest.mark.parametrize("rows", [1, 5, SMALL_BATCH_ROWS])
-@pytest.mark.parametrize("in_features", [192, 160, 224])
-def test_int8_kernel_matches_its_dense_weights_up_to_activation_rounding(rows: int, in_features: int) -> None:
-    # The tails of a row (one to three blocks past the last group of four) are read with masks.
-    weight = torch.randn(80, in_features, generator=torch.Generator().manual_seed(7)) * 0.05
-    layer = Int8Linear.quantize(weight, torch.randn(80), torch.bfloat16)
-    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(8)).bfloat16()
-    dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()
+    dense = x.float() @ layer.dequantized(torch.float32).t() + layer.bias.float()  # type: ignore[operator]
     got = layer(x).float()
     assert ((got - dense).norm() / dense.norm()).item() < 0.01
 
