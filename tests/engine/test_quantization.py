@@ -111,8 +111,12 @@ def test_auto_takes_the_quantization_a_folders_config_names(tmp_path: Path) -> N
 
 
 def test_int8_greedy_output_stays_close_to_float(default_model: LoadedModel, int8_model: LoadedModel) -> None:
+    # Greedy continuations part at the first near-tie, so prefix agreement is a coarse measure: against
+    # float32 here bfloat16 alone keeps 0.77, int8 0.57 and int4 0.52. Prompts of up to 32 tokens go
+    # through the int8-activation kernels as llama.cpp runs them (0.80 for int8 when they took exact
+    # bfloat16 GEMMs, at twice the time to first token); perplexity, below, is the finer check.
     agreement = token_agreement(_greedy(default_model), _greedy(int8_model))
-    assert agreement.matching_prefix >= 0.6, agreement
+    assert agreement.matching_prefix >= 0.5, agreement
 
 
 def test_int8_and_int4_perplexity_stay_close_to_float(
