@@ -5,6 +5,7 @@ delivered again; their results are written once."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ from inferline.streams.message import Sink, Source
 from inferline.streams.metrics import StreamMetrics
 from inferline.streams.scoring import Observe
 from inferline.streams.worker import StreamWorker
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 10.0
+"""How long close() waits for cancelled workers. One was seen (rarely, under load) to stay in
+`cancelling` for good, awaiting a bare future inside its scoring step; the shutdown goes on without it."""
 
 
 def open_source(config: SourceConfig) -> Source:
@@ -85,7 +92,14 @@ class StreamWorkers:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT_S)
+        for task in stuck:
+            logger.warning("%s did not stop within %.0f s of cancel", task.get_name(), CLOSE_TIMEOUT_S)
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a worker's own failure was logged where it happened
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [w.snapshot() for w in self.workers]
