@@ -1,6 +1,7 @@
 """EmbeddingBackend through the Backend protocol: embed(), OIP infer(), batching, errors, lifecycle."""
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -126,3 +127,22 @@ def test_unload_stops_serving() -> None:
     assert backend.stats().running == 0
     with pytest.raises(RuntimeError, match="not loaded"):
         asyncio.run(backend.embed(["late"]))
+
+
+def test_an_embedding_batch_leaves_no_openmp_workers_behind() -> None:
+    # An idle pool beside the LLM engine's makes every barrier of its steps sleep (runners/openmp.py).
+    config = EmbeddingDeploymentConfig(name="e", kind="embedding", source="all-minilm-l6-v2")
+    backend = EmbeddingBackend(config)
+
+    async def main() -> tuple[int, int]:
+        await backend.load()  # its batcher thread has not computed yet
+        try:
+            threads_before = len(os.listdir("/proc/self/task"))
+            result = await backend.embed(["a sentence long enough to be worth two threads"] * 16)
+            assert result.vectors.shape == (16, 384)
+            return threads_before, len(os.listdir("/proc/self/task"))
+        finally:
+            await backend.unload()
+
+    threads_before, threads_after = asyncio.run(main())
+    assert threads_after == threads_before

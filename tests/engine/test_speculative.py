@@ -139,7 +139,9 @@ def test_stops_land_inside_accepted_drafts_exactly_as_without(default_model: Loa
 def test_streaming_through_the_async_engine_carries_several_tokens_per_delta(
     default_model: LoadedModel, plain_greedy: list[list[int]]
 ) -> None:
-    engine = AsyncEngine(EngineCore(EngineConfig(kv_cache_bytes=64 << 20, speculative=NGRAM), default_model))
+    engine = AsyncEngine(
+        lambda: EngineCore(EngineConfig(kv_cache_bytes=64 << 20, speculative=NGRAM), default_model)
+    )
     request = Request("s", default_model.tokenizer.encode(REPETITIVE[0]), GREEDY)
 
     async def stream() -> list[list[int]]:

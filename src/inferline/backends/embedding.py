@@ -16,6 +16,7 @@ from inferline.backends.batched import BatchedBackend
 from inferline.config import EmbeddingDeploymentConfig
 from inferline.errors import InvalidRequestError
 from inferline.runners.embedding import EmbeddingOutput, EmbeddingRunner
+from inferline.runners.openmp import release_thread_pool
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class EmbeddingBackend(BatchedBackend):
         """Worker thread: one forward pass over every text of every request, split back per request."""
         assert self.runner is not None, "the batcher runs only while the model is loaded"
         output = self.runner.embed([text for texts in requests for text in texts])
+        release_thread_pool()  # an LLM engine's steps beside this one must not pay for an idle pool
         results, start = [], 0
         for texts in requests:
             end = start + len(texts)
@@ -84,6 +86,7 @@ class EmbeddingBackend(BatchedBackend):
 def _load_runner(source: str) -> EmbeddingRunner:
     runner = EmbeddingRunner.from_source(source)
     runner.embed(["warm up the kernels before the first request"])
+    release_thread_pool()
     logger.info("embedding model %s loaded (dim %d)", source, runner.embedding_dim)
     return runner
 
