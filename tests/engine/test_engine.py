@@ -82,6 +82,26 @@ def test_prefix_cache_hits_are_counted_and_change_nothing(default_model: LoadedM
     assert uncached.engine.stats().prefix_hit_tokens == 0
 
 
+def test_a_prompt_sent_again_computes_its_last_token_only_and_answers_the_same(
+    default_model: LoadedModel,
+) -> None:
+    prompt = "Write one short sentence about the sea"
+    longer = prompt + " and the sky at night:"
+    prompt_ids = default_model.tokenizer.encode(prompt)
+    assert default_model.tokenizer.encode(longer)[: len(prompt_ids)] == prompt_ids
+    assert len(prompt_ids) % 16, "the prompt ends in a partial block"
+    cached = LLM(loaded=default_model, kv_cache_bytes=64 << 20)
+    first, again, extended = (cached.generate(p, GREEDY)[0] for p in (prompt, prompt, longer))
+    assert again.usage is not None
+    assert extended.usage is not None
+    assert again.usage.cached_prompt_tokens == len(prompt_ids) - 1
+    assert extended.usage.cached_prompt_tokens == len(prompt_ids)  # the partial block's KV was copied
+    uncached = LLM(loaded=default_model, kv_cache_bytes=64 << 20, enable_prefix_caching=False)
+    expected = [o.outputs[0].token_ids for o in uncached.generate([prompt, longer], GREEDY)]
+    outputs = [o.outputs[0].token_ids for o in (first, again, extended)]
+    assert outputs == [expected[0], expected[0], expected[1]]
+
+
 def test_seeded_sampling_reproduces_whatever_the_batch(default_model: LoadedModel) -> None:
     llm = LLM(loaded=default_model, kv_cache_bytes=64 << 20)
     seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, seed=1234)
@@ -104,9 +124,9 @@ def test_n_completions_share_the_prompt_and_differ(default_model: LoadedModel) -
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1
     assert out.usage is not None
     assert out.usage.completion_tokens == 48
-    # Completions 1..3 reused the prompt's full blocks that completion 0 computed (all but the block
-    # holding the last prompt token, whose forward pass gives each completion its first logits).
-    assert llm.engine.stats().prefix_hit_tokens == 3 * ((len(out.prompt_token_ids) - 1) // 16) * 16
+    # Completions 1..3 reused the prompt's KV that completion 0 computed: all but the last prompt token,
+    # whose forward pass gives each completion its first logits (its block is copied, not recomputed).
+    assert llm.engine.stats().prefix_hit_tokens == 3 * (len(out.prompt_token_ids) - 1)
 
 
 def test_stop_strings_cut_exactly(default_model: LoadedModel) -> None:

@@ -1,4 +1,4 @@
-from inferline.engine.kv_cache import KVCacheManager, hash_block
+from inferline.engine.kv_cache import CachedTail, KVCacheManager, hash_block
 
 
 def test_allocate_and_free_return_every_block() -> None:
@@ -73,3 +73,36 @@ def test_disabled_prefix_caching_finds_nothing() -> None:
     kv.allocate("a", 4)
     kv.cache_full_blocks("a", [1, 2, 3, 4], 4)
     assert kv.find_cached_prefix([1, 2, 3, 4, 5]).num_blocks == 0
+
+
+def test_a_cached_block_holding_the_last_token_is_copied_not_shared() -> None:
+    kv = KVCacheManager(num_blocks=8, block_size=4, enable_prefix_caching=True)
+    tokens = list(range(8))
+    kv.allocate("a", 8)
+    kv.cache_full_blocks("a", tokens, 8)
+    prefix = kv.find_cached_prefix(tokens)
+    assert prefix.tail == CachedTail(kv.block_ids("a")[1], 3)  # all of it but the last token
+    assert prefix.num_tokens(4) == 7
+    copy = kv.allocate("b", 8, prefix)
+    assert kv.block_ids("b")[0] == kv.block_ids("a")[0]
+    assert copy == (kv.block_ids("a")[1], kv.block_ids("b")[1])
+    assert kv.block_ids("b")[1] != kv.block_ids("a")[1]
+    assert kv.pool.ref_counts[kv.block_ids("a")[1]] == 1
+
+
+def test_a_prompts_partial_tail_serves_longer_prompts_until_evicted() -> None:
+    kv = KVCacheManager(num_blocks=4, block_size=4, enable_prefix_caching=True)
+    prompt = [1, 2, 3, 4, 5, 6]
+    kv.allocate("a", 6)
+    kv.cache_full_blocks("a", prompt, 6)
+    kv.cache_prompt_tail("a", prompt)
+    tail_block = kv.block_ids("a")[1]
+    longer = kv.find_cached_prefix([*prompt, 7, 8, 9])
+    assert longer.block_ids == kv.block_ids("a")[:1]
+    assert longer.tail == CachedTail(tail_block, 2)
+    assert kv.find_cached_prefix(prompt).tail == CachedTail(tail_block, 1)  # the last token is computed
+    assert kv.find_cached_prefix([1, 2, 3, 4, 5, 9, 9]).tail is None  # only the whole tail is indexed
+    kv.free("a")
+    kv.allocate("b", 16)  # takes every block: the cached ones are evicted
+    assert kv.find_cached_prefix([*prompt, 7]) == kv.find_cached_prefix([42] * 7)
+    assert kv.find_cached_prefix([*prompt, 7]).tail is None

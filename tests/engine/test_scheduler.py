@@ -144,7 +144,9 @@ def test_batch_work_narrows_while_foreground_requests_are_near_and_widens_after(
         add(scheduler, f"batch{i}", prompt_len=8, max_tokens=200, priority=Priority.BATCH, tenant="flood")
     output, _ = step(scheduler)
     assert len(output.chunks) == 8, "alone, batch work takes every slot"
-    chat = add(scheduler, "chat", prompt_len=8, max_tokens=3, priority=Priority.INTERACTIVE, tenant="app")
+    chat = add(
+        scheduler, "chat", 8, max_tokens=3, priority=Priority.INTERACTIVE, tenant="app", first_token=100
+    )
     output, _ = step(scheduler)
     assert [c.seq_id for c in output.chunks] == ["chat#0"], "the chat's prefill runs alone"
     while chat.status is not SequenceStatus.FINISHED:

@@ -5,6 +5,13 @@ tail of a free queue but keeps its prefix hash, so a later request with the same
 back (a prefix-cache hit) until it reaches the head of the queue and is reused for new data; the
 queue order is therefore least-recently-used eviction. A full block's hash covers its tokens and,
 through the parent hash, every token before it, so equal hashes mean equal KV contents.
+
+A prompt's last, partial block is indexed too, under the hash of the tokens it holds when the prompt's
+prefill ends (its later slots belong to that sequence's output). Such a block, or a full block holding
+a new prompt's last token (whose forward pass must run to produce logits), is not shared but copied: the
+new sequence gets a fresh block, the runner copies the cached block's KV into it before the step, and
+the step computes only the tokens the copy does not cover; at least the last. A prompt sent twice thus
+costs one token's forward pass, not a block's (up to 16 tokens).
 This module holds ids and counts only; the tensors live with the model runner.
 """
 
@@ -45,6 +52,8 @@ class BlockPool:
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
         self.block_hash: list[BlockHash | None] = [None] * num_blocks
+        self.tail_hash: list[BlockHash | None] = [None] * num_blocks
+        """The hash of a prompt's tail that the block's first slots hold (a partial block's, indexed too)."""
         self.cached: dict[BlockHash, int] = {}
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
 
@@ -87,23 +96,43 @@ class BlockPool:
             self.cached[block_hash] = block_id
             self.block_hash[block_id] = block_hash
 
+    def register_tail(self, block_id: int, tail_hash: BlockHash) -> None:
+        """Index a prompt's partial last block under the hash of the tokens its first slots hold."""
+        if self.enable_prefix_caching and tail_hash not in self.cached and self.tail_hash[block_id] is None:
+            self.cached[tail_hash] = block_id
+            self.tail_hash[block_id] = tail_hash
+
     def _forget(self, block_id: int) -> None:
-        block_hash = self.block_hash[block_id]
-        if block_hash is not None:
-            del self.cached[block_hash]
-            self.block_hash[block_id] = None
+        for hashes in (self.block_hash, self.tail_hash):
+            block_hash = hashes[block_id]
+            if block_hash is not None:
+                del self.cached[block_hash]
+                hashes[block_id] = None
+
+
+@dataclass
+class CachedTail:
+    """A cached block whose first `num_tokens` slots hold the KV of the tokens after a shared prefix."""
+
+    block_id: int
+    num_tokens: int
 
 
 @dataclass
 class ComputedPrefix:
-    """Blocks whose KV a new sequence can reuse, found by `KVCacheManager.find_cached_prefix`."""
+    """KV a new sequence can reuse, found by `KVCacheManager.find_cached_prefix`: full blocks it shares,
+    then perhaps a block it copies."""
 
     block_ids: list[int]
     block_hashes: list[BlockHash]
+    tail: CachedTail | None = None
 
     @property
     def num_blocks(self) -> int:
         return len(self.block_ids)
+
+    def num_tokens(self, block_size: int) -> int:
+        return self.num_blocks * block_size + (self.tail.num_tokens if self.tail else 0)
 
 
 class KVCacheManager:
@@ -133,7 +162,8 @@ class KVCacheManager:
         return -(-num_tokens // self.block_size)
 
     def find_cached_prefix(self, token_ids: list[int]) -> ComputedPrefix:
-        """The longest run of cached full blocks at the start of `token_ids`.
+        """The longest run of cached full blocks at the start of `token_ids`, then the cached block (full,
+        or a prompt's partial tail) that holds the most of the tokens after them.
 
         The last token is never taken from the cache: its forward pass is what produces the logits.
         """
@@ -141,7 +171,8 @@ class KVCacheManager:
         if not self.pool.enable_prefix_caching:
             return prefix
         parent: BlockHash | None = None
-        for start in range(0, len(token_ids) - 1 - self.block_size + 1, self.block_size):
+        start = 0
+        for start in range(0, len(token_ids) - self.block_size, self.block_size):
             block_hash = hash_block(parent, token_ids[start : start + self.block_size])
             block_id = self.pool.lookup(block_hash)
             if block_id is None:
@@ -149,6 +180,14 @@ class KVCacheManager:
             prefix.block_ids.append(block_id)
             prefix.block_hashes.append(block_hash)
             parent = block_hash
+        else:
+            start = prefix.num_blocks * self.block_size
+        reusable = len(token_ids) - 1 - start
+        for length in range(min(len(token_ids) - start, self.block_size), 0, -1) if reusable > 0 else ():
+            block_id = self.pool.lookup(hash_block(parent, token_ids[start : start + length]))
+            if block_id is not None:
+                prefix.tail = CachedTail(block_id, min(length, reusable))
+                break
         return prefix
 
     def can_allocate(self, seq_id: str, num_tokens: int, prefix: ComputedPrefix | None = None) -> bool:
@@ -161,18 +200,29 @@ class KVCacheManager:
         new_blocks = max(self.blocks_needed(num_tokens) - held, 0)
         return new_blocks + reused_free <= self.pool.num_free_blocks
 
-    def allocate(self, seq_id: str, num_tokens: int, prefix: ComputedPrefix | None = None) -> None:
-        """Grow the sequence's block table to hold `num_tokens`; call can_allocate first."""
+    def allocate(
+        self, seq_id: str, num_tokens: int, prefix: ComputedPrefix | None = None
+    ) -> tuple[int, int] | None:
+        """Grow the sequence's block table to hold `num_tokens`; call can_allocate first. With a prefix
+        that has a tail, returns (cached block, fresh block): the runner must copy the first's KV into
+        the second before this step's forward pass (it may be evicted by the next allocation, but not
+        overwritten before then: all copies run before any KV is written)."""
         table = self.block_tables.setdefault(seq_id, [])
         hashes = self.block_hashes.setdefault(seq_id, [])
+        copy = None
         if prefix is not None and prefix.num_blocks:
             for block_id in prefix.block_ids:
                 self.pool.share(block_id)
             table.extend(prefix.block_ids)
             hashes.extend(prefix.block_hashes)
+        if prefix is not None and prefix.tail is not None:
+            destination = self.pool.allocate(1)[0]
+            table.append(destination)
+            copy = (prefix.tail.block_id, destination)
         missing = self.blocks_needed(num_tokens) - len(table)
         if missing > 0:
             table.extend(self.pool.allocate(missing))
+        return copy
 
     def record_prefix_lookup(self, num_queried_tokens: int, num_hit_tokens: int) -> None:
         self.prefix_stats.queried_tokens += num_queried_tokens
@@ -183,6 +233,17 @@ class KVCacheManager:
         return self.pool.enable_prefix_caching and num_computed_tokens // self.block_size > len(
             self.block_hashes[seq_id]
         )
+
+    def cache_prompt_tail(self, seq_id: str, prompt_token_ids: list[int]) -> None:
+        """Index the prompt's partial last block, once the prompt's KV is computed and its full blocks
+        are indexed (cache_full_blocks)."""
+        index, length = divmod(len(prompt_token_ids), self.block_size)
+        hashes = self.block_hashes[seq_id]
+        if not self.pool.enable_prefix_caching or not length or len(hashes) < index:
+            return
+        parent = hashes[index - 1] if index else None
+        tail_hash = hash_block(parent, prompt_token_ids[index * self.block_size :])
+        self.pool.register_tail(self.block_tables[seq_id][index], tail_hash)
 
     def cache_full_blocks(self, seq_id: str, token_ids: list[int], num_computed_tokens: int) -> None:
         """Index the sequence's blocks whose KV is now fully computed."""

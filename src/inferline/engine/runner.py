@@ -82,6 +82,7 @@ class ModelRunner:
         prefills = [c for c in output.chunks if len(c.token_ids) > 1]
         chunks = decodes + prefills
         self._set_threads(output.num_tokens)
+        self._copy_blocks(output.chunks)
         input_ids, positions, meta = self._prepare(decodes, prefills)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, hidden]
 
@@ -104,6 +105,15 @@ class ModelRunner:
             return {chunk.seq_id: tokens for chunk, tokens in zip(sample_chunks, verified, strict=True)}
         sampled = self.sampler(logits, sample_chunks, allowed)
         return {chunk.seq_id: [token] for chunk, token in zip(sample_chunks, sampled, strict=True)}
+
+    def _copy_blocks(self, chunks: list[ScheduledChunk]) -> None:
+        """Copy cached blocks into the fresh blocks of the chunks that reuse them, before any KV is written
+        (a copied block may be taken for new data in this very step)."""
+        for chunk in chunks:
+            if chunk.copied_block is not None and chunk.copied_block[0] != chunk.copied_block[1]:
+                source, destination = chunk.copied_block
+                for kv in self.kv_caches:
+                    kv[:, destination].copy_(kv[:, source])
 
     def _set_threads(self, num_tokens: int) -> None:
         if self.single_stream_threads is None or self.device.type != "cpu":

@@ -59,6 +59,9 @@ class ScheduledChunk:
     """Generated so far (penalties read it; its length indexes the token being sampled)."""
     seq_index: int
     """Which of the request's n completions (seeded sampling differs per completion)."""
+    copied_block: tuple[int, int] | None = None
+    """(cached block, fresh block of this sequence): copy the first's KV into the second before the step
+    (a cached tail of the prompt: kv_cache.py); the chunk starts after the tokens it covers."""
     num_lookahead_tokens: int = 0
     """Draft tokens this chunk may carry after its one token: budget and KV slots are reserved."""
     draft_token_ids: list[int] = field(default_factory=list)
@@ -290,14 +293,14 @@ class Scheduler:
             self._preempt(victim, output)
         tokens = seq.all_token_ids
         prefix = self.kv_cache.find_cached_prefix(tokens)
-        num_cached = prefix.num_blocks * self.kv_cache.block_size
+        num_cached = prefix.num_tokens(self.kv_cache.block_size)
         num_new = min(seq.num_tokens - num_cached, budget)
         while not self.kv_cache.can_allocate(seq.seq_id, num_cached + num_new, prefix):
             victim = self._victim(scheduled, below=seq.priority, exclude=seq)
             if victim is None:
                 return False
             self._preempt(victim, output)
-        self.kv_cache.allocate(seq.seq_id, num_cached + num_new, prefix)
+        copy = self.kv_cache.allocate(seq.seq_id, num_cached + num_new, prefix)
         self.kv_cache.record_prefix_lookup(
             len(seq.prompt_token_ids), min(num_cached, len(seq.prompt_token_ids))
         )
@@ -308,7 +311,7 @@ class Scheduler:
         self.waiting.remove(seq)
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
-        self._emit(seq, num_new, scheduled, output)
+        self._emit(seq, num_new, scheduled, output, copied_block=copy)
         return True
 
     def _victim(self, scheduled: set[str], below: Priority | None, exclude: Sequence) -> Sequence | None:
@@ -345,6 +348,7 @@ class Scheduler:
         scheduled: set[str],
         output: SchedulerOutput,
         num_lookahead: int = 0,
+        copied_block: tuple[int, int] | None = None,
     ) -> None:
         start = seq.num_computed_tokens
         end = start + num_new
@@ -367,6 +371,7 @@ class Scheduler:
                 prompt_token_ids=seq.prompt_token_ids,
                 output_token_ids=seq.output_token_ids,
                 seq_index=seq.index,
+                copied_block=copied_block,
                 num_lookahead_tokens=num_lookahead,
             )
         )
@@ -392,9 +397,12 @@ class Scheduler:
             # block is hashed for sharing only once every token in it is verified.
             num_computed = seq.num_computed_tokens + len(chunk.token_ids) - len(chunk.draft_token_ids)
             num_kept, stop = self._append(seq, token_ids)
+            prompt_done = seq.num_computed_tokens < len(seq.prompt_token_ids) <= num_computed
             seq.num_computed_tokens = min(num_computed + num_accepted, seq.num_tokens)
             if self.kv_cache.has_uncached_full_blocks(seq.seq_id, seq.num_computed_tokens):
                 self.kv_cache.cache_full_blocks(seq.seq_id, seq.all_token_ids, seq.num_computed_tokens)
+            if prompt_done:
+                self.kv_cache.cache_prompt_tail(seq.seq_id, seq.prompt_token_ids)
             if token_ids:
                 advanced.append((seq, num_kept))
             if stop is not None:

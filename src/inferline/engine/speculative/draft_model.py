@@ -116,4 +116,5 @@ class DraftModelProposer:
             start_position=chunk.start_position + len(proposed),
             output_token_ids=chunk.output_token_ids + proposed,
             sample=len(proposed) < chunk.num_lookahead_tokens,
+            copied_block=None,  # copied before the first draft step: again would undo its KV
         )
