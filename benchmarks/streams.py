@@ -23,6 +23,10 @@ well under a millisecond on loopback). Per consumer and source:
    (open loop: a late result does not delay the next publish; the messages whose time has come go out
    together in one pipelined round trip); p50/p99 latency over all of them, and the rate achieved.
 
+The NATS source stream is a work queue (acknowledged messages deleted), as the worker creates one; with
+JetStream's default retention (keep everything) the file store grows by every message and stalled
+delivery for ~100 ms every few seconds (p99 27-57 ms at 50 % load against 14-20 ms, benchmarks/RESULTS.md).
+
 Everything shares one machine's cores (brokers, producer, reader, consumer), nothing pinned: on a shared
 or small machine the figures are indicative.
 
@@ -160,10 +164,14 @@ class NatsRig:
 
     async def start(self) -> None:
         import nats
+        import nats.js.api
 
         self.client = await nats.connect(self.url)
         self.js = self.client.jetstream()
-        await self.js.add_stream(name=f"{self.name}_IN", subjects=[f"{self.name}.in"])
+        # A work queue, as the worker creates a source stream (streams/nats_streams.py): one that keeps
+        # every message grows for good, and nats-server 2.9's file store then stalls ~100 ms every few s.
+        retention = nats.js.api.RetentionPolicy.WORK_QUEUE
+        await self.js.add_stream(name=f"{self.name}_IN", subjects=[f"{self.name}.in"], retention=retention)
         await self.js.add_stream(name=f"{self.name}_OUT", subjects=[f"{self.name}.out"], duplicate_window=600)
 
         async def arrived(msg: Any) -> None:

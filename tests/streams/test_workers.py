@@ -10,8 +10,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import nats
 import numpy as np
 import pytest
+from nats.js.api import RetentionPolicy
 from prometheus_client import CollectorRegistry
 
 from inferline.config import OnnxDeploymentConfig, ServerConfig
@@ -145,6 +147,41 @@ def test_a_slow_model_slows_consumption_and_loses_nothing(broker: Broker, slow_f
         peak = lags.index(max(lags))
         assert lags[peak] > num_messages / 2, lags  # a backlog built up while the model worked
         assert lags[peak:] == sorted(lags[peak:], reverse=True), lags  # and then only shrank
+        await broker.close()
+
+    run(scenario())
+
+
+def test_a_nats_source_stream_the_worker_creates_is_a_work_queue(nats_url: str, fraud_model: Path) -> None:
+    # Acknowledged messages leave it: a stream that kept them grew for good and stalled nats-server.
+    broker = NatsBroker(nats_url, f"fraud-{secrets.token_hex(3)}")
+    config = server_config(broker, fraud_model)
+
+    async def scenario() -> None:
+        js = await broker._js()
+        async with running(config, CollectorRegistry()):
+
+            async def created() -> bool:
+                try:
+                    await js.stream_info(f"{broker.name}_IN")
+                except nats.js.errors.NotFoundError:
+                    return False
+                return True
+
+            await until(created, 10, "the worker created its source stream")
+            ids = await broker.produce([json.dumps(payload(row)).encode() for row in features(20)])
+
+            async def all_written() -> bool:
+                return len(await broker.results()) == len(ids)
+
+            await until(all_written, 30, "every message has a result")
+
+            async def drained() -> bool:
+                return (await js.stream_info(f"{broker.name}_IN")).state.messages == 0
+
+            await until(drained, 10, "the acknowledged messages left the source stream")
+        info = await js.stream_info(f"{broker.name}_IN")
+        assert info.config.retention == RetentionPolicy.WORK_QUEUE
         await broker.close()
 
     run(scenario())
