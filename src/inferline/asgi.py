@@ -45,7 +45,8 @@ async def wait_or_leave(receive: Receive, seconds: float) -> bool:
     """Sleep `seconds` unless the client disconnects first (the body is read, so the next message
     can only be http.disconnect); True when it did."""
     try:
-        message: Message = await asyncio.wait_for(receive(), seconds)
+        async with asyncio.timeout(seconds):
+            message: Message = await receive()
     except TimeoutError:
         return False
     return message["type"] == "http.disconnect"

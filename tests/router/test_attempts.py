@@ -180,3 +180,21 @@ def test_cancellation_in_the_call_or_waiting_for_a_slot_gives_everything_back() 
         return await leftovers(router)
 
     assert asyncio.run(go()) == {}
+
+
+def test_a_caller_cancelled_as_its_work_finishes_is_cancelled() -> None:
+    # asyncio.wait_for (3.11) returned the work's result here and lost the cancellation: a stream worker
+    # kept running after its shutdown.
+    router, _ = make_router(CONFIG)
+    a = router.pool.by_name["a"]
+
+    async def go() -> None:
+        work: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        caller_task = asyncio.create_task(a.within(work))
+        await asyncio.sleep(0)  # the caller now waits on the work
+        work.set_result("done")
+        caller_task.cancel()  # in the same loop iteration
+        with pytest.raises(asyncio.CancelledError):
+            await caller_task
+
+    asyncio.run(go())

@@ -111,7 +111,8 @@ async def run_lines(
         # commit that follows seeing it set is the last one and holds everything.
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), COMMIT_INTERVAL_S)
+                async with asyncio.timeout(COMMIT_INTERVAL_S):
+                    await finished.wait()
             last = finished.is_set()
             if pending:
                 results = pending[:]

@@ -394,4 +394,5 @@ def _principal(record: BatchRecord) -> Principal:
 async def _sleep_unless(seconds: float, stop: asyncio.Event) -> None:
     if seconds > 0:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await stop.wait()

@@ -69,7 +69,8 @@ class Generation:
             return True
         self.idle.clear()  # it may still be set from an earlier moment with nothing in flight
         try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.idle.wait()
         except TimeoutError:
             return False
         return True
@@ -187,9 +188,14 @@ class Deployment:
         return self.estimated_wait_s() + seen
 
     async def within(self, work: Awaitable[T]) -> T:
-        """`work`, or BackendUnavailableError (so the router falls back) past the deployment's timeout."""
+        """`work`, or BackendUnavailableError (so the router falls back) past the deployment's timeout.
+
+        asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result of work that finishes in
+        the loop iteration its caller is cancelled in, and the cancellation is lost. A stream worker that
+        lost one that way kept running after its shutdown, its close() waiting for good."""
         try:
-            return await asyncio.wait_for(work, self.config.timeout_s)
+            async with asyncio.timeout(self.config.timeout_s):
+                return await work
         except TimeoutError:
             raise BackendUnavailableError(
                 f"deployment {self.name!r} did not answer within {self.config.timeout_s:g} s (timeout_s)"

@@ -30,8 +30,8 @@ from inferline.streams.worker import StreamWorker
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 10.0
-"""How long close() waits for cancelled workers. One was seen (rarely, under load) to stay in
-`cancelling` for good, awaiting a bare future inside its scoring step; the shutdown goes on without it."""
+"""How long close() waits for cancelled workers before it goes on without them (a worker also stops at the
+end of a step whose cancellation a library swallowed: StreamWorker.run)."""
 
 
 def open_source(config: SourceConfig) -> Source:

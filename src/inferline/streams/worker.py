@@ -101,8 +101,10 @@ class StreamWorker:
         backoff_s = 0.5
         opened = False
         watching: asyncio.Task[None] | None = None
+        this_task = asyncio.current_task()
         try:
-            while True:
+            # A cancel that something swallowed (asyncio.wait_for on 3.11 did) still stops the worker.
+            while this_task is None or not this_task.cancelling():
                 try:
                     if not opened:
                         await self._open()
