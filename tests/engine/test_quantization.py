@@ -3,6 +3,7 @@ and `quantization: auto` (the default) picks the format a user would want and sa
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from inferline.engine.model_loader import LoadedModel, load_model
 from inferline.engine.quantization import SERVE_QUANTIZATION_KEY, choose_quantization
 from inferline.errors import InvalidRequestError, ModelLoadError
 from inferline.layers.quant_linear import Int4Linear, Int8Linear
+from inferline.models import gguf_file
 from inferline.models.store import ModelSource, resolve
 from tests.models.tiny_gguf import random_hf_state_dict, write_tiny_gguf
 
@@ -67,6 +69,20 @@ def test_default_perplexity_stays_within_1_percent_of_float32(
 ) -> None:
     ids = default_model.tokenizer.encode(TEXT * 2)
     assert perplexity(auto_model, ids) < perplexity(default_model, ids) * 1.01
+
+
+def test_a_load_parses_the_gguf_header_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The quantization choice and the weights read the same header; parsing it is ~0.1 s of a start.
+    parsed: list[Path] = []
+    parse = gguf_file._parse
+
+    def counted(path: Path, *args: Any) -> gguf_file.GGUFFile:
+        parsed.append(path)
+        return parse(path, *args)
+
+    monkeypatch.setattr(gguf_file, "_parse", counted)
+    load_model(EngineConfig(device="cpu"))
+    assert parsed == [resolve("default").path]
 
 
 @pytest.mark.parametrize(

@@ -57,3 +57,14 @@ def test_what_the_models_loaded_is_kept_out_of_later_collections() -> None:
     loaded = [{"piece": i} for i in range(10_000)]  # what a vocabulary leaves behind
     asyncio.run(pool.load_all())
     assert gc.get_freeze_count() >= len(loaded)
+
+
+def test_collection_resumes_once_the_models_have_loaded() -> None:
+    # `inferline serve` turns the collector off for its start (it walked ~300k objects five times over,
+    # half a second, to free nothing); a server that never turned it on again would leak every cycle.
+    gc.disable()
+    try:
+        asyncio.run(pool_of(good=False, bad=True).load_all())
+        assert gc.isenabled()
+    finally:
+        gc.enable()

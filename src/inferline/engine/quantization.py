@@ -24,7 +24,6 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from inferline.errors import ModelLoadError
 from inferline.layers.quant_linear import QuantizationMode
 from inferline.models.block_weights import KEPT_AS
-from inferline.models.gguf_file import read_gguf
 from inferline.models.store import ModelSource
 
 QuantizationSetting = Literal["auto", "none", "int8", "int4"]
@@ -103,7 +102,7 @@ def stated_quantization(source: ModelSource) -> QuantizationMode | None:
 def dominant_linear_type(source: ModelSource) -> GGMLQuantizationType | None:
     """The block type holding most of the GGUF's matrix weights (the embedding table aside)."""
     weights: Counter[GGMLQuantizationType] = Counter()
-    for tensor in read_gguf(source.path).tensors.values():
+    for tensor in source.gguf.tensors.values():
         if len(tensor.shape) == 2 and tensor.name != "token_embd.weight":
             weights[tensor.ggml_type] += math.prod(tensor.shape)
     return weights.most_common(1)[0][0] if weights else None

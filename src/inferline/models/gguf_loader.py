@@ -53,7 +53,12 @@ _ROPE_FREQS = "rope_freqs.weight"
 
 
 def load_gguf(path: Path, keep_blocks: BlockMode | None = None) -> LoadedWeights:
-    """Read a .gguf file into a config, HF-named tensors and a tokenizer.
+    """Read a .gguf file into a config, HF-named tensors and a tokenizer: see load_gguf_file."""
+    return load_gguf_file(read_gguf(Path(path)), keep_blocks)
+
+
+def load_gguf_file(gguf_file: GGUFFile, keep_blocks: BlockMode | None = None) -> LoadedWeights:
+    """A parsed .gguf file as a config, HF-named tensors and a tokenizer.
 
     Tensors are float32, except that with `keep_blocks` the linear layers' weights stored in that
     mode's block types (Q4_0/Q4_1 for int4, Q8_0 for int8) stay BlockWeights; the vocabulary
@@ -61,7 +66,6 @@ def load_gguf(path: Path, keep_blocks: BlockMode | None = None) -> LoadedWeights
     `lm_head.weight` holds the embedding table's blocks beside its float copy).
     """
     start_s = time.perf_counter()
-    gguf_file = read_gguf(Path(path))
     config = gguf_config(gguf_file)
     tokenizer = Tokenizer.from_gguf_metadata(gguf_file.metadata)
     state_dict: dict[str, torch.Tensor | BlockWeight] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from inferline.errors import ModelLoadError
 from inferline.models.block_weights import BlockMode
-from inferline.models.gguf_loader import load_gguf
+from inferline.models.gguf_loader import load_gguf_file
 from inferline.models.hf_loader import load_hf_folder
 from inferline.models.loaded_weights import LoadedWeights
 from inferline.models.store import ModelSource, resolve
@@ -25,7 +25,9 @@ def load_source(source: ModelSource, keep_blocks: BlockMode | None = None) -> Lo
             f"{source.name!r} is an embedding model (a sentence-transformers folder), not a chat model; "
             "serve it as a deployment of kind 'embedding'"
         )
-    weights = load_gguf(source.path, keep_blocks) if source.kind == "gguf" else load_hf_folder(source.path)
+    weights = (
+        load_gguf_file(source.gguf, keep_blocks) if source.kind == "gguf" else load_hf_folder(source.path)
+    )
     if not weights.config.name:
         weights.config.name = source.name
     return weights
