@@ -7,6 +7,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 
+from inferline.layers.embedding import Int8Embedding
 from inferline.layers.quant_linear import Int4Linear, Int8Linear
 from inferline.models.block_weights import BlockWeight
 from inferline.models.gguf_loader import load_gguf
@@ -32,7 +33,8 @@ def test_kept_blocks_hold_exactly_the_files_weights(
     q_proj = kept["model.layers.0.self_attn.q_proj.weight"]
     assert isinstance(q_proj, BlockWeight)
     assert q_proj.mode == mode
-    assert not isinstance(kept["model.embed_tokens.weight"], BlockWeight)  # looked up, so float
+    # A Q8_0 embedding table is looked up from its blocks; any other stays float.
+    assert isinstance(kept["model.embed_tokens.weight"], BlockWeight) == (ggml_type == Q.Q8_0)
     for name, weight in kept.items():
         expected = as_float[name]
         assert isinstance(expected, torch.Tensor)
@@ -67,14 +69,19 @@ def test_model_built_from_blocks_runs_them_in_quantized_layers(tmp_path: Path) -
     assert ((qkv(x).float() - want.float()).norm() / want.float().norm()).item() < 0.02
 
 
-def test_a_tied_projection_keeps_the_embedding_tables_own_q8_0_blocks(tmp_path: Path) -> None:
+def test_a_tied_q8_0_table_is_looked_up_and_projected_from_its_own_blocks(tmp_path: Path) -> None:
     hf = random_hf_state_dict(attention_bias=False, tied=True)
     path = write_tiny_gguf(tmp_path / "tiny.gguf", "llama", hf, quantized=Q.Q8_0)
-    kept = load_gguf(path, keep_blocks="int8")
-    assert isinstance(kept.state_dict["lm_head.weight"], BlockWeight)
+    kept = load_gguf(path, keep_blocks="int4")  # the int4 layers keep the vocabulary in int8
+    assert isinstance(kept.state_dict["model.embed_tokens.weight"], BlockWeight)
+    assert "lm_head.weight" not in kept.state_dict  # tied: the table's blocks are the projection's
     model = build_model(kept.config, kept.state_dict, torch.bfloat16, torch.device("cpu"))
     assert isinstance(model.lm_head, Int8Linear)
+    assert isinstance(model.embed_tokens, Int8Embedding)
+    assert model.embed_tokens.weight.data_ptr() == model.lm_head.weight.data_ptr()  # one copy of the table
     table = load_gguf(path).state_dict["model.embed_tokens.weight"]
-    # Exactly the file's table (float32), not the bfloat16 table quantized a second time.
+    # Exactly the file's table (float32), not a bfloat16 table quantized a second time ...
     assert torch.equal(model.lm_head.dequantized(torch.float32), table)
-    assert torch.equal(model.embed_tokens.weight.float(), table.bfloat16().float())
+    # ... and each looked-up row is the widened table's row, to the bit.
+    ids = torch.tensor([[0, 5, 17], [40, 3, 3]])
+    assert torch.equal(model.embed_tokens(ids), table.bfloat16()[ids])

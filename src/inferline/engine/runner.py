@@ -60,8 +60,8 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.sampler = sampler
-        self.device = model.embed_tokens.weight.device
-        self.dtype = kv_cache_dtype(model.embed_tokens.weight.dtype, self.device)
+        self.device = model.norm.weight.device
+        self.dtype = kv_cache_dtype(model.norm.weight.dtype, self.device)  # the compute dtype
         layer_shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         self.kv_caches = allocate_kv_caches(config.num_hidden_layers, layer_shape, self.dtype, self.device)
         self.all_threads = torch.get_num_threads()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
+from inferline.layers.embedding import Int8Embedding
 from inferline.layers.quant_linear import GROUP_SIZE, Int4Linear, Int8Linear
 
 BlockMode = Literal["int4", "int8"]
@@ -52,6 +53,12 @@ class BlockWeight:
         if self.mode == "int4":
             return Int4Linear(self.codes, self.scales, bias)
         return Int8Linear(self.codes, self.scales, bias)
+
+    def embedding(self, dtype: torch.dtype) -> Int8Embedding:
+        """The embedding table over these weights (int8 only), its rows looked up in `dtype`."""
+        if self.mode != "int8":
+            raise ValueError(f"an embedding table is kept in int8 blocks, not {self.mode}")
+        return Int8Embedding(self.codes, self.scales, dtype)
 
     def dequantized(self) -> torch.Tensor:
         """float32 [out, in], for a layer that cannot stay in this format (e.g. fused with another)."""

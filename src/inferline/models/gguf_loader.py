@@ -62,8 +62,8 @@ def load_gguf_file(gguf_file: GGUFFile, keep_blocks: BlockMode | None = None) ->
 
     Tensors are float32, except that with `keep_blocks` the linear layers' weights stored in that
     mode's block types (Q4_0/Q4_1 for int4, Q8_0 for int8) stay BlockWeights; the vocabulary
-    projection keeps Q8_0 under either mode, as the int4 layers keep it in int8 (a tied one too: then
-    `lm_head.weight` holds the embedding table's blocks beside its float copy).
+    projection and the embedding table keep Q8_0 under either mode, as the int4 layers keep the
+    projection in int8 (a tied one is the table's blocks: no `lm_head.weight`).
     """
     start_s = time.perf_counter()
     config = gguf_config(gguf_file)
@@ -78,17 +78,6 @@ def load_gguf_file(gguf_file: GGUFFile, keep_blocks: BlockMode | None = None) ->
                 state_dict[name] = _load_blocks(tensor, config)
             else:
                 state_dict[name] = _load_tensor(tensor, config)
-        embedding = gguf_file.tensors.get("token_embd.weight")
-        tied = "lm_head.weight" not in state_dict
-        if (
-            tied
-            and embedding is not None
-            and keep_blocks
-            and _keeps_blocks("lm_head.weight", embedding, keep_blocks)
-        ):
-            # A tied projection is the embedding table, kept in its own Q8_0 blocks as well: quantizing
-            # the widened table again took a fifth of the default model's load and moved every scale.
-            state_dict["lm_head.weight"] = _load_blocks(embedding, config)
     logger.info(
         "loaded %s (%s, %d tensors) in %.2f s",
         gguf_file.path.name,
@@ -100,9 +89,11 @@ def load_gguf_file(gguf_file: GGUFFile, keep_blocks: BlockMode | None = None) ->
 
 
 def _keeps_blocks(hf_name: str, tensor: GGUFTensor, mode: BlockMode) -> bool:
-    if len(tensor.torch_shape) != 2 or hf_name == "model.embed_tokens.weight":
-        return False  # the embedding table is looked up, not multiplied: it stays float
-    if hf_name == "lm_head.weight":
+    if len(tensor.torch_shape) != 2:
+        return False
+    if hf_name in ("lm_head.weight", "model.embed_tokens.weight"):
+        # Widening the table (and quantizing it again for a tied projection) took a fifth of the default
+        # model's load; looked up row by row from its blocks, it also leaves 56 MB of bfloat16 unmade.
         return KEPT_AS.get(tensor.ggml_type) == "int8"
     return KEPT_AS.get(tensor.ggml_type) == mode
 

@@ -91,7 +91,7 @@ def build_model(
         model = LlamaForCausalLM(config)
     tensors, installed = _install_block_layers(model, fuse_checkpoint(config, hf_state_dict), dtype)
     cast = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items() if name != "lm_head.weight"}
-    tied = tensors.get("lm_head.weight") is tensors["embed_tokens.weight"]
+    tied = "lm_head.weight" in tensors and tensors["lm_head.weight"] is tensors.get("embed_tokens.weight")
     if "lm_head.weight" in tensors:
         cast["lm_head.weight"] = (
             cast["embed_tokens.weight"] if tied else tensors["lm_head.weight"].to(device=device, dtype=dtype)
@@ -117,7 +117,11 @@ def _install_block_layers(
     for module_name in modules:
         blocks, bias = weights[module_name + ".weight"], weights.get(module_name + ".bias")
         assert isinstance(blocks, BlockWeight)
-        layer = blocks.layer(None if bias is None else _float(bias).to(dtype))
+        layer: torch.nn.Module
+        if module_name == "embed_tokens":
+            layer = blocks.embedding(dtype)
+        else:
+            layer = blocks.layer(None if bias is None else _float(bias).to(dtype))
         parent, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer)
         installed.update({f"{module_name}.{key}": value for key, value in layer.state_dict().items()})
