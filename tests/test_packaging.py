@@ -85,31 +85,67 @@ def test_each_optional_module_is_in_the_extra_named_for_it() -> None:
         assert {canonicalize_name(d) for d in distributions.get(module, [])} & brought, (module, extra)
 
 
+def _run_without(modules: set[str], code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter where `modules` (top-level names) cannot be imported, as in an
+    install that lacks them."""
+    blocker = f"""
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {modules!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+"""
+    return subprocess.run(
+        [sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_the_server_and_the_cli_start_without_the_extras() -> None:
-    # Every module no core dependency installs is made unimportable, as in an install without extras.
     core = _installed_by(_project()["dependencies"])
-    absent = sorted(
+    absent = {
         module
         for module, names in importlib.metadata.packages_distributions().items()
         if module not in sys.stdlib_module_names
         and not {canonicalize_name(n) for n in names} & (core | {"inferline"})
-    )
+    }
     assert "ray" in absent  # an extra's
     assert "pytest" in absent  # the test extra's
-    probe = f"""
-import importlib.abc, sys
-class NotInstalled(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {set(absent)!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-sys.meta_path.insert(0, NotInstalled())
+    done = _run_without(
+        absent,
+        """
 from inferline.cli import build_parser
 build_parser().parse_args(["serve"])
 import inferline.server.app, inferline.server.serve, inferline.streams.service, inferline.edge.agent
 print("started")
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+""",
     )
     assert done.stdout.strip() == "started", done.stderr
+
+
+def _cli_without(modules: set[str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return _run_without(modules, f"from inferline.cli import main; sys.exit(main({list(argv)!r}))")
+
+
+def test_a_feature_whose_extra_is_missing_says_which_extra_to_install(tmp_path: Path) -> None:
+    ray = _cli_without({"ray"}, "serve", "--ray", "--port", "0")
+    assert ray.returncode == 2, ray.stderr
+    assert "inferline serve --ray needs the 'ray' package" in ray.stderr
+    assert "pip install 'inferline[ray]'" in ray.stderr
+    assert "Traceback" not in ray.stderr
+
+    config = tmp_path / "streams.yaml"
+    config.write_text(
+        "streams:\n"
+        "  - name: scored\n"
+        "    model: m\n"
+        "    source: {kind: nats, stream: IN, subject: in, durable: d}\n"
+        "    sink: {kind: database}\n"
+        "deployments: [{name: m, kind: remote, base_url: 'http://127.0.0.1:9'}]\n"
+    )
+    nats = _cli_without({"nats"}, "stream", "run", str(config))
+    assert nats.returncode == 2, nats.stderr
+    assert "the NATS source of stream 'IN' needs the 'nats' package" in nats.stderr
+    assert "pip install 'inferline[streams]'" in nats.stderr
+    assert "Traceback" not in nats.stderr

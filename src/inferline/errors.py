@@ -1,5 +1,8 @@
 """Errors a caller can act on. Each names what was wrong, the limit, and how to fix it."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class InferlineError(Exception):
     """Base class of every error inferline raises on purpose."""
@@ -68,3 +71,22 @@ class ModelNotReadyError(InferlineError):
 
 class PromptTooLongError(InvalidRequestError):
     """The prompt alone does not fit in the model's context (HTTP 413)."""
+
+
+class MissingExtraError(InferlineError):
+    """A feature needs a package that only one of inferline's extras installs."""
+
+
+@contextmanager
+def needs_extra(extra: str, package: str, feature: str) -> Iterator[None]:
+    """Turn the import error of `package` (installed by the `extra` extra) inside the block into one that
+    says what needs it and how to install it; any other missing module is a bug and stays as it is."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != package:
+            raise
+        raise MissingExtraError(
+            f"{feature} needs the {package!r} package, which inferline's {extra!r} extra installs: "
+            f"pip install 'inferline[{extra}]' (in a checkout: .venv/bin/pip install -e '.[{extra}]')"
+        ) from None

@@ -16,6 +16,7 @@ from typing import Any
 from inferline.batch.lines import ENDPOINTS
 from inferline.cli.options import LOCAL_RAY, add_field, add_ray_options
 from inferline.config import BatchConfig, EmbeddingDeploymentConfig, LLMDeploymentConfig, ServerConfig
+from inferline.errors import needs_extra
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -157,7 +158,8 @@ def _batch_run(args: argparse.Namespace) -> int:
     if args.ray is None:
         code = asyncio.run(_run(args, config, work, results))
     else:
-        from inferline.cluster.serve import start_ray, stop_ray
+        with needs_extra("ray", "ray", "inferline batch run --ray"):
+            from inferline.cluster.serve import start_ray, stop_ray
 
         start_ray(None if args.ray == LOCAL_RAY else args.ray, args.ray_num_cpus)
         try:

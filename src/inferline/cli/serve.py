@@ -7,6 +7,7 @@ from typing import Any
 
 from inferline.cli.options import LOCAL_RAY, add_field, add_ray_options
 from inferline.config import ServerConfig
+from inferline.errors import needs_extra
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -15,7 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_server_config(args.config, host=args.host, port=args.port, api_keys=args.api_keys)
     if args.ray is None:
         return serve(config)
-    from inferline.cluster.serve import serve_on_ray  # imports Ray: only when asked for
+    with needs_extra("ray", "ray", "inferline serve --ray"):
+        from inferline.cluster.serve import serve_on_ray  # imports Ray: only when asked for
 
     address = None if args.ray == LOCAL_RAY else args.ray
     return serve_on_ray(config, address, num_cpus=args.ray_num_cpus)

@@ -20,6 +20,7 @@ from inferline.config import (
     SourceConfig,
 )
 from inferline.db import database_url
+from inferline.errors import needs_extra
 from inferline.router.router import Router
 from inferline.streams.database_sink import DatabaseSink
 from inferline.streams.message import Sink, Source
@@ -36,7 +37,8 @@ end of a step whose cancellation a library swallowed: StreamWorker.run)."""
 
 def open_source(config: SourceConfig) -> Source:
     if isinstance(config, NatsSourceConfig):
-        from inferline.streams.nats_streams import NatsSource  # nats-py: the `streams` extra
+        with needs_extra("streams", "nats", f"the NATS source of stream {config.stream!r}"):
+            from inferline.streams.nats_streams import NatsSource
 
         return NatsSource(config)
     from inferline.streams.redis_streams import RedisSource  # the client: 0.07 s a start without streams
@@ -46,7 +48,8 @@ def open_source(config: SourceConfig) -> Source:
 
 def open_sink(config: SinkConfig, server: ServerConfig, home: Path) -> Sink:
     if isinstance(config, NatsSinkConfig):
-        from inferline.streams.nats_streams import NatsSink
+        with needs_extra("streams", "nats", f"the NATS sink of stream {config.stream!r}"):
+            from inferline.streams.nats_streams import NatsSink
 
         return NatsSink(config)
     if isinstance(config, RedisSinkConfig):
