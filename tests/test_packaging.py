@@ -149,3 +149,18 @@ def test_a_feature_whose_extra_is_missing_says_which_extra_to_install(tmp_path: 
     assert "the NATS source of stream 'IN' needs the 'nats' package" in nats.stderr
     assert "pip install 'inferline[streams]'" in nats.stderr
     assert "Traceback" not in nats.stderr
+
+    plot = _run_without(
+        {"matplotlib"},
+        f"""
+from pathlib import Path
+from inferline.bench.plot import plot_results
+from inferline.errors import MissingExtraError
+try:
+    plot_results([], Path({str(tmp_path / "chart.png")!r}))
+except MissingExtraError as error:
+    print(error)
+""",
+    )
+    assert "plotting needs the 'matplotlib' package" in plot.stdout, plot.stderr
+    assert "pip install 'inferline[bench]'" in plot.stdout

@@ -14,7 +14,7 @@ from typing import Any
 
 from inferline.bench.report import workload_text
 from inferline.bench.schema import validate
-from inferline.errors import InferlineError, InvalidRequestError
+from inferline.errors import InferlineError, InvalidRequestError, needs_extra
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -51,10 +51,8 @@ def _series(document: dict[str, Any], key: str) -> tuple[list[float], list[float
 
 
 def plot_results(documents: list[dict[str, Any]], out_path: Path) -> None:
-    try:
+    with needs_extra("bench", "matplotlib", "plotting"):
         from matplotlib.figure import Figure
-    except ImportError:
-        raise InferlineError("plotting needs matplotlib: pip install 'inferline[bench]'") from None
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     panels = figure.subplots(1, 2, sharex=True)
     for axes, key, title in zip(panels, ("ttft_s", "tpot_s"), ("TTFT p50", "TPOT p50"), strict=True):
